@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from .models import Stream
+from .streams import read_text
+
+# The body page shows at most this much text, so that a huge stream cannot stall it.
+BODY_PREVIEW_CHARS = 100_000
+
+
+@admin.register(Stream)
+class StreamAdmin(admin.ModelAdmin):
+    list_display = ["id", "status", "length", "chunk_count", "owner", "created_at", "updated_at"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["id"]
+    date_hierarchy = "created_at"
+    # The text and its bookkeeping are the writer's: editing them would break offsets.
+    readonly_fields = (
+        "id",
+        "status",
+        "owner",
+        "length",
+        "chunk_count",
+        "error",
+        "metadata",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "body",
+    )
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Stream]:
+        return super().get_queryset(request).annotate(chunk_total=Count("chunks"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="chunks", ordering="chunk_total")
+    def chunk_count(self, stream: Any) -> int:
+        return int(getattr(stream, "chunk_total", None) or stream.chunks.count())
+
+    @admin.display(description="body")
+    def body(self, stream: Stream) -> str:
+        text = read_text(stream.id, 0, min(stream.length, BODY_PREVIEW_CHARS))
+        more = stream.length - len(text)
+        suffix = f"\n… and {more} more characters" if more > 0 else ""
+        return format_html(
+            '<pre style="white-space: pre-wrap; max-width: 80em">{}{}</pre>', text, suffix
+        )

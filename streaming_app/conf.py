@@ -1,0 +1,59 @@
+"""The ``STREAMING_APP`` setting: one dict merged over documented defaults.
+
+Values are read on every use, never cached at import, so ``override_settings`` works
+in tests and a project may change them without restarting anything but the process.
+Bad values are reported by the system checks in :mod:`streaming_app.checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Flush policy (docs/flush-policy.md; bench/flush_policy.py measured these).
+    # A flush happens once MIN_FLUSH_INTERVAL has passed since the last one and the
+    # buffer ends a sentence or a line; or once MAX_FLUSH_INTERVAL has passed since the
+    # oldest unflushed piece arrived, punctuation or not; or as soon as the buffer holds
+    # MAX_BUFFER_CHARS; and always at the end.
+    "MIN_FLUSH_INTERVAL": 0.25,
+    "MAX_FLUSH_INTERVAL": 0.5,
+    "MAX_BUFFER_CHARS": 4096,
+    # Text a stream may hold in memory that is not yet in the database, or not yet
+    # read by the driving browser. Past it the generator waits (the database) or the
+    # driving response is abandoned (a browser that stopped reading).
+    "MAX_PENDING_CHARS": 1_000_000,
+    # A live writer touches its stream at least this often, even when the model is
+    # silent, so that it is not mistaken for a dead one.
+    "HEARTBEAT_INTERVAL": 5.0,
+    # A pending or streaming stream with no activity for this long is `timeout`.
+    "TIMEOUT": 60.0,
+    # A writer whose flushes have failed for this long (the database is away) stops its
+    # generator and ends the stream as `error` as soon as that can be written.
+    "DATABASE_OUTAGE_LIMIT": 30.0,
+    # How long the cancel endpoint waits for the writer to end the stream.
+    "CANCEL_WAIT": 2.0,
+    # When the driving browser hangs up: False lets generation go on to the end.
+    "CANCEL_ON_DISCONNECT": False,
+    # A viewer that hears nothing for this long reads the stream from the database,
+    # in case a message was dropped (channel layers deliver at most once).
+    "RESYNC_INTERVAL": 3.0,
+    # How long publishing one update may wait for the channel layer.
+    "PUBLISH_TIMEOUT": 2.0,
+    # Seconds between keep-alive comments on an idle Server-Sent Events response.
+    "SSE_KEEPALIVE": 15.0,
+    # Threads that run the database work of all writers in a process.
+    "WRITER_THREADS": 8,
+    # Who may do what: a callable (or its dotted path) taking (user, stream, action),
+    # action being "read", "drive" or "cancel", and returning a bool.
+    "PERMISSION_POLICY": "streaming_app.permissions.owner_policy",
+}
+
+
+def get(name: str) -> Any:
+    """Return the value of one ``STREAMING_APP`` key, or its default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"streaming_app has no setting {name!r}")
+    user: dict[str, Any] = getattr(settings, "STREAMING_APP", None) or {}
+    return user.get(name, DEFAULTS[name])

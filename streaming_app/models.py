@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "pending"
+    STREAMING = "streaming", "streaming"
+    DONE = "done", "done"
+    ERROR = "error", "error"
+    TIMEOUT = "timeout", "timeout"
+    CANCELLED = "cancelled", "cancelled"
+
+
+LIVE_STATUSES = (Status.PENDING, Status.STREAMING)
+TERMINAL_STATUSES = (Status.DONE, Status.ERROR, Status.TIMEOUT, Status.CANCELLED)
+
+
+class StreamQuerySet(models.QuerySet["Stream"]):
+    def active(self) -> StreamQuerySet:
+        """Streams that may still change: pending or streaming."""
+        return self.filter(status__in=LIVE_STATUSES)
+
+    def finished(self) -> StreamQuerySet:
+        return self.filter(status__in=TERMINAL_STATUSES)
+
+    def stale(self, timeout: float, *, now: datetime | None = None) -> StreamQuerySet:
+        """Active streams whose last activity is older than ``timeout`` seconds."""
+        now = now or timezone.now()
+        return self.active().filter(updated_at__lt=now - timedelta(seconds=timeout))
+
+
+class Stream(models.Model):
+    """One body of generated text, persisted in chunks as it is produced."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        # Deleting a user deletes their streams: leaving them ownerless would make
+        # them readable by anyone under the default policy.
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
+    error = models.TextField(blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    # Committed length of the body, in Unicode code points.
+    length = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Last activity: creation, claim, flush or heartbeat. Expiry counts from here.
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Set by a cancel while a writer drives the stream; the writer stops its generator,
+    # flushes what it has and ends the stream as cancelled.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    objects = StreamQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The expiry scan: active streams by last activity. Finished streams,
+            # the great majority, stay out of this index.
+            models.Index(
+                fields=["updated_at"],
+                condition=Q(status__in=LIVE_STATUSES),
+                name="streaming_app_active_idx",
+            ),
+            # Retention: finished streams by age.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(finished_at__isnull=False),
+                name="streaming_app_finished_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status}, {self.length} chars)"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class Chunk(models.Model):
+    """A piece of a stream's body, written in one flush.
+
+    Chunk ``seq + 1`` starts where chunk ``seq`` ends: its ``offset`` is the previous
+    chunk's ``offset`` plus its length in code points.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    stream = models.ForeignKey(Stream, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    offset = models.PositiveBigIntegerField()
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["stream", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["stream", "seq"], name="streaming_app_chunk_seq"),
+        ]
+        indexes = [
+            # Reads from an offset find their first chunk by offset.
+            models.Index(fields=["stream", "offset"], name="streaming_app_chunk_offset"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream_id}#{self.seq} @{self.offset}"
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.text)
