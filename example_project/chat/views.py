@@ -1,0 +1,216 @@
+"""The example chat: pages and a small JSON API around ``streaming_app``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model, login
+from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from streaming_app.models import LIVE_STATUSES, Stream
+from streaming_app.streams import create_stream, get_stream_body
+from streaming_app.views import JsonView, astream_response, error_response, request_user
+
+from .llm import Messages, reply_pieces
+from .models import Chat, Message
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def response(self) -> JsonResponse:
+        return error_response(self.status, str(self))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    return error_response(403, f"CSRF verification failed: {reason}")
+
+
+def read_prompt(request: HttpRequest) -> str:
+    """The ``prompt`` of a JSON body, refusing oversize bodies before reading them."""
+    limit = int(settings.CHAT_MAX_PROMPT_CHARS)
+    too_big = f"the prompt is limited to {limit} characters"
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        raise BadRequest(400, "malformed Content-Length") from None
+    # A code point takes at most 12 bytes of JSON ("\ud83d\ude00"), plus the braces.
+    if declared > limit * 12 + 1024:
+        raise BadRequest(413, too_big)
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise BadRequest(413, too_big) from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, 'the body must be a JSON object: {"prompt": "..."}')
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest(400, '"prompt" is required and must be a string')
+    if not prompt.strip():
+        raise BadRequest(400, '"prompt" must not be empty')
+    if len(prompt) > limit:
+        raise BadRequest(413, too_big)
+    if "\x00" in prompt:
+        raise BadRequest(400, '"prompt" must not contain NUL characters')
+    return prompt
+
+
+def guest_user(request: HttpRequest) -> Any:
+    """The request's user; a visitor who is not logged in becomes a guest user.
+
+    Chats and their streams are owned by a user, so that the permission policy of
+    streaming_app (the owner drives and cancels) applies to anonymous visitors too.
+    """
+    if request.user.is_authenticated:
+        return request.user
+    user = get_user_model().objects.create_user(username=f"guest-{uuid.uuid4().hex[:16]}")
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return user
+
+
+def find_chat(chat_id: str) -> Chat:
+    try:
+        return Chat.objects.get(pk=uuid.UUID(chat_id))
+    except (ValueError, Chat.DoesNotExist):
+        raise BadRequest(404, "no such chat") from None
+
+
+def own_chat(request: HttpRequest, chat_id: str, user: Any) -> Chat:
+    chat = find_chat(chat_id)
+    if user is None or chat.owner_id != user.pk:
+        raise BadRequest(403, "this chat is not yours: you may watch it, not write to it")
+    return chat
+
+
+def message_json(chat: Chat, message: Message) -> dict[str, Any]:
+    return {
+        "id": str(chat.id),
+        "message_id": message.pk,
+        "stream_id": str(message.stream_id) if message.stream_id else None,
+        "url": reverse("chat", args=[chat.id]),
+        "drive_url": reverse("drive", args=[chat.id]),
+    }
+
+
+def start_message(chat: Chat, prompt: str) -> Message:
+    stream = create_stream(owner=chat.owner, metadata={"chat": str(chat.id)})
+    return Message.objects.create(chat=chat, prompt=prompt, stream=stream)
+
+
+def conversation(chat: Chat) -> Messages:
+    """The whole conversation so far, as the model expects it."""
+    messages: Messages = []
+    for message in chat.messages.all():
+        messages.append({"role": "user", "content": message.prompt})
+        if message.stream_id is not None:
+            reply = get_stream_body(message.stream_id).text
+            if reply:
+                messages.append({"role": "assistant", "content": reply})
+    # The newest message's reply is what is about to be generated.
+    if messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    return messages
+
+
+@ensure_csrf_cookie
+def index(request: HttpRequest) -> HttpResponse:
+    return render(request, "chat/index.html", {"chat_id": ""})
+
+
+@ensure_csrf_cookie
+def chat_page(request: HttpRequest, chat_id: str) -> HttpResponse:
+    try:
+        chat = find_chat(chat_id)
+    except BadRequest:
+        raise Http404("no such chat") from None
+    return render(request, "chat/index.html", {"chat_id": str(chat.id)})
+
+
+class ChatsView(JsonView):
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            prompt = read_prompt(request)
+        except BadRequest as exc:
+            return exc.response()
+        with transaction.atomic():
+            user = guest_user(request)
+            chat = Chat.objects.create(owner=user, title=prompt.strip()[:80])
+            message = start_message(chat, prompt)
+        return JsonResponse(message_json(chat, message), status=201)
+
+
+class ChatView(JsonView):
+    def get(self, request: HttpRequest, chat_id: str) -> HttpResponse:
+        try:
+            chat = find_chat(chat_id)
+        except BadRequest as exc:
+            return exc.response()
+        return JsonResponse(
+            {
+                "id": str(chat.id),
+                "title": chat.title,
+                "owner": request.user.is_authenticated and request.user.pk == chat.owner_id,
+                "messages": [
+                    {
+                        "message_id": m.pk,
+                        "prompt": m.prompt,
+                        "stream_id": str(m.stream_id) if m.stream_id else None,
+                    }
+                    for m in chat.messages.all()
+                ],
+            }
+        )
+
+
+class MessagesView(JsonView):
+    def post(self, request: HttpRequest, chat_id: str) -> HttpResponse:
+        try:
+            prompt = read_prompt(request)
+            with transaction.atomic():
+                chat = own_chat(request, chat_id, request.user)
+                # One follow-up at a time: the chat's row serialises concurrent posts.
+                Chat.objects.select_for_update().filter(pk=chat.pk).exists()
+                last = chat.messages.select_related("stream").last()
+                if last is not None and last.stream and last.stream.status in LIVE_STATUSES:
+                    raise BadRequest(409, f"the previous reply is still {last.stream.status}")
+                message = start_message(chat, prompt)
+        except BadRequest as exc:
+            return exc.response()
+        return JsonResponse(message_json(chat, message), status=201)
+
+
+class DriveView(JsonView):
+    """Generate the reply to the chat's newest message, streamed as plain text."""
+
+    async def post(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
+        user = await request_user(request)
+
+        def prepare() -> tuple[Stream | None, Messages]:
+            chat = own_chat(request, chat_id, user)
+            newest = chat.messages.select_related("stream").last()
+            if newest is None or newest.stream is None:
+                raise BadRequest(409, "this chat has no reply to generate")
+            return newest.stream, conversation(chat)
+
+        try:
+            stream, messages = await sync_to_async(prepare)()
+        except BadRequest as exc:
+            return exc.response()
+        assert stream is not None
+        return await astream_response(request, stream.pk, reply_pieces(messages))
