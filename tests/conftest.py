@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connections
+
+from tests.servers import Browser, Daphne, e2e_database
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a backend is missing on a laptop; fail in CI, where it must be there."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def using_postgres() -> bool:
+    return bool(settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("postgres"):
+        require(
+            using_postgres(),
+            "needs PostgreSQL: run with DATABASE_URL=postgres://postgres@127.0.0.1:5432/streaming_app",
+        )
+    if item.get_closest_marker("redis"):
+        require(
+            bool(os.environ.get("REDIS_URL")),
+            "needs Redis: run with REDIS_URL=redis://127.0.0.1:6379/0",
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_async_test_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Async tests run their ORM calls on asgiref's shared sync thread, whose connection
+    nothing closes: close it before the test database is dropped."""
+    yield
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """The DATABASE_URL the suite runs against; the daphne suites copy its kind."""
+    return os.environ.get("DATABASE_URL", "sqlite:///unused")
+
+
+@pytest.fixture(scope="module")
+def e2e_db(database_url: str) -> Iterator[str]:
+    with e2e_database(database_url) as url:
+        yield url
+
+
+@pytest.fixture
+def daphne_factory(e2e_db: str) -> Iterator[Any]:
+    """Start daphne processes on the module's e2e database; all stop at the end."""
+    started: list[Daphne] = []
+
+    def start(**env: str) -> Daphne:
+        server = Daphne(e2e_db, **env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def browser_factory() -> Iterator[Any]:
+    opened: list[Browser] = []
+
+    def open_browser(base_url: str) -> Browser:
+        browser = Browser(base_url)
+        opened.append(browser)
+        return browser
+
+    yield open_browser
+    for browser in opened:
+        browser.close()

@@ -1,0 +1,157 @@
+"""Helpers shared by the in-process tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db.backends.signals import connection_created
+from django.test import AsyncRequestFactory
+
+from streaming_app.models import Chunk, Status, Stream
+from streaming_app.signals import stream_committed
+from streaming_app.streams import aclaim_stream, acreate_stream, claim_stream, create_stream
+from streaming_app.views import astream_response
+from streaming_app.writer import Batch, FlushPolicy, Source, StreamRun, write_batch
+
+
+def written(text_pieces: list[str], *, status: str = Status.STREAMING) -> Stream:
+    """A stream whose chunks are ``text_pieces``, written as the writer writes them."""
+    stream = create_stream()
+    claim_stream(stream.pk)
+    offset = 0
+    for seq, text in enumerate(text_pieces):
+        write_batch(stream.pk, Batch(seq=seq, offset=offset, text=text))
+        offset += len(text)
+    if status != Status.STREAMING:
+        write_batch(
+            stream.pk, Batch(seq=len(text_pieces), offset=offset, text="", terminal=(status, None))
+        )
+    return Stream.objects.get(pk=stream.pk)
+
+
+async def thinking(first: str, pause: float, last: str) -> AsyncIterator[str]:
+    """A model that says something, falls silent for ``pause`` seconds, then finishes."""
+    yield first
+    await asyncio.sleep(pause)
+    yield last
+
+
+async def paced(pieces: Iterable[str], delay: float = 0.0) -> AsyncIterator[str]:
+    """Yield pieces, giving the event loop a turn (or ``delay`` seconds) between them,
+    as a network source would."""
+    for piece in pieces:
+        await asyncio.sleep(delay)
+        yield piece
+
+
+async def run_to_end(
+    source: Source, *, policy: FlushPolicy | None = None, tap: Any = None
+) -> tuple[uuid.UUID, str]:
+    """Create, claim and drive a stream from ``source`` without HTTP; wait for its end."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    run = StreamRun(stream.pk, source, tap=tap, policy=policy)
+    run.start()
+    return stream.pk, await run.wait()
+
+
+@sync_to_async
+def chunks_of(stream_id: uuid.UUID) -> list[tuple[int, int, str]]:
+    return list(
+        Chunk.objects.filter(stream_id=stream_id)
+        .order_by("seq")
+        .values_list("seq", "offset", "text")
+    )
+
+
+@sync_to_async
+def stream_row(stream_id: uuid.UUID) -> Stream:
+    return Stream.objects.get(pk=stream_id)
+
+
+def assert_chunks_consistent(chunks: list[tuple[int, int, str]]) -> str:
+    """Seqs count from 0, each chunk starts where the last ended; returns the text."""
+    offset = 0
+    for expected_seq, (seq, chunk_offset, text) in enumerate(chunks):
+        assert seq == expected_seq
+        assert chunk_offset == offset
+        assert text, "a chunk is never empty"
+        offset += len(text)
+    return "".join(text for _, _, text in chunks)
+
+
+async def drive_in_process(
+    stream_id: uuid.UUID, source: Source, **kwargs: Any
+) -> list[tuple[float, str]]:
+    """Drive through astream_response as a view would; the parts the driver received,
+    with the time each arrived."""
+    request = AsyncRequestFactory().post("/drive/")
+    response = await astream_response(request, stream_id, source, **kwargs)
+    assert response.status_code == 200, response
+    parts = []
+    async for part in response:  # type: ignore[attr-defined]
+        parts.append((time.monotonic(), part.decode()))
+    return parts
+
+
+async def wait_finished(stream_id: uuid.UUID, within: float = 10) -> Stream:
+    deadline = time.monotonic() + within
+    while True:
+        stream = await stream_row(stream_id)
+        if stream.is_finished:
+            return stream
+        assert time.monotonic() < deadline, f"stream still {stream.status} after {within}s"
+        await asyncio.sleep(0.02)
+
+
+@contextmanager
+def committed_events() -> Iterator[list[dict[str, Any]]]:
+    """Record every stream_committed announcement, with the time it was made."""
+    events: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        kwargs.pop("signal", None)
+        events.append({**kwargs, "at": time.monotonic()})
+
+    stream_committed.connect(receiver, weak=False)
+    try:
+        yield events
+    finally:
+        stream_committed.disconnect(receiver)
+
+
+@contextmanager
+def slow_queries(seconds: float, *, table: str = "streaming_app_chunk") -> Iterator[None]:
+    """Make every INSERT into ``table`` take ``seconds`` longer, on every new connection.
+
+    The writers close their connections after each flush (CONN_MAX_AGE is 0), so each
+    flush opens a connection that gets the delay.
+    """
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.lstrip().upper().startswith("INSERT") and table in sql:
+            time.sleep(seconds)
+        return execute(sql, params, many, context)
+
+    # Wrappers live on a thread's DatabaseWrapper and outlast its connections: they are
+    # taken off again at the end, or the delay would haunt later tests.
+    installed: list[Any] = []
+
+    def install(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if wrapper not in connection.execute_wrappers:
+            connection.execute_wrappers.append(wrapper)
+            installed.append(connection)
+
+    connection_created.connect(install, weak=False)
+    try:
+        yield
+    finally:
+        connection_created.disconnect(install)
+        for connection in installed:
+            connection.execute_wrappers.remove(wrapper)

@@ -1,0 +1,500 @@
+"""Real servers for the tests: daphne processes, a database for them, an OpenAI stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, *, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextmanager
+def e2e_database(base_url: str) -> Iterator[str]:
+    """A fresh, migrated database like ``base_url`` (its own file or Postgres database)."""
+    if base_url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        name = f"streaming_app_e2e_{uuid.uuid4().hex[:12]}"
+        prefix, _, _ = base_url.rpartition("/")
+        admin_url = f"{prefix}/postgres"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"{prefix}/{name}"
+        try:
+            migrate(url)
+            yield url
+        finally:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    else:
+        directory = tempfile.mkdtemp(prefix="streaming_app_e2e_")
+        url = f"sqlite:///{directory}/db.sqlite3"
+        try:
+            migrate(url)
+            yield url
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "DJANGO_", "PYTEST", "REDIS_URL", "DATABASE_URL", "E2E_"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.e2e_settings",
+        DATABASE_URL=database_url,
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def migrate(database_url: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v0"],
+        cwd=ROOT,
+        env=server_env(database_url),
+        check=True,
+        timeout=120,
+    )
+
+
+class Daphne:
+    """One real daphne process serving the example project on a free port."""
+
+    def __init__(self, database_url: str, **env: str) -> None:
+        self.port = free_port()
+        # Open for the server's lifetime; stop() closes it.
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="daphne-", suffix=".log", delete=False
+        )
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "example_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=server_env(database_url, **env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+class Browser:
+    """A browser's session against the example: cookies, CSRF token, the chat API."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        page = self.http.get("/")
+        assert page.status_code == 200, page.text
+
+    def headers(self) -> dict[str, str]:
+        # login() rotates the token, so it is read afresh for every request.
+        return {"X-CSRFToken": self.http.cookies.get("csrftoken") or ""}
+
+    def post_json(self, path: str, data: Any) -> httpx.Response:
+        return self.http.post(path, content=json.dumps(data), headers=self.headers())
+
+    def new_chat(self, prompt: str) -> dict[str, Any]:
+        response = self.post_json("/api/chats/", {"prompt": prompt})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def drive(self, chat: dict[str, Any], base_url: str | None = None) -> httpx.Response:
+        """Drive the chat's newest reply, reading the whole response."""
+        with httpx.Client(
+            base_url=base_url or self.base_url, cookies=self.http.cookies, timeout=60
+        ) as c:
+            return c.post(chat["drive_url"], headers=self.headers())
+
+    def body(self, stream_id: str, offset: int = 0) -> dict[str, Any]:
+        response = self.http.get(f"/api/streams/{stream_id}/", params={"offset": offset})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_finished(self, stream_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.body(stream_id)
+            if body["status"] not in ("pending", "streaming"):
+                return body
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stream {stream_id} still {body['status']} after {timeout}s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible Chat Completions server on loopback, streaming ``pieces``.
+
+    It records every request body, so that a test can check what the model was sent.
+    """
+
+    def __init__(self, pieces: list[str], *, delay: float = 0.0) -> None:
+        self.pieces = pieces
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                fake.requests.append({"path": self.path, "body": body})
+                if self.path != "/v1/chat/completions" or not body.get("stream"):
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i, piece in enumerate([*fake.pieces, None]):
+                    delta = {"content": piece} if piece is not None else {}
+                    if i == 0:
+                        delta["role"] = "assistant"
+                    event = {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": body.get("model", "test"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": delta,
+                                "finish_reason": None if piece is not None else "stop",
+                            }
+                        ],
+                    }
+                    self.write_chunk(f"data: {json.dumps(event)}\n\n")
+                    if fake.delay:
+                        time.sleep(fake.delay)
+                self.write_chunk("data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+
+            def write_chunk(self, text: str) -> None:
+                data = text.encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def closing(ws: Any) -> AsyncIterator[Any]:
+    """A websocket's messages until it closes, whatever the close code."""
+    from websockets.exceptions import ConnectionClosedError
+
+    try:
+        async for message in ws:
+            yield message
+    except ConnectionClosedError:
+        pass
+
+
+async def ws_watch(
+    base_url: str, stream_id: str, *, offset: int = 0, origin: str | None = None
+) -> dict[str, Any]:
+    """Watch a stream over a real websocket to its close, as a browser client would:
+    append a text message when its offset is the text's length. Records the payload
+    bytes received and when each piece of text arrived."""
+    from websockets.asyncio.client import connect
+    from websockets.typing import Origin
+
+    url = base_url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/?offset={offset}"
+    text, statuses, arrivals, payload = "", [], [], 0
+    async with connect(
+        url,
+        origin=Origin(origin or base_url),
+        proxy=None,
+        compression=None,
+    ) as ws:
+        async for raw in closing(ws):
+            payload += len(raw.encode() if isinstance(raw, str) else raw)
+            message = json.loads(raw)
+            if message["type"] == "text":
+                assert message["offset"] == offset + len(text), "overlap or gap"
+                text += message["text"]
+                arrivals.append((time.monotonic(), offset + len(text)))
+            else:
+                statuses.append(message["status"])
+        code = ws.close_code
+    return {
+        "text": text,
+        "statuses": statuses,
+        "code": code,
+        "arrivals": arrivals,
+        "payload": payload,
+    }
+
+
+async def sse_watch(base_url: str, stream_id: str) -> dict[str, Any]:
+    """Follow a stream's Server-Sent Events to their end."""
+    text, statuses, arrivals, payload = "", [], [], 0
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=60) as http,
+        http.stream("GET", f"/api/streams/{stream_id}/events/") as response,
+    ):
+        assert response.status_code == 200
+        buffer = ""
+        async for chunk in response.aiter_text():
+            payload += len(chunk.encode())
+            buffer += chunk
+            while "\n\n" in buffer:
+                block, buffer = buffer.split("\n\n", 1)
+                data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
+                if not data:
+                    continue
+                message = json.loads(data[0])
+                if message["type"] == "text":
+                    assert message["offset"] == len(text), "overlap or gap"
+                    text += message["text"]
+                    arrivals.append((time.monotonic(), len(text)))
+                else:
+                    statuses.append(message["status"])
+    return {"text": text, "statuses": statuses, "arrivals": arrivals, "payload": payload}
+
+
+def drive_timed(
+    browser: Browser, chat: dict[str, Any], base_url: str
+) -> tuple[str, list[tuple[float, int]]]:
+    """Drive a chat's reply; the text and when each length of it reached the driver."""
+    text, arrivals = b"", []
+    with (
+        httpx.Client(base_url=base_url, cookies=browser.http.cookies, timeout=60) as http,
+        http.stream("POST", chat["drive_url"], headers=browser.headers()) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        for data in response.iter_raw():
+            text += data
+            arrivals.append((time.monotonic(), len(text.decode(errors="ignore"))))
+    return text.decode(), arrivals
+
+
+def lag_percentiles(
+    driver: list[tuple[float, int]], viewer: list[tuple[float, int]]
+) -> list[float]:
+    """For each length the driver reached, how much later a viewer reached it; sorted."""
+    lags = []
+    for at, length in driver:
+        seen = next((t for t, n in viewer if n >= length), None)
+        if seen is not None:
+            lags.append(seen - at)
+    return sorted(lags)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, to stop and start at will."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (initdb + pg_ctl) on a free port."""
+
+    def __init__(self) -> None:
+        bin_dir = postgres_bin()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL's server binaries are not installed")
+        self.bin = bin_dir
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="streaming_app_pg_"))
+        self.data = self.dir / "data"
+        # initdb and postgres refuse to run as root: run them as the postgres user.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.dir, "postgres")
+        self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+        self.run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "app")
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/app"
+
+    def run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        self.run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(self.dir / "log"),
+            "start",
+        )
+
+    def stop(self) -> None:
+        self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def ws_follow(base_url: str, stream_id: str, *, patience: float = 60) -> dict[str, Any]:
+    """Watch a stream as the JavaScript client's watch() does: when the connection drops
+    (or the server says 4503, try again), reconnect and resume from the text's length,
+    until the stream ends."""
+    from websockets.asyncio.client import connect
+    from websockets.typing import Origin
+
+    text, statuses, reconnects = "", [], 0
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        url = base_url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/?offset={len(text)}"
+        code: int | str | None = None
+        try:
+            async with connect(url, origin=Origin(base_url), proxy=None, open_timeout=5) as ws:
+                async for raw in closing(ws):
+                    message = json.loads(raw)
+                    if message["type"] == "text":
+                        # A resumed connection starts where the text ends.
+                        assert message["offset"] == len(text), "overlap or gap"
+                        text += message["text"]
+                    else:
+                        statuses.append(message["status"])
+                code = ws.close_code
+        except (OSError, TimeoutError) as exc:
+            code = repr(exc)
+        if code == 1000 or (isinstance(code, int) and 4400 <= code < 4500):
+            return {"text": text, "statuses": statuses, "code": code, "reconnects": reconnects}
+        reconnects += 1
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"stream {stream_id} did not end for a viewer within {patience}s")

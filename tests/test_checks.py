@@ -1,0 +1,50 @@
+"""Bad settings are reported by system checks, not by a crash at first use."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+from streaming_app.checks import check_channel_layer, check_settings
+
+
+def errors_for(value) -> list[str]:
+    with override_settings(STREAMING_APP=value):
+        return [e.id or "" for e in check_settings()]
+
+
+def test_the_defaults_pass():
+    assert errors_for({}) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ([], "streaming_app.E001"),
+        ({"FLUSH_INTERVALL": 1}, "streaming_app.E002"),
+        ({"MAX_FLUSH_INTERVAL": 0}, "streaming_app.E003"),
+        ({"MIN_FLUSH_INTERVAL": -1}, "streaming_app.E003"),
+        ({"MAX_BUFFER_CHARS": "4096"}, "streaming_app.E003"),
+        ({"WRITER_THREADS": 0}, "streaming_app.E003"),
+        ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E003"),
+        ({"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1}, "streaming_app.E004"),
+        ({"HEARTBEAT_INTERVAL": 60, "TIMEOUT": 30}, "streaming_app.E005"),
+        ({"PERMISSION_POLICY": "no.such.policy"}, "streaming_app.E006"),
+        ({"PERMISSION_POLICY": 42}, "streaming_app.E006"),
+    ],
+)
+def test_bad_values_are_reported(value, error):
+    assert errors_for(value) == [error]
+
+
+def test_an_unknown_key_is_named_in_the_message():
+    with override_settings(STREAMING_APP={"FLUSH_INTERVALL": 1}):
+        (error,) = check_settings()
+    assert "'FLUSH_INTERVALL'" in error.msg
+
+
+def test_a_missing_channel_layer_is_a_warning():
+    assert check_channel_layer() == []
+    with override_settings(CHANNEL_LAYERS={}):
+        (warning,) = check_channel_layer()
+    assert warning.id == "streaming_app.W001"

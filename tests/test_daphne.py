@@ -1,0 +1,136 @@
+"""Real daphne processes over real sockets, on SQLite or Postgres (DATABASE_URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from example_project.chat.llm import demo_answer
+
+from .servers import FakeOpenAI
+
+pytestmark = [pytest.mark.daphne, pytest.mark.slow]
+
+
+def conversation(*turns: str) -> list[dict[str, str]]:
+    roles = ["user", "assistant"]
+    return [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
+
+
+def test_the_drive_endpoint_streams_the_offline_model_piece_by_piece(
+    daphne_factory, browser_factory
+):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.01")
+    browser = browser_factory(server.url)
+    chat = browser.new_chat("What is streaming?")
+    arrivals: list[tuple[float, bytes]] = []
+    with (
+        httpx.Client(base_url=server.url, cookies=browser.http.cookies, timeout=30) as http,
+        http.stream("POST", chat["drive_url"], headers=browser.headers()) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        for data in response.iter_raw():
+            arrivals.append((time.monotonic(), data))
+    text = b"".join(data for _, data in arrivals).decode()
+    expected = demo_answer(conversation("What is streaming?"))
+    assert text == expected
+    # Piece by piece: many separate arrivals spread over the generation, not one lump.
+    assert len(arrivals) > 50
+    assert arrivals[-1][0] - arrivals[0][0] > 0.5
+    body = browser.wait_finished(chat["stream_id"])
+    assert (body["status"], body["text"], body["length"]) == ("done", expected, len(expected))
+
+
+def test_the_real_openai_client_against_a_compatible_server(daphne_factory, browser_factory):
+    pieces = [
+        "Sure",
+        "!",
+        " Here",
+        " is",
+        " a",
+        " haiku",
+        ":\n",
+        "tokens",
+        " fall",
+        " 🍂",
+        " 静か",
+        ".",
+    ]
+    fake = FakeOpenAI(pieces, delay=0.01)
+    try:
+        server = daphne_factory(
+            OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=fake.base_url, OPENAI_MODEL="test-model"
+        )
+        browser = browser_factory(server.url)
+        chat = browser.new_chat("Write a haiku")
+        response = browser.drive(chat)
+        assert response.status_code == 200
+        assert response.text == "".join(pieces)
+        assert browser.wait_finished(chat["stream_id"])["text"] == "".join(pieces)
+        sent = fake.requests[0]["body"]
+        assert sent["model"] == "test-model" and sent["stream"] is True
+        assert sent["messages"] == conversation("Write a haiku")
+
+        follow = browser.post_json(f"/api/chats/{chat['id']}/messages/", {"prompt": "Another"})
+        assert follow.status_code == 201, follow.text
+        assert browser.drive(follow.json()).text == "".join(pieces)
+        assert fake.requests[1]["body"]["messages"] == conversation(
+            "Write a haiku", "".join(pieces), "Another"
+        )
+    finally:
+        fake.close()
+
+
+def test_hanging_up_does_not_stop_generation(daphne_factory, browser_factory):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.02")
+    browser = browser_factory(server.url)
+    chat = browser.new_chat("Tell me everything")
+    expected = demo_answer(conversation("Tell me everything"))
+    received = b""
+    with (
+        httpx.Client(base_url=server.url, cookies=browser.http.cookies, timeout=30) as http,
+        http.stream("POST", chat["drive_url"], headers=browser.headers()) as response,
+    ):
+        for data in response.iter_raw():
+            received += data
+            if len(received) > 40:
+                break  # the browser tab closes: the connection is dropped
+    hung_up_at = browser.body(chat["stream_id"])
+    assert hung_up_at["status"] == "streaming"
+    assert hung_up_at["length"] < len(expected)
+    body = browser.wait_finished(chat["stream_id"], timeout=30)
+    assert (body["status"], body["text"]) == ("done", expected)
+    assert expected.encode().startswith(received)
+
+
+def test_of_many_simultaneous_drivers_on_two_servers_exactly_one_streams(
+    daphne_factory, browser_factory
+):
+    servers = [daphne_factory(DEMO_MODEL_DELAY="0.002"), daphne_factory(DEMO_MODEL_DELAY="0.002")]
+    browser = browser_factory(servers[0].url)
+    chat = browser.new_chat("Race!")
+    headers = browser.headers()
+
+    async def attempt(i: int) -> tuple[int, str]:
+        server = servers[i % 2]
+        async with httpx.AsyncClient(
+            base_url=server.url, cookies=browser.http.cookies, timeout=30
+        ) as http:
+            response = await http.post(chat["drive_url"], headers=headers)
+            return response.status_code, response.text
+
+    async def race() -> list[tuple[int, str]]:
+        return await asyncio.gather(*(attempt(i) for i in range(24)))
+
+    outcomes = asyncio.run(race())
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [200] + [409] * 23, codes
+    winner = next(text for code, text in outcomes if code == 200)
+    expected = demo_answer(conversation("Race!"))
+    assert winner == expected
+    assert all("the stream is already" in text for code, text in outcomes if code == 409)
+    assert browser.wait_finished(chat["stream_id"])["text"] == expected

@@ -1,0 +1,355 @@
+"""Cancel, heartbeats and expiry, retention, permissions: in process, on the real
+database of the run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.test import AsyncClient, Client, override_settings
+from django.utils import timezone
+
+from streaming_app.models import Chunk, Status, Stream
+from streaming_app.streams import (
+    aclaim_stream,
+    acreate_stream,
+    aget_stream_body,
+    cancel_stream,
+    claim_stream,
+    create_stream,
+    get_stream_body,
+)
+from streaming_app.writer import FlushPolicy, StreamRun
+
+from .helpers import committed_events, stream_row, thinking, wait_finished, written
+from .test_fanout import viewer, watch
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OWNER_POLICY = {"PERMISSION_POLICY": "streaming_app.permissions.owner_policy"}
+
+
+async def endless(produced: list[float], pause: float = 0.02):
+    """A model that never stops on its own; records when each piece was made."""
+    i = 0
+    while True:
+        await asyncio.sleep(pause)
+        produced.append(time.monotonic())
+        i += 1
+        yield f"word{i} "
+
+
+async def started_run(source, **kwargs) -> tuple[uuid.UUID, StreamRun]:
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    run = StreamRun(stream.pk, source, **kwargs)
+    run.start()
+    return stream.pk, run
+
+
+def age(stream_id: uuid.UUID, seconds: float) -> None:
+    Stream.objects.filter(pk=stream_id).update(
+        updated_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+# Cancel -------------------------------------------------------------------------------
+
+
+def test_cancelling_a_pending_stream_ends_it_at_once():
+    stream = create_stream()
+    with committed_events() as events:
+        assert cancel_stream(stream.pk) == Status.CANCELLED
+    assert [e["status"] for e in events] == ["cancelled"]
+    assert cancel_stream(stream.pk) == Status.CANCELLED  # again: nothing changes
+    with pytest.raises(Exception, match="already cancelled"):
+        claim_stream(stream.pk)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        # Through the channel layer: the driving process hears of it at once.
+        "channels.layers.InMemoryChannelLayer",
+        # Without it (every group message lost): at the writer's next flush.
+        "tests.layers.DropAllLayer",
+    ],
+)
+async def test_a_cancel_stops_generation_within_a_flush_interval_and_keeps_the_text(layer):
+    produced: list[float] = []
+    policy = FlushPolicy(min_interval=0.25, max_interval=0.5, max_chars=4096)
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": layer}}):
+        stream_id, run = await started_run(endless(produced), policy=policy)
+        await asyncio.sleep(0.7)
+        asked = time.monotonic()
+        await sync_to_async(cancel_stream)(stream_id)
+        assert await asyncio.wait_for(run.wait(), 5) == Status.CANCELLED
+    stopped_after = produced[-1] - asked
+    assert stopped_after < 0.6, f"generation went on {stopped_after:.2f}s after the cancel"
+    body = await aget_stream_body(stream_id)
+    assert body.status == Status.CANCELLED
+    assert body.text == "".join(f"word{i} " for i in range(1, len(produced) + 1))
+
+
+@override_settings(
+    STREAMING_APP={"HEARTBEAT_INTERVAL": 0.2, "TIMEOUT": 5},
+    CHANNEL_LAYERS={"default": {"BACKEND": "tests.layers.DropAllLayer"}},
+)
+async def test_a_cancel_reaches_a_silent_writer_by_its_heartbeat():
+    stream_id, run = await started_run(thinking("Let me think", 30, "never"))
+    await asyncio.sleep(0.3)
+    await sync_to_async(cancel_stream)(stream_id)
+    assert await asyncio.wait_for(run.wait(), 2) == Status.CANCELLED
+    assert (await aget_stream_body(stream_id)).text == "Let me think"
+
+
+@override_settings(STREAMING_APP={"HEARTBEAT_INTERVAL": 30, "TIMEOUT": 60})
+async def test_a_cancel_reaches_a_silent_writer_through_the_channel_layer_at_once():
+    stream_id, run = await started_run(thinking("Let me think", 30, "never"))
+    await asyncio.sleep(0.8)
+    assert (await aget_stream_body(stream_id)).text == "Let me think"  # flushed
+    await sync_to_async(cancel_stream)(stream_id)
+    # No flush or heartbeat is due for 30 s: only the channel layer can tell it.
+    assert await asyncio.wait_for(run.wait(), 1) == Status.CANCELLED
+
+
+async def test_the_cancel_endpoint_is_for_the_owner():
+    owner = await get_user_model().objects.acreate(username="owner")
+    stranger = await get_user_model().objects.acreate(username="stranger")
+    stream = await sync_to_async(create_stream)(owner=owner)
+    await aclaim_stream(stream.pk)
+    run = StreamRun(stream.pk, endless([]))
+    run.start()
+    url = f"/api/streams/{stream.pk}/cancel/"
+    as_stranger, as_owner = AsyncClient(), AsyncClient()
+    await as_stranger.aforce_login(stranger)
+    await as_owner.aforce_login(owner)
+    with override_settings(STREAMING_APP=OWNER_POLICY):
+        refused = await as_stranger.post(url)
+        assert (refused.status_code, refused.json()["error"]) == (
+            403,
+            "you may not cancel this stream",
+        )
+        assert (await AsyncClient().post(url)).status_code == 403
+        assert (await stream_row(stream.pk)).status == Status.STREAMING
+        response = await as_owner.post(url)
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert await run.wait() == Status.CANCELLED
+    assert (await as_owner.get(url)).status_code == 405
+    assert (await as_owner.post(f"/api/streams/{uuid.uuid4()}/cancel/")).status_code == 404
+
+
+def test_cancelling_a_finished_stream_changes_nothing():
+    stream = written(["All said."], status=Status.DONE)
+    assert cancel_stream(stream.pk) == Status.DONE
+    assert get_stream_body(stream.pk).text == "All said."
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(Status.CANCELLED, None), (Status.ERROR, "RuntimeError: boom"), (Status.TIMEOUT, None)],
+)
+async def test_a_late_viewer_of_an_ended_stream_gets_the_kept_text_and_status(status, error):
+    @sync_to_async
+    def ended() -> uuid.UUID:
+        stream = written(["Kept ", "text."])
+        if status == Status.TIMEOUT:
+            age(stream.pk, 120)
+        else:
+            from streaming_app.writer import Batch, write_batch
+
+            write_batch(stream.pk, Batch(seq=2, offset=10, text="", terminal=(status, error)))
+        return stream.pk
+
+    stream_id = await ended()
+    result = await watch(await viewer(stream_id))
+    assert (result["text"], result["statuses"], result["code"]) == ("Kept text.", [status], 1000)
+    body = await aget_stream_body(stream_id)
+    expected_error = error if status != Status.TIMEOUT else "no activity for 60 seconds"
+    assert (body.status, body.error) == (status, expected_error)
+
+
+# Heartbeats and expiry ---------------------------------------------------------------
+
+
+def test_a_stale_stream_times_out_when_read():
+    stream = written(["Half a sent"])
+    age(stream.pk, 61)
+    with committed_events() as events:
+        body = get_stream_body(stream.pk)
+    assert (body.status, body.text, body.error) == (
+        "timeout",
+        "Half a sent",
+        "no activity for 60 seconds",
+    )
+    assert [e["status"] for e in events] == ["timeout"], "viewers are told"
+
+
+def test_a_stale_pending_stream_cannot_be_claimed():
+    stream = create_stream()
+    age(stream.pk, 61)
+    with pytest.raises(Exception, match="already timeout"):
+        claim_stream(stream.pk)
+
+
+def test_the_timeout_counts_from_the_last_activity_not_from_creation():
+    stream = written(["fresh"])
+    Stream.objects.filter(pk=stream.pk).update(created_at=timezone.now() - timedelta(days=3))
+    assert get_stream_body(stream.pk).status == "streaming"
+    out = StringIO()
+    call_command("expire_streams", stdout=out)
+    assert out.getvalue().strip() == "0 streams expired"
+
+
+def test_expire_streams_ends_stale_streams_and_says_how_many():
+    stale = [written([f"stream {i}"]).pk for i in range(3)]
+    stale.append(create_stream().pk)  # pending, never driven
+    for pk in stale:
+        age(pk, 30)
+    fresh = written(["alive"]).pk
+    out = StringIO()
+    call_command("expire_streams", "--timeout", "20", stdout=out)
+    assert out.getvalue().strip() == "4 streams expired"
+    assert set(Stream.objects.filter(status="timeout").values_list("pk", flat=True)) == set(stale)
+    assert Stream.objects.get(pk=fresh).status == "streaming"
+    with pytest.raises(CommandError):
+        call_command("expire_streams", "--timeout", "0")
+
+
+def test_a_cancelled_stream_whose_writer_died_expires_as_cancelled():
+    stream = written(["Stop"])
+    assert cancel_stream(stream.pk) == Status.STREAMING  # a writer would stop it
+    age(stream.pk, 61)
+    assert get_stream_body(stream.pk).status == Status.CANCELLED
+
+
+@override_settings(STREAMING_APP={"HEARTBEAT_INTERVAL": 0.2, "TIMEOUT": 1.0})
+async def test_a_live_writer_silent_longer_than_the_timeout_is_not_expired():
+    stream_id, run = await started_run(thinking("Hmm", 2.5, ", done."))
+    silent_until = time.monotonic() + 2.2  # over twice the timeout
+    while time.monotonic() < silent_until:
+        await asyncio.sleep(0.25)
+        await sync_to_async(call_command)("expire_streams", stdout=StringIO())
+        assert (await aget_stream_body(stream_id)).status == "streaming"
+    assert await run.wait() == Status.DONE
+    assert (await aget_stream_body(stream_id)).text == "Hmm, done."
+
+
+async def test_an_expired_stream_stops_its_writer():
+    produced: list[float] = []
+    stream_id, run = await started_run(endless(produced), policy=FlushPolicy(0.05, 0.1, 4096))
+    await asyncio.sleep(0.3)
+    await sync_to_async(
+        lambda: Stream.objects.filter(pk=stream_id).update(
+            status="timeout", finished_at=timezone.now()
+        )
+    )()
+    assert await asyncio.wait_for(run.wait(), 5) == "timeout"
+    count = len(produced)
+    await asyncio.sleep(0.2)
+    assert len(produced) == count
+
+
+# Retention ----------------------------------------------------------------------------
+
+
+def finished_ago(status: str, days: float) -> uuid.UUID:
+    stream = written(["old ", "text"], status=status)
+    Stream.objects.filter(pk=stream.pk).update(finished_at=timezone.now() - timedelta(days=days))
+    return stream.pk
+
+
+def test_purge_streams_deletes_old_finished_streams_and_their_chunks():
+    old_done = finished_ago("done", 40)
+    old_error = finished_ago("error", 40)
+    recent = finished_ago("done", 1)
+    live = written(["live"]).pk
+    out = StringIO()
+    call_command(
+        "purge_streams", "--older-than", "30d", "--status", "error", "--batch-size", "1", stdout=out
+    )
+    assert out.getvalue().strip() == "1 stream deleted"
+    assert not Stream.objects.filter(pk=old_error).exists()
+    assert not Chunk.objects.filter(stream_id=old_error).exists()
+    call_command("purge_streams", "--older-than", "P30D", stdout=out)
+    assert set(Stream.objects.values_list("pk", flat=True)) == {recent, live}
+    assert not Chunk.objects.filter(stream_id=old_done).exists()
+
+
+@pytest.mark.parametrize("bad", ["soon", "-3d", "", "30x"])
+def test_purge_streams_refuses_a_bad_duration(bad):
+    with pytest.raises(CommandError, match="is not a duration"):
+        call_command("purge_streams", f"--older-than={bad}")
+
+
+def test_deleting_a_stream_in_the_admin_deletes_its_chunks():
+    admin = get_user_model().objects.create_superuser("admin", "a@example.com", "pw")
+    client = Client()
+    client.force_login(admin)
+    stream = written(["to ", "delete"], status=Status.DONE)
+    response = client.post(f"/admin/streaming_app/stream/{stream.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Stream.objects.filter(pk=stream.pk).exists()
+    assert not Chunk.objects.filter(stream_id=stream.pk).exists()
+
+
+# Permissions --------------------------------------------------------------------------
+
+
+@override_settings(STREAMING_APP=OWNER_POLICY)
+async def test_the_default_policy_keeps_an_owners_stream_to_the_owner():
+    owner = await get_user_model().objects.acreate(username="owner")
+    stream = await sync_to_async(create_stream)(owner=owner)
+    stranger = AsyncClient()
+    assert (await stranger.get(f"/api/streams/{stream.pk}/")).status_code == 403
+    assert (await stranger.get(f"/api/streams/{stream.pk}/events/")).status_code == 403
+    assert (await stranger.post(f"/api/streams/{stream.pk}/cancel/")).status_code == 403
+    assert (await watch(await viewer(stream.pk)))["code"] == 4403
+    own = AsyncClient()
+    await own.aforce_login(owner)
+    assert (await own.get(f"/api/streams/{stream.pk}/")).status_code == 200
+
+
+def test_a_custom_policy_applies_to_every_transport(settings):
+    stream = create_stream(metadata={"public": False})
+    settings.STREAMING_APP = {"PERMISSION_POLICY": "tests.test_lifecycle.metadata_policy"}
+    assert Client().get(f"/api/streams/{stream.pk}/").status_code == 403
+    assert Client().get(f"/api/streams/{stream.pk}/events/").status_code == 403
+    Stream.objects.filter(pk=stream.pk).update(metadata={"public": True})
+    assert Client().get(f"/api/streams/{stream.pk}/").status_code == 200
+
+
+def metadata_policy(user, stream, action) -> bool:
+    return action == "read" and bool(stream.metadata.get("public"))
+
+
+async def test_wait_finished_helper_sanity():
+    stream_id, run = await started_run(endless([]), policy=FlushPolicy(0.05, 0.1, 4096))
+    run.cancel()
+    assert (await wait_finished(stream_id)).status == "cancelled"
+
+
+async def test_a_cancelled_source_is_closed_at_once():
+    closed = asyncio.Event()
+
+    async def model():
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                yield "token "
+        finally:
+            closed.set()  # where an HTTP client would hang up on the model
+
+    stream_id, run = await started_run(model())
+    await asyncio.sleep(0.1)
+    run.cancel()
+    await asyncio.wait_for(closed.wait(), 1)
+    assert await run.wait() == Status.CANCELLED

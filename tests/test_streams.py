@@ -1,0 +1,155 @@
+"""Creating, claiming, reading and deleting streams."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from django.db import connection
+
+from streaming_app import (
+    InvalidOffset,
+    StreamNotPending,
+    create_stream,
+    delete_stream,
+    get_stream_body,
+)
+from streaming_app.models import Chunk, Status, Stream
+from streaming_app.streams import claim_stream, parse_offset
+from streaming_app.writer import Batch, StreamEnded, write_batch
+
+from .helpers import written
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_new_stream_is_pending_and_empty():
+    stream = create_stream(metadata={"chat": 1})
+    body = get_stream_body(stream.pk)
+    assert (body.status, body.text, body.length, body.offset, body.error) == (
+        "pending",
+        "",
+        0,
+        0,
+        None,
+    )
+    assert Stream.objects.get(pk=stream.pk).metadata == {"chat": 1}
+
+
+def test_only_the_first_claim_wins():
+    stream = create_stream()
+    claim_stream(stream.pk)
+    with pytest.raises(StreamNotPending) as second:
+        claim_stream(str(stream.pk))
+    assert second.value.status == "streaming"
+    assert str(second.value) == "the stream is already streaming"
+
+
+@pytest.mark.parametrize("bad_id", [uuid.uuid4(), "not-a-uuid", "", "../../etc"])
+def test_unknown_or_malformed_ids_are_unknown_streams(bad_id):
+    with pytest.raises(Stream.DoesNotExist):
+        claim_stream(bad_id)
+    with pytest.raises(Stream.DoesNotExist):
+        get_stream_body(bad_id)
+    assert delete_stream(bad_id) is False
+
+
+def test_simultaneous_claims_have_exactly_one_winner():
+    stream = create_stream()
+    barrier = threading.Barrier(24)
+    outcomes: list[str] = []
+
+    def attempt():
+        try:
+            barrier.wait()
+            claim_stream(stream.pk)
+            outcomes.append("claimed")
+        except StreamNotPending:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["claimed"] + ["refused"] * 23
+
+
+def test_reads_from_any_offset_across_chunks():
+    pieces = ["Hello, ", "wörld! ", "😀👩🏽‍💻 ", "中文。"]
+    stream = written(pieces, status=Status.DONE)
+    text = "".join(pieces)
+    assert stream.length == len(text)
+    for offset in range(len(text) + 1):
+        body = get_stream_body(stream.pk, offset)
+        assert (body.text, body.offset, body.length) == (text[offset:], offset, len(text))
+
+
+def test_the_text_read_agrees_with_the_status_read():
+    stream = written(["committed. "])
+    # A later flush commits after the row was read: the body stops at the row's length.
+    loaded = Stream.objects.get(pk=stream.pk)
+    write_batch(stream.pk, Batch(seq=1, offset=loaded.length, text="later"))
+    from streaming_app.streams import body_of
+
+    assert body_of(loaded).text == "committed. "
+    assert get_stream_body(stream.pk).text == "committed. later"
+
+
+def test_offsets_past_the_end():
+    live = written(["abc"])
+    assert get_stream_body(live.pk, 10).text == ""  # a live stream may grow to it
+    done = written(["abc"], status=Status.DONE)
+    assert get_stream_body(done.pk, 3).text == ""
+    with pytest.raises(InvalidOffset, match="past the end of this done stream"):
+        get_stream_body(done.pk, 4)
+
+
+@pytest.mark.parametrize("value", [-1, "-1", "abc", "1.5", "", "٣", "+3", "1_0", "9" * 30, True])
+def test_bad_offsets_are_refused(value):
+    with pytest.raises(InvalidOffset):
+        parse_offset(value)
+
+
+def test_parse_offset_accepts_plain_integers():
+    assert parse_offset("42") == 42
+    assert parse_offset(7) == 7
+
+
+def test_terminal_is_final():
+    stream = written(["the end."], status=Status.DONE)
+    with pytest.raises(StreamEnded):
+        write_batch(stream.pk, Batch(seq=1, offset=stream.length, text=" more"))
+    assert get_stream_body(stream.pk).text == "the end."
+
+
+def test_a_retried_batch_is_not_written_twice():
+    stream = written(["once. "])
+    # The commit of seq 0 landed but its answer was lost: the writer retries it.
+    write_batch(stream.pk, Batch(seq=0, offset=0, text="once. "))
+    assert list(Chunk.objects.filter(stream=stream).values_list("text", flat=True)) == ["once. "]
+    assert get_stream_body(stream.pk).text == "once. "
+
+
+def test_deleting_a_stream_deletes_its_chunks():
+    stream = written(["a", "b"], status=Status.DONE)
+    assert delete_stream(stream.pk) is True
+    assert not Chunk.objects.filter(stream_id=stream.pk).exists()
+    assert delete_stream(stream.pk) is False
+
+
+def test_active_and_stale_querysets():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = create_stream()
+    Stream.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
+    fresh = create_stream()
+    finished = written(["x"], status=Status.DONE)
+    assert set(Stream.objects.active().values_list("pk", flat=True)) == {old.pk, fresh.pk}
+    assert list(Stream.objects.stale(60).values_list("pk", flat=True)) == [old.pk]
+    assert list(Stream.objects.finished().values_list("pk", flat=True)) == [finished.pk]
