@@ -4,8 +4,10 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import models, router, transaction
 from django.db.models import Q
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 
@@ -34,6 +36,27 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         """Active streams whose last activity is older than ``timeout`` seconds."""
         now = now or timezone.now()
         return self.active().filter(updated_at__lt=now - timedelta(seconds=timeout))
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete the streams and their chunks, with the streams' rows locked first.
+
+        Django deletes the chunks, then the streams. A writer flushing in between would
+        insert a chunk that the stream's deletion then trips over (a foreign key
+        violation on PostgreSQL). With the rows locked, the writer either commits first
+        (and its chunk is deleted too) or finds its stream gone and stops.
+        """
+        with transaction.atomic(using=self.db, savepoint=False):
+            lock_streams(self)
+            return super().delete()
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+
+def lock_streams(streams: models.QuerySet[Stream]) -> None:
+    """Take the row locks of ``streams`` until the end of the transaction (no-op on
+    databases without SELECT ... FOR UPDATE, such as SQLite, which lock the whole file)."""
+    list(streams.order_by("pk").select_for_update().values_list("pk", flat=True))
 
 
 class Stream(models.Model):
@@ -85,6 +108,17 @@ class Stream(models.Model):
     def __str__(self) -> str:
         return f"{self.id} ({self.status}, {self.length} chars)"
 
+    def delete(
+        self, using: str | None = None, keep_parents: bool = False
+    ) -> tuple[int, dict[str, int]]:
+        """Delete the stream and its chunks; see :meth:`StreamQuerySet.delete`."""
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            lock_streams(Stream.objects.using(using).filter(pk=self.pk))
+            return super().delete(using=using, keep_parents=keep_parents)
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+
     @property
     def is_finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
@@ -119,3 +153,17 @@ class Chunk(models.Model):
     @property
     def end(self) -> int:
         return self.offset + len(self.text)
+
+
+@receiver(pre_delete, sender=Stream, dispatch_uid="streaming_app.lock_cascaded_stream")
+def lock_cascaded_stream(
+    sender: type[Stream], instance: Stream, origin: object, using: str, **kwargs: object
+) -> None:
+    """A stream deleted along with something else (its owner) is locked as it would be
+    on its own: Django sends ``pre_delete`` inside the deletion's transaction, before
+    it deletes any chunk."""
+    if isinstance(origin, Stream) or (
+        isinstance(origin, models.QuerySet) and origin.model is Stream
+    ):
+        return  # locked already, by Stream.delete or StreamQuerySet.delete
+    lock_streams(Stream.objects.using(using).filter(pk=instance.pk))

@@ -141,6 +141,51 @@ def test_deleting_a_stream_deletes_its_chunks():
     assert delete_stream(stream.pk) is False
 
 
+@pytest.mark.parametrize(
+    "delete",
+    [
+        pytest.param(lambda stream: delete_stream(stream.pk), id="delete_stream"),
+        pytest.param(lambda stream: stream.delete(), id="instance"),
+        pytest.param(lambda stream: stream.owner.delete(), id="with-its-owner"),
+    ],
+)
+def test_a_flush_racing_a_deletion_neither_breaks_it_nor_survives_it(delete):
+    """Django deletes the chunks, then the stream: a writer flushing in between must
+    not leave a chunk behind (on PostgreSQL, the deletion failed on its foreign key)."""
+    from django.contrib.auth import get_user_model
+
+    owner = get_user_model().objects.create_user("racer")
+    stream = create_stream(owner=owner)
+    claim_stream(stream.pk)
+    write_batch(stream.pk, Batch(seq=0, offset=0, text="first. "))
+    flush: dict[str, object] = {}
+
+    def flush_now() -> None:
+        try:
+            write_batch(stream.pk, Batch(seq=1, offset=7, text="second. "))
+            flush["outcome"] = "committed"
+        except StreamEnded:
+            flush["outcome"] = "refused"
+        finally:
+            connection.close()
+
+    def between_chunks_and_stream(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith('DELETE FROM "streaming_app_chunk"') and "thread" not in flush:
+            # The writer's flush, from another connection, right here.
+            flush["thread"] = thread = threading.Thread(target=flush_now)
+            thread.start()
+            thread.join(timeout=1)  # it waits on the stream's lock, if there is one
+        return result
+
+    with connection.execute_wrapper(between_chunks_and_stream):
+        delete(Stream.objects.get(pk=stream.pk))
+    flush["thread"].join(timeout=5)  # type: ignore[attr-defined]
+    assert flush["outcome"] in ("committed", "refused")
+    assert not Stream.objects.filter(pk=stream.pk).exists()
+    assert not Chunk.objects.filter(stream_id=stream.pk).exists()
+
+
 def test_active_and_stale_querysets():
     from datetime import timedelta
 
