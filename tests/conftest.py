@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
+from streaming_app import writer
 from tests.servers import Browser, Daphne, e2e_database
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -48,6 +49,24 @@ def close_async_test_connections(django_db_setup: Any, django_db_blocker: Any) -
     yield
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture(autouse=True)
+async def stream_runs_end_with_their_test() -> AsyncIterator[None]:
+    """A stream run outlives the request that started it, by design; it must not
+    outlive its test. Its last flush would race the flush of the test database: on
+    Postgres, its INSERT and the TRUNCATE deadlock. (Set up after pytest-django's own
+    autouse fixture, so torn down before the database is.)"""
+    yield
+    loop = asyncio.get_running_loop()
+    runs = [task for task in writer._running if task.get_loop() is loop]
+    if not runs:
+        return
+    _, unfinished = await asyncio.wait(runs, timeout=15)
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    assert not unfinished, f"{len(unfinished)} stream run(s) still going 15 s after the test"
 
 
 @pytest.fixture(scope="session")
