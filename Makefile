@@ -49,8 +49,8 @@ lint: install
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: install
-	$(BIN)/python bench/flush_policy.py
-	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then $(BIN)/python bench/fanout.py; \
+	$(BIN)/python -m bench.flush_policy
+	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then $(BIN)/python -m bench.fanout; \
 	else echo "bench/fanout.py skipped: it needs DATABASE_URL (Postgres) and REDIS_URL"; fi
 
 clean:

@@ -8,7 +8,7 @@ time for all viewers to connect; medians over repeats, and ratios against
 RedisChannelLayer (the baseline) measured in the same run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/x REDIS_URL=redis://127.0.0.1:6379/0 \\
-        python bench/fanout.py [--viewers 20] [--repeats 3]
+        python -m bench.fanout [--viewers 20] [--repeats 3]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ seconds, under several policies. For each: transactions per second and the lag f
 piece's production to the commit that holds it (what a viewer waits), as medians over
 repeats, and as ratios against the baseline that flushes every piece.
 
-    DATABASE_URL=postgres://... python bench/flush_policy.py [--seconds 5] [--repeats 3]
+    DATABASE_URL=postgres://... python -m bench.flush_policy [--seconds 5] [--repeats 3]
 
 Without DATABASE_URL it uses a fresh SQLite file. The database is migrated first.
 """
@@ -14,29 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
-os.environ.setdefault("DATABASE_URL", f"sqlite:///{tempfile.mkdtemp()}/bench.sqlite3")
-
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-
-from streaming_app.signals import stream_committed  # noqa: E402
-from streaming_app.streams import aclaim_stream, acreate_stream  # noqa: E402
-from streaming_app.writer import FlushPolicy, StreamRun  # noqa: E402
-from tests.test_writer import llm_like_pieces  # noqa: E402
+from bench import _django
+from streaming_app.signals import stream_committed
+from streaming_app.streams import aclaim_stream, acreate_stream
+from streaming_app.writer import FlushPolicy, StreamRun
+from tests.test_writer import llm_like_pieces
 
 POLICIES = {
     "every piece (baseline)": FlushPolicy(min_interval=0, max_interval=0, max_chars=1),
@@ -89,8 +75,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    call_command("migrate", verbosity=0)
-    vendor = django.db.connection.vendor
+    vendor = _django.migrate()
     print(f"{vendor}, 100 pieces/s for {args.seconds:g} s, median of {args.repeats} runs\n")
     rows = []
     for name, policy in POLICIES.items():
