@@ -50,6 +50,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.flush_policy
+	$(BIN)/python -m bench.compaction
 	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then $(BIN)/python -m bench.fanout; \
 	else echo "bench/fanout.py skipped: it needs DATABASE_URL (Postgres) and REDIS_URL"; fi
 

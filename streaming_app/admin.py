@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from .models import Stream
-from .streams import read_text
+from .streams import compact_stream, read_text
 
 # The body page shows at most this much text, so that a huge stream cannot stall it.
 BODY_PREVIEW_CHARS = 100_000
@@ -35,6 +35,7 @@ class StreamAdmin(admin.ModelAdmin):
         "body",
     )
     fields = readonly_fields
+    actions = ["compact"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Stream]:
         return super().get_queryset(request).annotate(chunk_total=Count("chunks"))
@@ -53,4 +54,14 @@ class StreamAdmin(admin.ModelAdmin):
         suffix = f"\n… and {more} more characters" if more > 0 else ""
         return format_html(
             '<pre style="white-space: pre-wrap; max-width: 80em">{}{}</pre>', text, suffix
+        )
+
+    @admin.action(description="Merge the chunks of the selected finished streams")
+    def compact(self, request: HttpRequest, queryset: QuerySet[Stream]) -> None:
+        compacted = sum(1 for pk in queryset.values_list("pk", flat=True) if compact_stream(pk))
+        self.message_user(
+            request,
+            f"{compacted} stream{'' if compacted == 1 else 's'} compacted; "
+            "live streams and streams of one chunk were left as they were.",
+            messages.SUCCESS,
         )

@@ -80,13 +80,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="streaming_app.E005",
                 )
             )
-    if not isinstance(conf.get("CANCEL_ON_DISCONNECT"), bool):
-        errors.append(
-            Error(
-                "STREAMING_APP['CANCEL_ON_DISCONNECT'] must be True or False.",
-                id="streaming_app.E003",
+    for name in ("CANCEL_ON_DISCONNECT", "COMPACT_FINISHED"):
+        if not isinstance(conf.get(name), bool):
+            errors.append(
+                Error(f"STREAMING_APP[{name!r}] must be True or False.", id="streaming_app.E003")
             )
-        )
     policy = conf.get("PERMISSION_POLICY")
     if isinstance(policy, str):
         try:

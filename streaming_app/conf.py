@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "SSE_KEEPALIVE": 15.0,
     # Threads that run the database work of all writers in a process.
     "WRITER_THREADS": 8,
+    # Merge a stream's chunks into one when it ends, so that reading a finished stream
+    # fetches one row. Costs one more transaction per stream, after it has ended.
+    "COMPACT_FINISHED": True,
     # Who may do what: a callable (or its dotted path) taking (user, stream, action),
     # action being "read", "drive" or "cancel", and returning a bool.
     "PERMISSION_POLICY": "streaming_app.permissions.owner_policy",

@@ -16,7 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
-from django.db.models import Case, Subquery, Value, When
+from django.db.models import Case, Exists, OuterRef, Subquery, Value, When
 from django.utils import timezone
 
 from . import conf
@@ -201,6 +201,8 @@ def expire_stream(stream_id: uuid.UUID, cutoff: datetime) -> str | None:
         if not expired:
             return None
         row = Stream.objects.values("status", "length", "error").get(pk=stream_id)
+        if conf.get("COMPACT_FINISHED"):
+            compact_stream(stream_id)
         announce(
             stream_id,
             offset=row["length"],
@@ -280,6 +282,56 @@ def purge_streams(
             # Chunks first, in one statement, rather than through the collector.
             Chunk.objects.filter(stream_id__in=ids).delete()
             deleted += Stream.objects.filter(pk__in=ids).delete()[1].get("streaming_app.Stream", 0)
+
+
+def compact_stream(stream_id: StreamId) -> bool:
+    """Merge a finished stream's chunks into one, so that reading it fetches one row
+    however many flushes wrote it. Offsets and reads are unchanged. Returns whether
+    there was more than one chunk to merge; a live or unknown stream is left alone.
+
+    Runs by itself when a stream ends (``COMPACT_FINISHED``); for streams that ended
+    otherwise, there is ``python manage.py compact_streams``.
+    """
+    try:
+        pk = parse_stream_id(stream_id)
+    except Stream.DoesNotExist:
+        return False
+    with transaction.atomic():
+        # The row lock keeps a deletion or another compaction out until we commit.
+        finished = (
+            Stream.objects.select_for_update()
+            .filter(pk=pk, status__in=TERMINAL_STATUSES)
+            .values_list("pk", flat=True)
+        )
+        if not finished:
+            return False
+        chunks = Chunk.objects.filter(stream_id=pk)
+        texts = list(chunks.order_by("seq").values_list("text", flat=True))
+        if len(texts) < 2:
+            return False
+        chunks.delete()
+        Chunk.objects.create(stream_id=pk, seq=0, offset=0, text="".join(texts))
+        return True
+
+
+acompact_stream = sync_to_async(compact_stream)
+
+
+def compact_finished_streams(*, batch_size: int = 500) -> int:
+    """Compact every finished stream that still has more than one chunk. Returns how
+    many were compacted."""
+    more_than_one = Chunk.objects.filter(stream=OuterRef("pk"), seq=1)
+    compacted = 0
+    while True:
+        ids = list(
+            Stream.objects.finished()
+            .filter(Exists(more_than_one))
+            .order_by()
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        compacted += sum(1 for pk in ids if compact_stream(pk))
+        if len(ids) < batch_size:
+            return compacted
 
 
 def body_of(stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False) -> StreamBody:

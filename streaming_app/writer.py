@@ -34,7 +34,7 @@ from django.utils import timezone
 from . import conf
 from .models import Chunk, Status, Stream
 from .signals import stream_run_started
-from .streams import announce
+from .streams import announce, compact_stream
 
 logger = logging.getLogger(__name__)
 
@@ -509,7 +509,17 @@ class StreamRun:
             )
         else:
             self.status = status
+            if conf.get("COMPACT_FINISHED"):
+                await self._compact()
         return self.status or ""
+
+    async def _compact(self) -> None:
+        # Viewers have had the status already; merging the chunks only spares later
+        # reads some rows, so a failure here is logged, never the stream's.
+        try:
+            await run_db(compact_stream, self.stream_id)
+        except Exception:
+            logger.warning("could not compact stream %s", self.stream_id, exc_info=True)
 
     def _stop_generation(self) -> None:
         if self._generation is not None:

@@ -215,3 +215,27 @@ def test_the_admin_lists_and_shows_streams(client, chat):
     page = client.get(f"/admin/streaming_app/stream/{chat['stream_id']}/change/")
     assert page.status_code == 200
     assert b"pending" in page.content
+
+
+def test_the_admin_merges_the_chunks_of_selected_streams(client):
+    from streaming_app.models import Chunk
+
+    from .helpers import written
+
+    with override_settings(STREAMING_APP={"COMPACT_FINISHED": False}):
+        finished = written(["one. ", "two. ", "three."], status=Status.DONE)
+    live = written(["still ", "going"])
+    client.force_login(get_user_model().objects.create_superuser("admin", "a@example.com", "pw"))
+    response = client.post(
+        "/admin/streaming_app/stream/",
+        {"action": "compact", "_selected_action": [str(finished.pk), str(live.pk)]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert b"1 stream compacted" in response.content
+    assert list(Chunk.objects.filter(stream=finished).values_list("text", flat=True)) == [
+        "one. two. three."
+    ]
+    assert Chunk.objects.filter(stream=live).count() == 2
+    page = client.get(f"/admin/streaming_app/stream/{finished.pk}/change/")
+    assert b"one. two. three." in page.content

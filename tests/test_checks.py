@@ -27,6 +27,7 @@ def test_the_defaults_pass():
         ({"MAX_BUFFER_CHARS": "4096"}, "streaming_app.E003"),
         ({"WRITER_THREADS": 0}, "streaming_app.E003"),
         ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E003"),
+        ({"COMPACT_FINISHED": 1}, "streaming_app.E003"),
         ({"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1}, "streaming_app.E004"),
         ({"HEARTBEAT_INTERVAL": 60, "TIMEOUT": 30}, "streaming_app.E005"),
         ({"PERMISSION_POLICY": "no.such.policy"}, "streaming_app.E006"),

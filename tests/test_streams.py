@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 
 from streaming_app import (
     InvalidOffset,
@@ -16,7 +17,7 @@ from streaming_app import (
     get_stream_body,
 )
 from streaming_app.models import Chunk, Status, Stream
-from streaming_app.streams import claim_stream, parse_offset
+from streaming_app.streams import claim_stream, compact_stream, parse_offset
 from streaming_app.writer import Batch, StreamEnded, write_batch
 
 from .helpers import written
@@ -198,3 +199,100 @@ def test_active_and_stale_querysets():
     assert set(Stream.objects.active().values_list("pk", flat=True)) == {old.pk, fresh.pk}
     assert list(Stream.objects.stale(60).values_list("pk", flat=True)) == [old.pk]
     assert list(Stream.objects.finished().values_list("pk", flat=True)) == [finished.pk]
+
+
+def test_compacting_merges_a_finished_streams_chunks_and_offsets_still_work():
+    pieces = ["Hello, ", "wörld! ", "😀👩🏽‍💻 ", "e\u0301 ", "中文。"]
+    text = "".join(pieces)
+    stream = written(pieces, status=Status.DONE)
+    assert compact_stream(stream.pk) is True
+    assert list(Chunk.objects.filter(stream=stream).values_list("seq", "offset", "text")) == [
+        (0, 0, text)
+    ]
+    for offset in range(len(text) + 1):
+        body = get_stream_body(stream.pk, offset)
+        assert (body.text, body.offset, body.length) == (text[offset:], offset, len(text))
+    assert compact_stream(stream.pk) is False, "nothing left to merge"
+
+
+def test_compacting_leaves_live_and_unknown_streams_alone():
+    live = written(["still ", "going "])
+    assert compact_stream(live.pk) is False
+    assert Chunk.objects.filter(stream=live).count() == 2
+    assert compact_stream(uuid.uuid4()) is False
+    assert compact_stream("not-a-uuid") is False
+    # The writer goes on where it was.
+    write_batch(live.pk, Batch(seq=2, offset=12, text="on.", terminal=(Status.DONE, None)))
+    assert get_stream_body(live.pk, 6).text == "going on."
+
+
+def test_readers_during_compaction_always_get_the_exact_text():
+    pieces = [f"sentence {i}, " for i in range(200)]
+    text = "".join(pieces)
+    stream = written(pieces, status=Status.DONE)
+    wrong: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            offset = 0
+            while not stop.is_set():
+                offset = (offset + 97) % (len(text) + 1)
+                body = get_stream_body(stream.pk, offset)
+                if body.text != text[offset:]:
+                    wrong.append((offset, body.text[:40]))
+        finally:
+            connection.close()
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert compact_stream(stream.pk) is True
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert wrong == []
+    assert get_stream_body(stream.pk).text == text
+
+
+def test_compact_streams_command_merges_what_ended_without_a_writer(capsys):
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    with override_settings(STREAMING_APP={"COMPACT_FINISHED": False}):
+        ended = [written(["a. ", "b. "], status=Status.DONE) for _ in range(3)]
+        orphan = written(["left ", "behind "])
+        Stream.objects.filter(pk=orphan.pk).update(
+            updated_at=timezone.now() - timedelta(seconds=600)
+        )
+        call_command("expire_streams")
+    live = written(["x. ", "y. "])
+    one = written(["one chunk."], status=Status.DONE)
+    call_command("compact_streams", "--batch-size", "2")
+    assert capsys.readouterr().out.strip().endswith("4 streams compacted")
+    for stream in [*ended, orphan, one]:
+        assert Chunk.objects.filter(stream=stream).count() == 1
+    assert Chunk.objects.filter(stream=live).count() == 2
+    assert get_stream_body(orphan.pk).text == "left behind "
+    call_command("compact_streams")
+    assert capsys.readouterr().out.strip() == "0 streams compacted"
+
+
+def test_expiry_compacts_the_stream_it_ends():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from streaming_app.streams import expire_stale_streams
+
+    stream = written(["half ", "a ", "reply"])
+    Stream.objects.filter(pk=stream.pk).update(updated_at=timezone.now() - timedelta(seconds=600))
+    assert expire_stale_streams() == 1
+    assert list(Chunk.objects.filter(stream=stream).values_list("text", flat=True)) == [
+        "half a reply"
+    ]
+    assert get_stream_body(stream.pk, 5).status == Status.TIMEOUT

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaming_app.models import Status
-from streaming_app.streams import aget_stream_body, get_stream_body
+from streaming_app.streams import aget_stream_body, compact_stream, get_stream_body
 from streaming_app.writer import FlushPolicy
 
 from .helpers import (
@@ -31,6 +31,9 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# For tests of where the writer cuts chunks: finished streams are merged otherwise.
+KEEP_CHUNKS = override_settings(STREAMING_APP={"COMPACT_FINISHED": False})
 
 # Code points of 1, 2, 3 and 4 UTF-8 bytes, combining marks, ZWJ emoji sequences, CJK.
 SPECIAL = [
@@ -78,7 +81,9 @@ def test_chunks_concatenate_to_exactly_the_input(pieces, max_chars, min_interval
         stream_id, status = await run_to_end(paced(pieces), policy=policy, tap=tapped.append)
         return stream_id, status, await chunks_of(stream_id)
 
-    stream_id, status, chunks = asyncio.run(scenario())
+    # The chunks as the writer wrote them, then merged into one.
+    with override_settings(STREAMING_APP={"COMPACT_FINISHED": False}):
+        stream_id, status, chunks = asyncio.run(scenario())
     assert status == Status.DONE
     assert "".join(tapped) == expected, "the driver got exactly the input"
     assert assert_chunks_consistent(chunks) == expected, "the chunks are exactly the input"
@@ -88,10 +93,25 @@ def test_chunks_concatenate_to_exactly_the_input(pieces, max_chars, min_interval
     offsets = {0, len(expected), *(p for p in probes if p <= len(expected))}
     for _, offset, text in chunks:
         offsets.update({offset, offset + 1, offset + len(text) - 1})
-    for offset in sorted(o for o in offsets if 0 <= o <= len(expected)):
-        rest = get_stream_body(stream_id, offset)
-        assert rest.text == expected[offset:], offset
-        assert rest.offset == offset
+    in_range = sorted(o for o in offsets if 0 <= o <= len(expected))
+    for compacted in (False, True):
+        if compacted:
+            assert compact_stream(stream_id) == (len(chunks) > 1)
+            assert len(asyncio.run(chunks_of(stream_id))) == min(len(chunks), 1)
+        for offset in in_range:
+            rest = get_stream_body(stream_id, offset)
+            assert rest.text == expected[offset:], (offset, compacted)
+            assert rest.offset == offset
+
+
+async def test_a_stream_that_ends_is_merged_into_one_chunk():
+    pieces = [f"Line {i}.\n" for i in range(40)]
+    policy = FlushPolicy(min_interval=0.0, max_interval=60.0, max_chars=30)
+    stream_id, status = await run_to_end(paced(pieces), policy=policy)
+    assert status == Status.DONE
+    assert await chunks_of(stream_id) == [(0, 0, "".join(pieces))]
+    body = await aget_stream_body(stream_id, 7)
+    assert (body.status, body.text) == (Status.DONE, "".join(pieces)[7:])
 
 
 async def test_a_raising_generator_ends_the_stream_as_error_keeping_its_text():
@@ -166,6 +186,7 @@ async def test_a_long_run_without_punctuation_is_flushed_by_the_interval():
     assert first_flush < 0.45, f"the first flush came {first_flush:.2f}s in"
 
 
+@KEEP_CHUNKS
 async def test_a_long_run_without_punctuation_is_flushed_by_size():
     policy = FlushPolicy(min_interval=60, max_interval=60, max_chars=100)
     stream_id, _ = await run_to_end(paced(["x" * 7] * 100, 0.005), policy=policy)
@@ -175,6 +196,7 @@ async def test_a_long_run_without_punctuation_is_flushed_by_size():
     assert len(chunks) >= 4, [len(text) for _, _, text in chunks]
 
 
+@KEEP_CHUNKS
 async def test_a_sentence_end_flushes_before_the_maximum_interval():
     policy = FlushPolicy(min_interval=0.05, max_interval=5.0, max_chars=10_000)
 
