@@ -29,8 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5.0,
     # A pending or streaming stream with no activity for this long is `timeout`.
     "TIMEOUT": 60.0,
-    # A writer whose flushes have failed for this long (the database is away) stops its
-    # generator and ends the stream as `error` as soon as that can be written.
+    # A writer whose flush has failed, or has not come back, for this long (the database
+    # is away) stops its generator and ends the stream as `error` as soon as that can
+    # be written.
     "DATABASE_OUTAGE_LIMIT": 30.0,
     # How long the cancel endpoint waits for the writer to end the stream.
     "CANCEL_WAIT": 2.0,

@@ -217,6 +217,8 @@ async def run_db(func: Callable[..., Any], *args: Any) -> Any:
 
 
 _RETRYABLE = (OperationalError, InterfaceError)
+# A flush that takes longer than this, retries included, is logged.
+SLOW_FLUSH = 1.0
 
 
 class StreamWriter:
@@ -365,6 +367,13 @@ class StreamWriter:
             self.ended = exc
             self._stop()
 
+    def _database_away(self) -> None:
+        if self.outage:
+            return
+        self.outage = f"the database was unreachable for more than {self.outage_limit:g} seconds"
+        logger.error("stream %s stops: %s", self.stream_id, self.outage)
+        self._stop()
+
     async def _touch(self) -> None:
         try:
             await run_db(touch_stream, self.stream_id)
@@ -376,27 +385,39 @@ class StreamWriter:
         self._last_write = time.monotonic()
 
     async def _write(self, batch: Batch) -> None:
-        """Write one batch, retrying connection errors with backoff, as it is."""
-        delay, failing_since = 0.05, None
+        """Write one batch, retrying connection errors with backoff, as it is.
+
+        The outage clock starts with the batch's first attempt, not its first failure:
+        with a connection pool, an attempt waits for a connection instead of failing.
+        """
+        delay, since = 0.05, time.monotonic()
         while True:
+            attempt = asyncio.ensure_future(run_db(write_batch, self.stream_id, batch))
             try:
-                await run_db(write_batch, self.stream_id, batch)
+                if not self.outage:
+                    limit = since + self.outage_limit - time.monotonic()
+                    done, _ = await asyncio.wait({attempt}, timeout=max(limit, 0.0))
+                    if not done:
+                        self._database_away()
+                await attempt
+                if (took := time.monotonic() - since) > SLOW_FLUSH:
+                    logger.warning(
+                        "flush %d of stream %s took %.1fs (the database was slow or away)",
+                        batch.seq,
+                        self.stream_id,
+                        took,
+                    )
                 break
             except (StreamEnded, CancelRequested):
                 raise
             except _RETRYABLE as exc:
                 now = time.monotonic()
-                failing_since = failing_since or now
-                if batch.terminal and now - failing_since > self.give_up_after:
+                if batch.terminal and now - since > self.give_up_after:
                     # Past the timeout the stream is anyone's to expire: stop trying.
                     logger.error("gave up ending stream %s: %s", self.stream_id, exc)
                     raise StreamEnded(f"stream {self.stream_id} could not be ended") from exc
-                if not self.outage and now - failing_since > self.outage_limit:
-                    self.outage = (
-                        f"the database was unreachable for more than {self.outage_limit:g} seconds"
-                    )
-                    logger.error("stream %s stops: %s", self.stream_id, self.outage)
-                    self._stop()
+                if now - since > self.outage_limit:
+                    self._database_away()
                 logger.warning(
                     "flush %d of stream %s failed (%s); retrying in %.2fs",
                     batch.seq,

@@ -332,6 +332,30 @@ async def test_the_driver_is_not_held_up_by_a_slow_database():
     assert time.monotonic() - driver_done > 0.3, "persistence caught up suspiciously fast"
 
 
+@override_settings(STREAMING_APP={"DATABASE_OUTAGE_LIMIT": 0.5})
+async def test_a_flush_that_hangs_past_the_outage_limit_stops_generation():
+    """A pooled connection is waited for, not refused: a flush that has not come back
+    within DATABASE_OUTAGE_LIMIT counts as an outage while it is still waiting."""
+    produced: list[float] = []
+
+    async def endless():
+        while True:
+            produced.append(time.monotonic())
+            yield "More words. "
+            await asyncio.sleep(0.01)
+
+    policy = FlushPolicy(min_interval=0.0, max_interval=0.05, max_chars=4096)
+    with slow_queries(2.0):
+        started = time.monotonic()
+        stream_id, status = await run_to_end(endless(), policy=policy)
+    stopped = produced[-1] - started
+    assert stopped < 1.5, f"generation went on {stopped:.2f}s into a 2 s flush"
+    assert status == Status.ERROR
+    body = await aget_stream_body(stream_id)
+    assert body.error == "the database was unreachable for more than 0.5 seconds"
+    assert body.text == "More words. " * len(produced), "what was generated is all there"
+
+
 @override_settings(STREAMING_APP={"HEARTBEAT_INTERVAL": 0.1, "TIMEOUT": 1.0})
 async def test_a_silent_generator_keeps_its_stream_fresh():
     from streaming_app.streams import aclaim_stream, acreate_stream
