@@ -51,6 +51,8 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.flush_policy
 	$(BIN)/python -m bench.compaction
+	@case "$$DATABASE_URL" in postgres*) $(BIN)/python -m bench.flush_cost;; \
+	*) echo "bench/flush_cost.py skipped: it needs DATABASE_URL (Postgres)";; esac
 	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then $(BIN)/python -m bench.fanout; \
 	else echo "bench/fanout.py skipped: it needs DATABASE_URL (Postgres) and REDIS_URL"; fi
 

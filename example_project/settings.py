@@ -81,6 +81,20 @@ def database_from_url(url: str) -> dict[str, Any]:
             "timeout": 20,
             **config.get("OPTIONS", {}),
         }
+    elif config["ENGINE"] == "django.db.backends.postgresql":
+        # Writers commit a few times a second per stream, each time on a connection
+        # Django closes after the call (it closes them outside requests too): without
+        # a pool each flush would open a new one (bench/flush_cost.py).
+        pool_size = int(os.environ.get("DATABASE_POOL_SIZE", "20"))
+        if pool_size:
+            config["OPTIONS"] = {
+                # timeout: how long a thread waits for a free connection before failing.
+                "pool": {"min_size": 2, "max_size": pool_size, "timeout": 10},
+                **config.get("OPTIONS", {}),
+            }
+            # Pooled connections are checked as they are handed out, so that one the
+            # server dropped (a restart) is replaced instead of failing a request.
+            config["CONN_HEALTH_CHECKS"] = True
     return config
 
 

@@ -121,3 +121,26 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]
             id="streaming_app.W001",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_database_connections(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Writers flush a few times a second per stream, each time on a connection that
+    Django closes after the call: on PostgreSQL without a pool, each flush connects."""
+    warnings = []
+    for alias, database in settings.DATABASES.items():
+        if database.get("ENGINE") != "django.db.backends.postgresql":
+            continue
+        if (database.get("OPTIONS") or {}).get("pool") or database.get("CONN_MAX_AGE"):
+            continue
+        warnings.append(
+            Warning(
+                f"DATABASES[{alias!r}] opens a new PostgreSQL connection for every flush of "
+                "every stream (about 3 a second per live stream).",
+                hint="Turn Django's connection pool on: OPTIONS {'pool': True} with "
+                "psycopg[pool] installed (see docs/deployment.md). Behind an external "
+                "pooler (PgBouncer), silence streaming_app.W002.",
+                id="streaming_app.W002",
+            )
+        )
+    return warnings

@@ -131,7 +131,7 @@ def slow_queries(seconds: float, *, table: str = "streaming_app_chunk") -> Itera
     """Make every INSERT into ``table`` take ``seconds`` longer, on every new connection.
 
     The writers close their connections after each flush (CONN_MAX_AGE is 0), so each
-    flush opens a connection that gets the delay.
+    flush connects again, anew or from the pool, and gets the delay.
     """
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:

@@ -49,3 +49,19 @@ def test_a_missing_channel_layer_is_a_warning():
     with override_settings(CHANNEL_LAYERS={}):
         (warning,) = check_channel_layer()
     assert warning.id == "streaming_app.W001"
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_postgres_without_a_pool_is_a_warning(settings):
+    from streaming_app.checks import check_database_connections
+
+    postgres = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+    settings.DATABASES = {
+        "default": {**postgres, "OPTIONS": {"pool": {"max_size": 4}}},
+        "kept": {**postgres, "CONN_MAX_AGE": 60},
+        "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        "plain": {**postgres, "OPTIONS": {}},
+    }
+    (warning,) = check_database_connections()
+    assert warning.id == "streaming_app.W002"
+    assert "DATABASES['plain']" in warning.msg

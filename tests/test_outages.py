@@ -37,7 +37,8 @@ from .servers import (
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
-FAST_CHECKS = {"RESYNC_INTERVAL": 0.5, "PUBLISH_TIMEOUT": 0.5}
+# Chunks are left as the writer wrote them, so that a lost or doubled one shows.
+FAST_CHECKS = {"RESYNC_INTERVAL": 0.5, "PUBLISH_TIMEOUT": 0.5, "COMPACT_FINISHED": False}
 
 
 def answer(prompt: str) -> str:
@@ -148,9 +149,23 @@ def survive_outage(
     return browser, chat
 
 
-def test_postgres_going_away_mid_stream_loses_and_doubles_nothing(private_postgres):
+@pytest.mark.parametrize(
+    ("pool_size", "sign"),
+    [
+        # Without a pool, a flush is refused a connection and retried with backoff.
+        pytest.param("0", "retrying in", id="no-pool"),
+        # With one, a flush waits for the pool to reconnect.
+        pytest.param("20", "(the database was slow or away)", id="pool"),
+    ],
+)
+def test_postgres_going_away_mid_stream_loses_and_doubles_nothing(
+    private_postgres, pool_size, sign
+):
     server = Daphne(
-        private_postgres.url, DEMO_MODEL_DELAY="0.03", E2E_STREAMING_APP=json.dumps(FAST_CHECKS)
+        private_postgres.url,
+        DEMO_MODEL_DELAY="0.03",
+        DATABASE_POOL_SIZE=pool_size,
+        E2E_STREAMING_APP=json.dumps(FAST_CHECKS),
     )
     try:
         _, chat = survive_outage(
@@ -164,7 +179,7 @@ def test_postgres_going_away_mid_stream_loses_and_doubles_nothing(private_postgr
         assert_exact_chunks(
             chunks_in(private_postgres.url, chat["stream_id"]), answer("Survive the database")
         )
-        assert "retrying" in server.output(), "the outage did not hit a flush"
+        assert sign in server.output(), "the outage did not hit a flush"
     finally:
         server.stop()
 
