@@ -83,11 +83,12 @@ def e2e_db(database_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def daphne_factory(e2e_db: str) -> Iterator[Any]:
-    """Start daphne processes on the module's e2e database; all stop at the end."""
+    """Start daphne processes (or uvicorn ones: ``start(Uvicorn)``) on the module's e2e
+    database; all stop at the end."""
     started: list[Daphne] = []
 
-    def start(**env: str) -> Daphne:
-        server = Daphne(e2e_db, **env)
+    def start(kind: type[Daphne] = Daphne, **env: str) -> Daphne:
+        server = kind(e2e_db, **env)
         started.append(server)
         return server
 

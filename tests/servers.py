@@ -103,29 +103,25 @@ def migrate(database_url: str) -> None:
 class Daphne:
     """One real daphne process serving the example project on a free port."""
 
+    name = "daphne"
+
     def __init__(self, database_url: str, **env: str) -> None:
         self.port = free_port()
         # Open for the server's lifetime; stop() closes it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="daphne-", suffix=".log", delete=False
+            prefix=f"{self.name}-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "example_project.asgi:application",
-            ],
+            [sys.executable, "-m", *self.arguments(), "example_project.asgi:application"],
             cwd=ROOT,
             env=server_env(database_url, **env),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, process=self.process)
+
+    def arguments(self) -> list[str]:
+        return ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
 
     @property
     def url(self) -> str:
@@ -147,6 +143,15 @@ class Daphne:
                 self.kill()
         self.log.close()
         os.unlink(self.log.name)
+
+
+class Uvicorn(Daphne):
+    """The same, served by uvicorn. Channels' router has no lifespan protocol."""
+
+    name = "uvicorn"
+
+    def arguments(self) -> list[str]:
+        return ["uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off"]
 
 
 class Browser:

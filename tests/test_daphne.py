@@ -1,4 +1,5 @@
-"""Real daphne processes over real sockets, on SQLite or Postgres (DATABASE_URL)."""
+"""Real daphne (and uvicorn) processes over real sockets, on SQLite or Postgres
+(DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import pytest
 
 from example_project.chat.llm import demo_answer
 
-from .servers import FakeOpenAI
+from .servers import Daphne, FakeOpenAI, Uvicorn
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
+
+# What the driving browser sees depends on the server's handling of streaming bodies
+# and of disconnects: both servers the docs name are tried.
+servers = pytest.mark.parametrize("kind", [Daphne, Uvicorn], ids=["daphne", "uvicorn"])
 
 
 def conversation(*turns: str) -> list[dict[str, str]]:
@@ -20,10 +25,11 @@ def conversation(*turns: str) -> list[dict[str, str]]:
     return [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
 
 
+@servers
 def test_the_drive_endpoint_streams_the_offline_model_piece_by_piece(
-    daphne_factory, browser_factory
+    daphne_factory, browser_factory, kind
 ):
-    server = daphne_factory(DEMO_MODEL_DELAY="0.01")
+    server = daphne_factory(kind, DEMO_MODEL_DELAY="0.01")
     browser = browser_factory(server.url)
     chat = browser.new_chat("What is streaming?")
     arrivals: list[tuple[float, bytes]] = []
@@ -85,8 +91,9 @@ def test_the_real_openai_client_against_a_compatible_server(daphne_factory, brow
         fake.close()
 
 
-def test_hanging_up_does_not_stop_generation(daphne_factory, browser_factory):
-    server = daphne_factory(DEMO_MODEL_DELAY="0.02")
+@servers
+def test_hanging_up_does_not_stop_generation(daphne_factory, browser_factory, kind):
+    server = daphne_factory(kind, DEMO_MODEL_DELAY="0.02")
     browser = browser_factory(server.url)
     chat = browser.new_chat("Tell me everything")
     expected = demo_answer(conversation("Tell me everything"))

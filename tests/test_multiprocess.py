@@ -11,16 +11,24 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from .servers import closing, drive_timed, lag_percentiles, sse_watch, ws_watch
+from .servers import Daphne, Uvicorn, closing, drive_timed, lag_percentiles, sse_watch, ws_watch
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
-@pytest.mark.parametrize("layer", ["pubsub", "core"])
+@pytest.mark.parametrize(
+    ("layer", "viewers_on"),
+    [
+        pytest.param("pubsub", Daphne, id="pubsub"),
+        pytest.param("core", Daphne, id="core"),
+        # The viewers' process served by uvicorn: websockets and SSE there too.
+        pytest.param("pubsub", Uvicorn, id="pubsub-uvicorn"),
+    ],
+)
 def test_viewers_on_another_process_get_exactly_the_drivers_text(
-    daphne_factory, browser_factory, layer
+    daphne_factory, browser_factory, layer, viewers_on
 ):
     env = {
         "REDIS_URL": os.environ["REDIS_URL"],
@@ -28,7 +36,7 @@ def test_viewers_on_another_process_get_exactly_the_drivers_text(
         "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
         "E2E_CHANNEL_LAYER": layer,
     }
-    a, b = daphne_factory(**env), daphne_factory(**env)
+    a, b = daphne_factory(**env), daphne_factory(viewers_on, **env)
     browser = browser_factory(a.url)
     chat = browser.new_chat("Tell the others")
     stream_id = chat["stream_id"]
