@@ -7,22 +7,38 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+def env(name: str, default: str) -> str:
+    """A variable's value; unset or empty (``NAME=`` in an env file) gives ``default``."""
+    return os.environ.get(name, "").strip() or default
+
+
 def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
+    value = env(name, "")
+    if not value:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return value.lower() in {"1", "true", "yes", "on"}
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-example-project-development-key")
+def env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+    value = env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, not {value!r}"
+        ) from None
+
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", "django-insecure-example-project-development-key")
 DEBUG = env_bool("DJANGO_DEBUG", True)
 ALLOWED_HOSTS = [
     host.strip()
-    for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+    for host in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
     if host.strip()
 ]
 
@@ -85,7 +101,7 @@ def database_from_url(url: str) -> dict[str, Any]:
         # Writers commit a few times a second per stream, each time on a connection
         # Django closes after the call (it closes them outside requests too): without
         # a pool each flush would open a new one (bench/flush_cost.py).
-        pool_size = int(os.environ.get("DATABASE_POOL_SIZE", "20"))
+        pool_size = env_number("DATABASE_POOL_SIZE", "20", int)
         if pool_size:
             config["OPTIONS"] = {
                 # timeout: how long a thread waits for a free connection before failing.
@@ -99,12 +115,10 @@ def database_from_url(url: str) -> dict[str, Any]:
 
 
 DATABASES = {
-    "default": database_from_url(
-        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-    )
+    "default": database_from_url(env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))
 }
 
-REDIS_URL = os.environ.get("REDIS_URL")
+REDIS_URL = env("REDIS_URL", "")
 if REDIS_URL:
     # The pub/sub layer: one PUBLISH per update whatever the number of viewers, no
     # per-channel capacity to overflow, and the lowest latency (docs/fanout.md). It
@@ -126,7 +140,7 @@ STREAMING_APP: dict[str, Any] = {
 # The example's own settings.
 CHAT_MAX_PROMPT_CHARS = 32_000
 # Seconds between the offline demo model's pieces ("a human pace").
-DEMO_MODEL_DELAY = float(os.environ.get("DEMO_MODEL_DELAY", "0.03"))
+DEMO_MODEL_DELAY = env_number("DEMO_MODEL_DELAY", "0.03", float)
 
 CSRF_FAILURE_VIEW = "example_project.chat.views.csrf_failure"
 
