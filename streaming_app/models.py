@@ -53,10 +53,11 @@ class StreamQuerySet(models.QuerySet["Stream"]):
     delete.queryset_only = True  # type: ignore[attr-defined]
 
 
-def lock_streams(streams: models.QuerySet[Stream]) -> None:
-    """Take the row locks of ``streams`` until the end of the transaction (no-op on
-    databases without SELECT ... FOR UPDATE, such as SQLite, which lock the whole file)."""
-    list(streams.order_by("pk").select_for_update().values_list("pk", flat=True))
+def lock_streams(streams: models.QuerySet[Stream]) -> list[uuid.UUID]:
+    """Take the row locks of ``streams`` until the end of the transaction, and return
+    their ids (no lock on databases without SELECT ... FOR UPDATE, such as SQLite, which
+    lock the whole file)."""
+    return list(streams.order_by("pk").select_for_update().values_list("pk", flat=True))
 
 
 class Stream(models.Model):

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import conf
 from .exceptions import InvalidOffset, StreamNotPending
-from .models import LIVE_STATUSES, TERMINAL_STATUSES, Chunk, Status, Stream
+from .models import LIVE_STATUSES, TERMINAL_STATUSES, Chunk, Status, Stream, lock_streams
 from .signals import stream_cancel_requested, stream_committed
 
 logger = logging.getLogger(__name__)
@@ -298,12 +298,7 @@ def compact_stream(stream_id: StreamId) -> bool:
         return False
     with transaction.atomic():
         # The row lock keeps a deletion or another compaction out until we commit.
-        finished = (
-            Stream.objects.select_for_update()
-            .filter(pk=pk, status__in=TERMINAL_STATUSES)
-            .values_list("pk", flat=True)
-        )
-        if not finished:
+        if not lock_streams(Stream.objects.finished().filter(pk=pk)):
             return False
         chunks = Chunk.objects.filter(stream_id=pk)
         texts = list(chunks.order_by("seq").values_list("text", flat=True))
