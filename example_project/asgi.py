@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -16,7 +17,22 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from example_project.chat.llm import close_openai_client  # noqa: E402
 from streaming_app.routing import websocket_urlpatterns  # noqa: E402
+
+
+async def lifespan(scope: dict, receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol (uvicorn speaks it, daphne does not): the model's
+    client is closed when the server shuts down."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await close_openai_client()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
 
 # In development daphne serves the static files itself; in production a proxy, a CDN
 # or whitenoise does.
@@ -25,6 +41,7 @@ http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django
 application = ProtocolTypeRouter(
     {
         "http": http_app,
+        "lifespan": lifespan,
         # Browsers on other sites may not open sockets here with a visitor's cookies.
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))

@@ -139,6 +139,8 @@ STREAMING_APP: dict[str, Any] = {
 
 # The example's own settings.
 CHAT_MAX_PROMPT_CHARS = 32_000
+# The most characters of earlier turns sent to the model with a new prompt.
+CHAT_MAX_CONTEXT_CHARS = 64_000
 # Seconds between the offline demo model's pieces ("a human pace").
 DEMO_MODEL_DELAY = env_number("DEMO_MODEL_DELAY", "0.03", float)
 

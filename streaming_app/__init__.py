@@ -1,67 +1,97 @@
 """Persistent text streams for Django: stream generated text to the browser that asked
 for it, persist it in batches, and let anyone allowed read it back or follow it live.
 
-The public API is re-exported here and imported lazily, so that importing
-``streaming_app`` (in settings, say) loads no models.
+The public API is re-exported here. It is imported on first use, so that importing
+``streaming_app`` (in settings, say) loads no models; type checkers see the real
+names and signatures through the imports below.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .exceptions import InvalidOffset, Overloaded, StreamNotPending
+    from .flush import FlushPolicy
+    from .publish import adisconnect_viewers, disconnect_viewers
+    from .run import Source, StreamRun
+    from .signals import stream_committed, stream_finished
+    from .streams import (
+        StreamBody,
+        acancel_stream,
+        aclaim_stream,
+        acompact_stream,
+        acreate_stream,
+        adelete_stream,
+        aexpire_stale_streams,
+        aget_stream_body,
+        cancel_stream,
+        claim_stream,
+        compact_finished_streams,
+        compact_stream,
+        create_stream,
+        delete_stream,
+        expire_stale_streams,
+        get_stream_body,
+        purge_streams,
+    )
+    from .views import astream_response, stream_response
 
 __all__ = [
     "FlushPolicy",
     "InvalidOffset",
+    "Overloaded",
+    "Source",
     "StreamBody",
     "StreamNotPending",
     "StreamRun",
     "acancel_stream",
+    "aclaim_stream",
     "acompact_stream",
     "acreate_stream",
     "adelete_stream",
+    "adisconnect_viewers",
+    "aexpire_stale_streams",
     "aget_stream_body",
     "astream_response",
     "cancel_stream",
+    "claim_stream",
     "compact_finished_streams",
     "compact_stream",
     "create_stream",
     "delete_stream",
+    "disconnect_viewers",
     "expire_stale_streams",
     "get_stream_body",
     "purge_streams",
     "stream_committed",
+    "stream_finished",
     "stream_response",
 ]
 
 _WHERE = {
-    "FlushPolicy": "writer",
+    "FlushPolicy": "flush",
     "InvalidOffset": "exceptions",
+    "Overloaded": "exceptions",
+    "Source": "run",
     "StreamBody": "streams",
     "StreamNotPending": "exceptions",
-    "StreamRun": "writer",
-    "acancel_stream": "streams",
-    "acompact_stream": "streams",
-    "acreate_stream": "streams",
-    "adelete_stream": "streams",
-    "aget_stream_body": "streams",
+    "StreamRun": "run",
+    "adisconnect_viewers": "publish",
     "astream_response": "views",
-    "cancel_stream": "streams",
-    "compact_finished_streams": "streams",
-    "compact_stream": "streams",
-    "create_stream": "streams",
-    "delete_stream": "streams",
-    "expire_stale_streams": "streams",
-    "get_stream_body": "streams",
-    "purge_streams": "streams",
+    "disconnect_viewers": "publish",
     "stream_committed": "signals",
+    "stream_finished": "signals",
     "stream_response": "views",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+def __getattr__(name: str) -> object:
+    if name in __all__:
+        value = getattr(import_module(f".{_WHERE.get(name, 'streams')}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from .models import Stream
-from .streams import compact_stream, read_text
+from .streams import cancel_stream, compact_stream, read_text
 
 # The body page shows at most this much text, so that a huge stream cannot stall it.
 BODY_PREVIEW_CHARS = 100_000
@@ -20,7 +20,9 @@ class StreamAdmin(admin.ModelAdmin):
     list_filter = ["status", "created_at"]
     search_fields = ["id"]
     date_hierarchy = "created_at"
-    # The text and its bookkeeping are the writer's: editing them would break offsets.
+    # Streams are inspected, never edited: a save would write the whole row as it was
+    # loaded, under a live writer (has_change_permission). Deleting a live stream stops
+    # its run first, wherever it is (StreamQuerySet.delete).
     readonly_fields = (
         "id",
         "status",
@@ -35,12 +37,15 @@ class StreamAdmin(admin.ModelAdmin):
         "body",
     )
     fields = readonly_fields
-    actions = ["compact"]
+    actions = ["cancel", "compact"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Stream]:
         return super().get_queryset(request).annotate(chunk_total=Count("chunks"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Stream | None = None) -> bool:
         return False
 
     @admin.display(description="chunks", ordering="chunk_total")
@@ -56,7 +61,20 @@ class StreamAdmin(admin.ModelAdmin):
             '<pre style="white-space: pre-wrap; max-width: 80em">{}{}</pre>', text, suffix
         )
 
-    @admin.action(description="Merge the chunks of the selected finished streams")
+    @admin.action(description="Cancel the selected live streams", permissions=["delete"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Stream]) -> None:
+        live = queryset.live().values_list("pk", flat=True)  # type: ignore[attr-defined]
+        statuses = [cancel_stream(pk) for pk in live]
+        self.message_user(
+            request,
+            f"{len(statuses)} live stream{'' if len(statuses) == 1 else 's'} asked to stop; "
+            "each keeps what it has written and ends cancelled.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(
+        description="Merge the chunks of the selected finished streams", permissions=["view"]
+    )
     def compact(self, request: HttpRequest, queryset: QuerySet[Stream]) -> None:
         compacted = sum(1 for pk in queryset.values_list("pk", flat=True) if compact_stream(pk))
         self.message_user(

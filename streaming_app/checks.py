@@ -13,6 +13,9 @@ from . import conf
 _NUMBERS = {
     # name: (minimum, exclusive minimum?, integer?)
     "MIN_FLUSH_INTERVAL": (0.0, False, False),
+    "FLUSH_TICK": (0.0, False, False),
+    "RETRY_AFTER": (0, False, True),
+    "VIEWER_BUFFER_CHARS": (1, False, True),
     "MAX_FLUSH_INTERVAL": (0.0, True, False),
     "MAX_BUFFER_CHARS": (1, False, True),
     "MAX_PENDING_CHARS": (1, False, True),
@@ -24,6 +27,16 @@ _NUMBERS = {
     "CANCEL_WAIT": (0.0, False, False),
     "PUBLISH_TIMEOUT": (0.0, True, False),
     "SSE_KEEPALIVE": (0.0, True, False),
+}
+
+
+# Limits: None turns them off.
+_LIMITS = {
+    "MAX_LIVE_STREAMS": True,
+    "MAX_LIVE_STREAMS_PER_USER": True,
+    "MAX_VIEWERS_PER_USER": True,
+    "MAX_LENGTH": True,
+    "MAX_DURATION": False,
 }
 
 
@@ -64,6 +77,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="streaming_app.E003",
                 )
             )
+    for name, integer in _LIMITS.items():
+        value = conf.get(name)
+        if value is not None and (not _is_number(value, integer) or value <= 0):
+            errors.append(
+                Error(
+                    f"STREAMING_APP[{name!r}] must be None (no limit) or "
+                    f"{'an integer' if integer else 'a number'} greater than 0, not {value!r}.",
+                    id="streaming_app.E003",
+                )
+            )
     if not errors:
         if conf.get("MIN_FLUSH_INTERVAL") > conf.get("MAX_FLUSH_INTERVAL"):
             errors.append(
@@ -85,27 +108,31 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(
                 Error(f"STREAMING_APP[{name!r}] must be True or False.", id="streaming_app.E003")
             )
-    policy = conf.get("PERMISSION_POLICY")
-    if isinstance(policy, str):
+    for name, shape in (
+        ("PERMISSION_POLICY", "(user, stream, action) -> bool"),
+        ("ERROR_MESSAGE", "(exception) -> str"),
+    ):
+        errors.extend(_check_callable(name, shape))
+    return errors
+
+
+def _check_callable(name: str, shape: str) -> list[Error]:
+    value = conf.get(name)
+    if isinstance(value, str):
         try:
-            policy = import_string(policy)
+            value = import_string(value)
         except ImportError as exc:
-            errors.append(
-                Error(
-                    f"STREAMING_APP['PERMISSION_POLICY'] cannot be imported: {exc}",
-                    id="streaming_app.E006",
-                )
-            )
-            return errors
-    if not callable(policy):
-        errors.append(
+            return [
+                Error(f"STREAMING_APP[{name!r}] cannot be imported: {exc}", id="streaming_app.E006")
+            ]
+    if not callable(value):
+        return [
             Error(
-                "STREAMING_APP['PERMISSION_POLICY'] must be a callable "
-                "(user, stream, action) -> bool, or its dotted path.",
+                f"STREAMING_APP[{name!r}] must be a callable {shape}, or its dotted path.",
                 id="streaming_app.E006",
             )
-        )
-    return errors
+        ]
+    return []
 
 
 @register(Tags.compatibility)
@@ -114,8 +141,10 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]
         return []
     return [
         Warning(
-            "CHANNEL_LAYERS is not configured: viewers of a stream (websocket, Server-Sent "
-            "Events) cannot follow it live, and cancels wait for the writer's next flush.",
+            "CHANNEL_LAYERS is not configured: viewers in other processes than the one "
+            "driving a stream learn of its text by reading the database every "
+            "RESYNC_INTERVAL (later, not less), and a cancel from another process reaches "
+            "the run at its next flush or heartbeat.",
             hint="Use channels_redis for several processes, or "
             "channels.layers.InMemoryChannelLayer for one.",
             id="streaming_app.W001",

@@ -44,14 +44,40 @@ DEFAULTS: dict[str, Any] = {
     "PUBLISH_TIMEOUT": 2.0,
     # Seconds between keep-alive comments on an idle Server-Sent Events response.
     "SSE_KEEPALIVE": 15.0,
-    # Threads that run the database work of all writers in a process.
-    "WRITER_THREADS": 8,
+    # Threads that run the database work of all writers in a process. The writers of a
+    # process commit together, one transaction per tick, so they need few (and as many
+    # database connections at the most).
+    "WRITER_THREADS": 4,
+    # The least time between two transactions of a process's writers: flushes of
+    # different streams that fall due within it share one transaction.
+    "FLUSH_TICK": 0.05,
     # Merge a stream's chunks into one when it ends, so that reading a finished stream
     # fetches one row. Costs one more transaction per stream, after it has ended.
     "COMPACT_FINISHED": True,
     # Who may do what: a callable (or its dotted path) taking (user, stream, action),
     # action being "read", "drive" or "cancel", and returning a bool.
     "PERMISSION_POLICY": "streaming_app.permissions.owner_policy",
+    # The words a reader sees when a stream ends in error: a callable (or its dotted
+    # path) taking the exception and returning a short public message. The exception
+    # itself goes to the log. See streaming_app.errors.
+    "ERROR_MESSAGE": "streaming_app.errors.default_error_message",
+    # Load is refused, never failed (docs/deployment.md#capacity): past this many live
+    # streams driven by one process, a drive gets 503 with Retry-After; past this many
+    # live streams of one user, 429. None: no limit. The stream stays pending.
+    "MAX_LIVE_STREAMS": 100,
+    "MAX_LIVE_STREAMS_PER_USER": 3,
+    # Seconds a refused drive or viewer is told to wait (Retry-After).
+    "RETRY_AFTER": 5,
+    # A run that goes on longer than this many seconds, or past this many characters,
+    # is stopped: the stream ends `error`, its text kept. None: no limit.
+    "MAX_DURATION": 900.0,
+    "MAX_LENGTH": 1_000_000,
+    # Websocket and Server-Sent Events viewers one user (or anonymous session, or
+    # address) may hold open on one process: past it, close 4429 or HTTP 429.
+    "MAX_VIEWERS_PER_USER": 20,
+    # Characters of frames waiting to be written to one viewer: past it the viewer is
+    # cut loose and catches up from the database when it reads again.
+    "VIEWER_BUFFER_CHARS": 262_144,
 }
 
 

@@ -1,3 +1,5 @@
+"""The exceptions of the public API, and the reasons a run is stopped by the app."""
+
 from __future__ import annotations
 
 
@@ -11,3 +13,40 @@ class StreamNotPending(Exception):
 
 class InvalidOffset(ValueError):
     """An offset that is negative, not an integer, or past the end of a finished stream."""
+
+
+class Overloaded(Exception):
+    """A drive or a viewer refused for load, before anything was done: try again after
+    ``retry_after`` seconds. ``status_code`` is 503 for the process's limit, 429 for the
+    user's; ``close_code`` the websocket equivalent."""
+
+    def __init__(self, message: str, *, status_code: int, retry_after: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def close_code(self) -> int:
+        return 4000 + self.status_code
+
+
+class RunStopped(Exception):
+    """Why the app stopped a run. The message is public: readers see it as the error."""
+
+
+class DatabaseOutage(RunStopped):
+    """The database did not take the stream's text for ``DATABASE_OUTAGE_LIMIT``."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"the database was unreachable for more than {limit:g} seconds")
+
+
+class WriteFailed(RunStopped):
+    """The database refused the stream's text or heartbeat (not a lost connection)."""
+
+    def __init__(self) -> None:
+        super().__init__("the reply could not be saved")
+
+
+class LimitExceeded(RunStopped):
+    """The run went past ``MAX_DURATION`` or ``MAX_LENGTH``."""

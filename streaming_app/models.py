@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 
@@ -20,22 +21,48 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "cancelled"
 
 
+#: Statuses of a stream that may still change.
 LIVE_STATUSES = (Status.PENDING, Status.STREAMING)
+#: Statuses that never change again.
 TERMINAL_STATUSES = (Status.DONE, Status.ERROR, Status.TIMEOUT, Status.CANCELLED)
 
 
+def is_finished(status: str) -> bool:
+    """Whether ``status`` is terminal: the one definition of "finished"."""
+    return status in TERMINAL_STATUSES
+
+
+# What neither a database nor UTF-8 can hold: NUL (PostgreSQL text) and lone surrogates.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD, keeping its length, so
+    that every database (and UTF-8) can hold it and offsets agree everywhere."""
+    if _UNSTORABLE.search(text) is None:  # nearly always: no copy
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def stale_cutoff(timeout: float, now: datetime | None = None) -> datetime:
+    """The instant before which a live stream's last activity makes it stale."""
+    return (now or timezone.now()) - timedelta(seconds=timeout)
+
+
 class StreamQuerySet(models.QuerySet["Stream"]):
-    def active(self) -> StreamQuerySet:
+    def live(self) -> StreamQuerySet:
         """Streams that may still change: pending or streaming."""
         return self.filter(status__in=LIVE_STATUSES)
 
     def finished(self) -> StreamQuerySet:
+        """Streams with a terminal status."""
         return self.filter(status__in=TERMINAL_STATUSES)
 
     def stale(self, timeout: float, *, now: datetime | None = None) -> StreamQuerySet:
-        """Active streams whose last activity is older than ``timeout`` seconds."""
-        now = now or timezone.now()
-        return self.active().filter(updated_at__lt=now - timedelta(seconds=timeout))
+        """Live streams with no activity for ``timeout`` seconds: their writer died, or
+        nobody drove them. The one definition of stale (:meth:`Stream.is_stale` applies
+        it to a loaded row)."""
+        return self.live().filter(updated_at__lt=stale_cutoff(timeout, now))
 
     def delete(self) -> tuple[int, dict[str, int]]:
         """Delete the streams and their chunks, with the streams' rows locked first.
@@ -46,7 +73,7 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         (and its chunk is deleted too) or finds its stream gone and stops.
         """
         with transaction.atomic(using=self.db, savepoint=False):
-            lock_streams(self)
+            lock_for_deletion(self)
             return super().delete()
 
     delete.alters_data = True  # type: ignore[attr-defined]
@@ -58,6 +85,17 @@ def lock_streams(streams: models.QuerySet[Stream]) -> list[uuid.UUID]:
     their ids (no lock on databases without SELECT ... FOR UPDATE, such as SQLite, which
     lock the whole file)."""
     return list(streams.order_by("pk").select_for_update().values_list("pk", flat=True))
+
+
+def lock_for_deletion(streams: models.QuerySet[Stream]) -> None:
+    """Lock ``streams`` before they are deleted, and tell the runs driving the live
+    ones, wherever they are, to stop as soon as the deletion commits (rather than at
+    their next flush)."""
+    from .publish import cancel_on_commit  # publish needs the models
+
+    for pk, status in streams.order_by("pk").select_for_update().values_list("pk", "status"):
+        if status == Status.STREAMING:
+            cancel_on_commit(pk)
 
 
 class Stream(models.Model):
@@ -115,14 +153,18 @@ class Stream(models.Model):
         """Delete the stream and its chunks; see :meth:`StreamQuerySet.delete`."""
         using = using or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using, savepoint=False):
-            lock_streams(Stream.objects.using(using).filter(pk=self.pk))
+            lock_for_deletion(Stream.objects.using(using).filter(pk=self.pk))
             return super().delete(using=using, keep_parents=keep_parents)
 
     delete.alters_data = True  # type: ignore[attr-defined]
 
     @property
     def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return is_finished(self.status)
+
+    def is_stale(self, timeout: float, *, now: datetime | None = None) -> bool:
+        """Whether this row, as loaded, matches :meth:`StreamQuerySet.stale`."""
+        return not self.is_finished and self.updated_at < stale_cutoff(timeout, now)
 
 
 class Chunk(models.Model):
@@ -167,4 +209,4 @@ def lock_cascaded_stream(
         isinstance(origin, models.QuerySet) and origin.model is Stream
     ):
         return  # locked already, by Stream.delete or StreamQuerySet.delete
-    lock_streams(Stream.objects.using(using).filter(pk=instance.pk))
+    lock_for_deletion(Stream.objects.using(using).filter(pk=instance.pk))

@@ -1,20 +1,23 @@
-"""Signals sent by the core. Transports (websocket, SSE) listen; the core imports none."""
+"""Signals of streaming_app. ``sender`` is :class:`streaming_app.models.Stream` for the
+first two; receivers may be sync or async functions (async ones cost no thread)."""
 
 from __future__ import annotations
 
 from django.dispatch import Signal
 
-#: Sent after a transaction that changed a stream has committed, never before, so a
-#: receiver only ever sees text and statuses that a crash cannot take back.
-#: Keyword arguments: ``stream_id`` (UUID), ``offset`` (int, where ``text`` starts, in
-#: code points), ``text`` (str, possibly empty), ``status`` (str), ``error`` (str or
-#: None). ``sender`` is :class:`streaming_app.models.Stream`.
+#: Sent after every committed change of a stream, never before, so a receiver only
+#: sees text and statuses that a crash cannot take back: each flush, the claim, the
+#: end. Keyword arguments: ``stream_id`` (UUID), ``offset`` (int: where ``text``
+#: starts, in code points), ``text`` (str, possibly empty), ``status`` (str), ``error``
+#: (str or None: the public message). Sent in the process that committed the change.
 stream_committed = Signal()
 
-#: Sent (after commit) when a cancel is asked of a stream that a writer is driving,
-#: so that the process running that writer can stop it at once. ``stream_id`` (UUID).
-stream_cancel_requested = Signal()
+#: Sent once per stream, after the commit that gave it a terminal status (``done``,
+#: ``error``, ``cancelled`` or ``timeout``), in whichever process ended it: the run
+#: that drove it, a cancel of a pending stream, an expiry. Same arguments as
+#: ``stream_committed``; ``offset + len(text)`` is the stream's final length.
+stream_finished = Signal()
 
-#: Sent from the event loop when a :class:`~streaming_app.writer.StreamRun` starts in
-#: this process. ``run`` is the run.
+#: Sent from the event loop when a :class:`~streaming_app.run.StreamRun` starts in this
+#: process; ``run`` is the run. The hub listens, to bring cancels to it.
 stream_run_started = Signal()

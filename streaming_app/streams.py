@@ -1,8 +1,9 @@
-"""Create, claim, read and delete streams: the synchronous core and its async twins.
+"""Operations on streams: create, claim, read, cancel, delete, expire, purge, compact.
 
+The synchronous core and its async twins (``a…``), which run it as channels'
+``database_sync_to_async`` does and publish what it committed from the caller's task.
 Nothing here knows about HTTP or websockets. Every change that viewers must learn of is
-announced through :data:`streaming_app.signals.stream_committed` from
-``transaction.on_commit``, inside the committing code.
+published after its commit (:func:`streaming_app.publish.publish_on_commit`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Case, Exists, OuterRef, Subquery, Value, When
+from django.db.models import Case, Count, Exists, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
 from django.utils import timezone
 
 from . import conf
-from .exceptions import InvalidOffset, StreamNotPending
-from .models import LIVE_STATUSES, TERMINAL_STATUSES, Chunk, Status, Stream, lock_streams
-from .signals import stream_cancel_requested, stream_committed
+from .exceptions import InvalidOffset, Overloaded, StreamNotPending
+from .models import TERMINAL_STATUSES, Chunk, Status, Stream, is_finished, lock_streams
+from .publish import Update, cancel_on_commit, publish_on_commit, published_after
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class StreamBody:
 
     @property
     def is_finished(self) -> bool:
-        return self.status not in (Status.PENDING, Status.STREAMING)
+        return is_finished(self.status)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,19 +80,11 @@ def parse_offset(value: Any) -> int:
     return offset
 
 
-def announce(
-    stream_id: uuid.UUID, *, offset: int, text: str, status: str, error: str | None
-) -> None:
-    """Send ``stream_committed`` once the current transaction commits (at once outside one)."""
+def timeout() -> float:
+    return float(conf.get("TIMEOUT"))
 
-    def send() -> None:
-        for receiver, result in stream_committed.send_robust(
-            sender=Stream, stream_id=stream_id, offset=offset, text=text, status=status, error=error
-        ):
-            if isinstance(result, Exception):
-                logger.error("stream_committed receiver %r failed", receiver, exc_info=result)
 
-    transaction.on_commit(send, robust=True)
+# Create and claim ----------------------------------------------------------------------
 
 
 def create_stream(*, owner: Any = None, metadata: dict[str, Any] | None = None) -> Stream:
@@ -97,33 +92,87 @@ def create_stream(*, owner: Any = None, metadata: dict[str, Any] | None = None) 
     return Stream.objects.create(owner=owner, metadata=metadata or {})
 
 
-acreate_stream = sync_to_async(create_stream)
+acreate_stream = published_after(create_stream)
 
 
-def claim_stream(stream_id: StreamId) -> None:
+def claim_stream(stream_id: StreamId, *, max_live_per_owner: int | None = None) -> None:
     """Move a stream from ``pending`` to ``streaming``: the one driver's ticket.
 
     One conditional UPDATE decides, so among any number of concurrent callers, in any
     number of processes, exactly one returns; the others raise
     :class:`~streaming_app.exceptions.StreamNotPending`. An unknown stream raises
-    ``Stream.DoesNotExist``.
+    ``Stream.DoesNotExist``. With ``max_live_per_owner``, a stream whose owner already
+    has that many streams live is not claimed (``Overloaded``, 429: try again later);
+    the owner's row is locked while the UPDATE counts them, so simultaneous claims
+    cannot slip past the limit.
+    Whoever claims a stream must drive it to its end: with
+    :class:`~streaming_app.run.StreamRun` (from a view, a task or a worker), or it
+    times out.
     """
     pk = parse_stream_id(stream_id)
     now = timezone.now()
+    # A pending stream nobody drove within the timeout has timed out.
+    claimable = Stream.objects.filter(pk=pk, status=Status.PENDING).exclude(
+        pk__in=Stream.objects.stale(timeout(), now=now).filter(pk=pk).values("pk")
+    )
+    if max_live_per_owner is not None:
+        owners_live = (
+            Stream.objects.filter(owner=OuterRef("owner"), status=Status.STREAMING)
+            .exclude(pk__in=Stream.objects.stale(timeout(), now=now).values("pk"))
+            .order_by()
+            .values("owner")
+            .annotate(live=Count("pk"))
+            .values("live")
+        )
+        claimable = claimable.filter(
+            Q(owner__isnull=True)
+            | Q(LessThan(Coalesce(Subquery(owners_live), 0), max_live_per_owner))
+        )
     with transaction.atomic():
-        claimed = Stream.objects.filter(
-            # A pending stream nobody drove within the timeout has timed out.
-            pk=pk,
-            status=Status.PENDING,
-            updated_at__gte=now - timedelta(seconds=timeout()),
-        ).update(status=Status.STREAMING, updated_at=now)
-        if claimed:
-            announce(pk, offset=0, text="", status=Status.STREAMING, error=None)
+        if max_live_per_owner is not None:
+            # Claims of one owner's streams take turns (other owners' do not wait).
+            owner = Stream.objects.filter(pk=pk).values("owner_id")[:1]
+            list(
+                get_user_model()
+                .objects.filter(pk=Subquery(owner))
+                .select_for_update()
+                .values_list("pk", flat=True)
+            )
+        if claimable.update(status=Status.STREAMING, updated_at=now):
+            publish_on_commit(Update(pk, 0, "", Status.STREAMING, None))
             return
-    raise StreamNotPending(get_stream(pk).status)
+    stream = expire_if_stale(get_stream(pk))
+    if stream.status == Status.PENDING and max_live_per_owner is not None:
+        raise Overloaded(
+            f"you are driving your limit of {max_live_per_owner} streams; try again when one ends",
+            status_code=429,
+            retry_after=int(conf.get("RETRY_AFTER")),
+        )
+    raise StreamNotPending(stream.status)
 
 
-aclaim_stream = sync_to_async(claim_stream)
+aclaim_stream = published_after(claim_stream)
+
+
+# Read ----------------------------------------------------------------------------------
+
+
+def get_stream(stream_id: StreamId) -> Stream:
+    """The stream, as it is in the database. Raises ``Stream.DoesNotExist`` for an
+    unknown or malformed id."""
+    return Stream.objects.get(pk=parse_stream_id(stream_id))
+
+
+aget_stream = published_after(get_stream)
+
+
+def expire_if_stale(stream: Stream) -> Stream:
+    """``stream``, ended first if it is stale (its writer died, or nobody drove it):
+    what a read of a stream does before it answers."""
+    if stream.is_stale(timeout()):
+        expire_stream(stream.pk)
+        stream.refresh_from_db()
+    return stream
 
 
 def read_text(stream_id: uuid.UUID, start: int, end: int) -> str:
@@ -146,101 +195,106 @@ def read_text(stream_id: uuid.UUID, start: int, end: int) -> str:
     return "".join(text for _, text in rows)[start - base : end - base]
 
 
+def body_of(stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False) -> StreamBody:
+    """The body of an already loaded ``stream`` from ``offset``, read after the row.
+
+    ``past_end_ok`` gives empty text, not InvalidOffset, past the end of a finished
+    stream (for a viewer who waited there for text that never came).
+    """
+    start = parse_offset(offset)
+    if start > stream.length and stream.is_finished and not past_end_ok:
+        raise InvalidOffset(
+            f"offset {start} is past the end of this {stream.status} stream "
+            f"({stream.length} characters)"
+        )
+    return StreamBody(
+        id=stream.id,
+        status=stream.status,
+        # Chunks past stream.length may have committed since the row was read; the
+        # text stops at the row's length so that it agrees with the row's status.
+        text=read_text(stream.id, start, stream.length),
+        offset=start,
+        length=stream.length,
+        error=stream.error or None,
+    )
+
+
 def get_stream_body(stream_id: StreamId, offset: int | str = 0) -> StreamBody:
     """Read a stream's committed text from code point ``offset`` on.
 
     The status and the text are consistent: the text is exactly what had committed
-    when the status was read, so a ``done`` body is always the whole body. Raises
-    ``Stream.DoesNotExist`` for an unknown or malformed id, and
-    :class:`~streaming_app.exceptions.InvalidOffset` for a negative offset or one past
-    the end of a finished stream (past the end of a live stream gives empty text).
+    when the status was read, so a ``done`` body is always the whole body. A stale
+    stream is ended first (``timeout``). Raises ``Stream.DoesNotExist`` for an unknown
+    or malformed id, and :class:`~streaming_app.exceptions.InvalidOffset` for a
+    negative offset or one past the end of a finished stream (past the end of a live
+    stream gives empty text).
     """
-    return body_of(get_stream(stream_id), offset)
+    return body_of(expire_if_stale(get_stream(stream_id)), offset)
 
 
-def get_stream(stream_id: StreamId) -> Stream:
-    """The stream; one whose writer stopped without a word is first marked as expired.
-
-    Raises ``Stream.DoesNotExist`` for an unknown or malformed id.
-    """
-    stream = Stream.objects.get(pk=parse_stream_id(stream_id))
-    if stream.status in LIVE_STATUSES and stream.updated_at < stale_before():
-        expire_stream(stream.pk, stale_before())
-        stream.refresh_from_db()
-    return stream
+aget_stream_body = published_after(get_stream_body)
 
 
-def timeout() -> float:
-    return float(conf.get("TIMEOUT"))
+# End -----------------------------------------------------------------------------------
 
 
-def stale_before(seconds: float | None = None) -> datetime:
-    return timezone.now() - timedelta(seconds=timeout() if seconds is None else seconds)
-
-
-def expire_stream(stream_id: uuid.UUID, cutoff: datetime) -> str | None:
-    """End a live stream whose last activity is before ``cutoff``: ``cancelled`` if a
-    cancel was asked of it, else ``timeout``. Returns the new status, or None if the
-    stream was not live and stale (any more). Its committed text stays."""
-    seconds = round((timezone.now() - cutoff).total_seconds())
-    message = f"no activity for {seconds} seconds"
+def expire_stream(stream_id: uuid.UUID, seconds: float | None = None) -> str | None:
+    """End a stream that is stale (no activity for ``seconds``, default ``TIMEOUT``):
+    ``cancelled`` if a cancel was asked of it, else ``timeout``. Returns the new status,
+    or None if the stream was not stale. Its committed text stays."""
+    seconds = timeout() if seconds is None else seconds
+    message = f"no activity for {round(seconds)} seconds"
+    now = timezone.now()
     with transaction.atomic():
-        expired = Stream.objects.filter(
-            pk=stream_id, status__in=LIVE_STATUSES, updated_at__lt=cutoff
-        ).update(
-            status=Case(
-                When(cancel_requested_at__isnull=False, then=Value(Status.CANCELLED)),
-                default=Value(Status.TIMEOUT),
-            ),
-            error=Case(
-                When(cancel_requested_at__isnull=False, then=Value("")),
-                default=Value(message),
-            ),
-            finished_at=timezone.now(),
+        expired = (
+            Stream.objects.filter(pk=stream_id)
+            .stale(seconds, now=now)
+            .update(
+                status=Case(
+                    When(cancel_requested_at__isnull=False, then=Value(Status.CANCELLED)),
+                    default=Value(Status.TIMEOUT),
+                ),
+                error=Case(
+                    When(cancel_requested_at__isnull=False, then=Value("")),
+                    default=Value(message),
+                ),
+                finished_at=now,
+            )
         )
         if not expired:
             return None
         row = Stream.objects.values("status", "length", "error").get(pk=stream_id)
         if conf.get("COMPACT_FINISHED"):
             compact_stream(stream_id)
-        announce(
-            stream_id,
-            offset=row["length"],
-            text="",
-            status=row["status"],
-            error=row["error"] or None,
-        )
+        publish_on_commit(Update(stream_id, row["length"], "", row["status"], row["error"] or None))
         return str(row["status"])
 
 
 def expire_stale_streams(seconds: float | None = None, *, batch_size: int = 500) -> int:
     """Expire every live stream with no activity for ``seconds`` (default: TIMEOUT).
     Returns how many were expired."""
-    cutoff = stale_before(seconds)
+    seconds = timeout() if seconds is None else seconds
+    now = timezone.now()
     expired = 0
     while True:
-        ids = list(
-            Stream.objects.active()
-            .filter(updated_at__lt=cutoff)
-            .values_list("pk", flat=True)[:batch_size]
-        )
-        expired += sum(1 for pk in ids if expire_stream(pk, cutoff))
+        ids = list(Stream.objects.stale(seconds, now=now).values_list("pk", flat=True)[:batch_size])
+        expired += sum(1 for pk in ids if expire_stream(pk, seconds))
         if len(ids) < batch_size:
             return expired
 
 
-aexpire_stale_streams = sync_to_async(expire_stale_streams)
+aexpire_stale_streams = published_after(expire_stale_streams)
 
 
 def cancel_stream(stream_id: StreamId) -> str:
     """Ask a stream to stop. Returns its status after the request.
 
-    A ``pending`` stream is ``cancelled`` at once. For a ``streaming`` one, the writer
+    A ``pending`` stream is ``cancelled`` at once. For a ``streaming`` one, the run
     driving it, in whatever process, stops its generator (at once through the channel
     layer, or at its next flush or heartbeat), commits what it has and ends the stream
-    as ``cancelled``; until then the status stays ``streaming``. If that writer has
-    died, the stream ends ``cancelled`` when it expires. A finished stream is left as
-    it is. Raises ``Stream.DoesNotExist``.
+    as ``cancelled``; until then the status stays ``streaming``. If that run has died,
+    the stream ends ``cancelled`` when it expires. A finished stream is left as it is.
+    Raises ``Stream.DoesNotExist``.
     """
     pk = parse_stream_id(stream_id)
     now = timezone.now()
@@ -248,18 +302,35 @@ def cancel_stream(stream_id: StreamId) -> str:
         if Stream.objects.filter(pk=pk, status=Status.PENDING).update(
             status=Status.CANCELLED, finished_at=now, updated_at=now
         ):
-            announce(pk, offset=0, text="", status=Status.CANCELLED, error=None)
+            publish_on_commit(Update(pk, 0, "", Status.CANCELLED, None))
         elif Stream.objects.filter(
             pk=pk, status=Status.STREAMING, cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now):
-            transaction.on_commit(
-                lambda: stream_cancel_requested.send_robust(sender=Stream, stream_id=pk),
-                robust=True,
-            )
-    return get_stream(pk).status
+            cancel_on_commit(pk)
+    return expire_if_stale(get_stream(pk)).status
 
 
-acancel_stream = sync_to_async(cancel_stream)
+acancel_stream = published_after(cancel_stream)
+
+
+# Delete, purge, compact ----------------------------------------------------------------
+
+
+def delete_stream(stream_id: StreamId) -> bool:
+    """Delete a stream and its chunks. Returns False if there was no such stream.
+
+    The run driving a live stream, wherever it is, is told to stop at once (as by
+    any deletion of streams: see ``StreamQuerySet.delete``).
+    """
+    try:
+        pk = parse_stream_id(stream_id)
+    except Stream.DoesNotExist:
+        return False
+    deleted, _ = Stream.objects.filter(pk=pk).delete()
+    return deleted > 0
+
+
+adelete_stream = published_after(delete_stream)
 
 
 def purge_streams(
@@ -267,7 +338,7 @@ def purge_streams(
 ) -> int:
     """Delete finished streams (of ``statuses``) that finished more than ``older_than``
     ago, with their chunks, in batches. Returns how many streams were deleted."""
-    statuses = [s for s in statuses if s in TERMINAL_STATUSES]
+    statuses = [s for s in statuses if is_finished(s)]
     cutoff = timezone.now() - older_than
     deleted = 0
     while True:
@@ -309,7 +380,7 @@ def compact_stream(stream_id: StreamId) -> bool:
         return True
 
 
-acompact_stream = sync_to_async(compact_stream)
+acompact_stream = published_after(compact_stream)
 
 
 def compact_finished_streams(*, batch_size: int = 500) -> int:
@@ -327,47 +398,3 @@ def compact_finished_streams(*, batch_size: int = 500) -> int:
         compacted += sum(1 for pk in ids if compact_stream(pk))
         if len(ids) < batch_size:
             return compacted
-
-
-def body_of(stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False) -> StreamBody:
-    """The body of an already loaded ``stream`` from ``offset``, read after the row.
-
-    ``past_end_ok`` gives empty text, not InvalidOffset, past the end of a finished
-    stream (for a viewer who waited there for text that never came).
-    """
-    start = parse_offset(offset)
-    if start > stream.length and stream.is_finished and not past_end_ok:
-        raise InvalidOffset(
-            f"offset {start} is past the end of this {stream.status} stream "
-            f"({stream.length} characters)"
-        )
-    return StreamBody(
-        id=stream.id,
-        status=stream.status,
-        # Chunks past stream.length may have committed since the row was read; the
-        # text stops at the row's length so that it agrees with the row's status.
-        text=read_text(stream.id, start, stream.length),
-        offset=start,
-        length=stream.length,
-        error=stream.error or None,
-    )
-
-
-aget_stream_body = sync_to_async(get_stream_body)
-aget_stream = sync_to_async(get_stream)
-
-
-def delete_stream(stream_id: StreamId) -> bool:
-    """Delete a stream and its chunks. Returns False if there was no such stream.
-
-    A writer still driving the stream notices at its next flush and stops its generator.
-    """
-    try:
-        pk = parse_stream_id(stream_id)
-    except Stream.DoesNotExist:
-        return False
-    deleted, _ = Stream.objects.filter(pk=pk).delete()
-    return deleted > 0
-
-
-adelete_stream = sync_to_async(delete_stream)

@@ -1,38 +1,36 @@
-"""HTTP: the driving response, and a stream's body."""
+"""HTTP: the driving response, a stream's body, and cancelling it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
+from asgiref.sync import async_to_sync
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views import View
 
 from . import conf
-from .broadcast import group_name
-from .exceptions import InvalidOffset, StreamNotPending
-from .follow import Follower, Message
+from .exceptions import InvalidOffset, Overloaded, StreamNotPending
+from .flush import FlushPolicy
 from .models import Stream
 from .permissions import Action, load_stream
+from .publish import published_after
+from .run import Source, StreamRun, live_runs
 from .streams import (
     StreamId,
     aget_stream,
     body_of,
     cancel_stream,
     claim_stream,
-    parse_stream_id,
+    expire_if_stale,
 )
-from .writer import FlushPolicy, Source, StreamRun
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +49,7 @@ STREAM_ERRORS = (
     PermissionDenied,
     InvalidOffset,
     StreamNotPending,
+    Overloaded,
     OperationalError,
     InterfaceError,
 )
@@ -64,10 +63,14 @@ def error_for(exc: Exception) -> JsonResponse:
         return error_response(403, str(exc))
     if isinstance(exc, StreamNotPending):
         return error_response(409, str(exc), status=exc.status)
+    if isinstance(exc, Overloaded):
+        response = error_response(exc.status_code, str(exc))
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, OperationalError | InterfaceError):
         logger.warning("database unavailable: %s", exc)
         response = error_response(503, "the database is unavailable; try again shortly")
-        response["Retry-After"] = "2"
+        response["Retry-After"] = str(conf.get("RETRY_AFTER"))
         return response
     return error_response(400, str(exc))
 
@@ -82,14 +85,49 @@ async def request_user(request: HttpRequest) -> Any:
 async def act_on(
     request: HttpRequest, stream_id: StreamId, action: Action, then: Callable[[Stream], T]
 ) -> T:
-    """``then(stream)``, in a thread, if the request's user may do ``action`` to the
-    stream; raises one of :data:`STREAM_ERRORS` otherwise."""
+    """``then(stream)``, in the request's thread, if the request's user may do
+    ``action`` to the stream; raises one of :data:`STREAM_ERRORS` otherwise. What it
+    commits is published once it returns."""
     user = await request_user(request)
 
     def act() -> T:
-        return then(load_stream(user, stream_id, action))
+        return then(expire_if_stale(load_stream(user, stream_id, action)))
 
-    return await sync_to_async(act)()
+    return await published_after(act)()
+
+
+# Driving -------------------------------------------------------------------------------
+
+# Drives admitted and not yet running: counted with the live runs against
+# MAX_LIVE_STREAMS, so that simultaneous drives cannot all slip under the limit.
+_claiming = 0
+
+
+def _admit() -> None:
+    """Refuse a drive over this process's limit of live streams (503)."""
+    limit = conf.get("MAX_LIVE_STREAMS")
+    if limit is not None and len(live_runs()) + _claiming >= int(limit):
+        raise Overloaded(
+            f"this server is driving its limit of {limit} streams; try again shortly",
+            status_code=503,
+            retry_after=int(conf.get("RETRY_AFTER")),
+        )
+
+
+def _claim(user: Any, stream_id: StreamId) -> Stream:
+    """In the request's thread: the permission, the claim (within the owner's limit of
+    live streams). Then the
+    thread's connections go back (to the pool) or are closed: a driven stream holds
+    none while it streams (its writes share the writers' few)."""
+    try:
+        stream = load_stream(user, stream_id, "drive")
+        limit = conf.get("MAX_LIVE_STREAMS_PER_USER")
+        claim_stream(stream.pk, max_live_per_owner=None if limit is None else int(limit))
+        return stream
+    finally:
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close()
 
 
 class DriverFeed:
@@ -132,7 +170,7 @@ class DriverFeed:
     def __aiter__(self) -> DriverFeed:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> bytes:
         if self._eof:
             raise StopAsyncIteration
         try:
@@ -156,7 +194,9 @@ class DriverFeed:
                 raise StopAsyncIteration
         text = "".join(parts)
         self._backlog -= len(text)
-        return text
+        # Bytes: Django writes them as they are (a str would be encoded per piece,
+        # looking the charset up in the Content-Type each time).
+        return text.encode()
 
     def close(self) -> None:
         """Called by Django when the response is over, from any thread."""
@@ -187,18 +227,24 @@ async def astream_response(
     stream mapped to its deltas), or an async callable that receives ``append`` and
     awaits ``append(text)`` for each piece. The stream is claimed first: a second
     driver gets 409, an unknown stream 404, a user the permission policy refuses 403.
+    Over this process's ``MAX_LIVE_STREAMS`` the answer is 503, over the user's
+    ``MAX_LIVE_STREAMS_PER_USER`` 429, both with ``Retry-After``; the stream stays
+    ``pending`` for the retry.
 
     Generation runs in a task of its own: it goes on to the end if the browser hangs
     up (see ``CANCEL_ON_DISCONNECT``), and the database never holds the response up.
-    Needs an ASGI server (daphne, uvicorn).
+    Once claimed, the stream holds no database connection of the request's. Needs an
+    ASGI server (daphne, uvicorn).
     """
-
-    def claim(stream: Stream) -> Stream:
-        claim_stream(stream.pk)
-        return stream
-
+    global _claiming
+    user = await request_user(request)
     try:
-        stream = await act_on(request, stream_id, "drive", claim)
+        _admit()
+        _claiming += 1
+        try:
+            stream = await published_after(_claim)(user, stream_id)
+        finally:
+            _claiming -= 1
     except STREAM_ERRORS as exc:
         return error_for(exc)
 
@@ -254,97 +300,6 @@ class StreamBodyView(JsonView):
         except STREAM_ERRORS as exc:
             return error_for(exc)
         return JsonResponse(body.as_dict())
-
-
-def sse_event(message: Message, event_id: int) -> str:
-    """One Server-Sent Event; ``id`` is the offset after it, for ``Last-Event-ID``."""
-    data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {message['type']}\nid: {event_id}\ndata: {data}\n\n"
-
-
-class StreamEventsView(JsonView):
-    """``GET /api/streams/<id>/events/``: the websocket's messages as Server-Sent Events.
-
-    Resumable exactly with ``Last-Event-ID`` (or ``?offset=N``); a keep-alive comment
-    every ``SSE_KEEPALIVE`` seconds; ends after a terminal status.
-    """
-
-    async def get(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
-        user = await request_user(request)
-        offset = request.headers.get("Last-Event-ID") or request.GET.get("offset", "0")
-        layer = get_channel_layer()
-        try:
-            follower = Follower(parse_stream_id(stream_id), user)
-        except STREAM_ERRORS as exc:
-            return error_for(exc)
-        group = group_name(follower.stream_id)
-        channel = await layer.new_channel()
-        # Join before the snapshot: nothing committed in between is missed.
-        await layer.group_add(group, channel)
-        try:
-            first = await follower.start(offset)
-        except STREAM_ERRORS as exc:
-            await layer.group_discard(group, channel)
-            return error_for(exc)
-        if follower.finished:
-            await layer.group_discard(group, channel)
-            if "Last-Event-ID" in request.headers and not first[0]["text"]:
-                # An EventSource reconnecting after the end: 204 tells it to stop.
-                return HttpResponse(status=204)
-        response = StreamingHttpResponse(
-            self.events(follower, first, layer, group, channel),
-            content_type="text/event-stream; charset=utf-8",
-        )
-        response["Cache-Control"] = "no-cache, no-transform"
-        response["X-Accel-Buffering"] = "no"
-        return response
-
-    async def events(
-        self, follower: Follower, first: list[Message], layer: Any, group: str, channel: str
-    ) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        resync_every = float(conf.get("RESYNC_INTERVAL"))
-        keepalive_every = float(conf.get("SSE_KEEPALIVE"))
-        joined = not follower.finished  # else get() has left the group already
-        try:
-            yield "retry: 1000\n\n" + self.format(follower, first)
-            heard = said = loop.time()
-            while not follower.finished:
-                now = loop.time()
-                try:
-                    wait = min(heard + resync_every, said + keepalive_every) - now
-                    event = await asyncio.wait_for(layer.receive(channel), timeout=max(wait, 0))
-                except TimeoutError:
-                    event = None
-                now = loop.time()
-                if event is not None:
-                    heard = now
-                    messages = await follower.update(event)
-                elif now >= heard + resync_every:
-                    heard = now
-                    messages = await follower.resync()
-                else:
-                    messages = []
-                if messages:
-                    said = now
-                    yield self.format(follower, messages)
-                elif now >= said + keepalive_every:
-                    said = now
-                    yield ": keep-alive\n\n"
-        finally:
-            if joined:
-                await layer.group_discard(group, channel)
-
-    @staticmethod
-    def format(follower: Follower, messages: list[Message]) -> str:
-        parts = []
-        for message in messages:
-            if message["type"] == "text":
-                event_id = message["offset"] + len(message["text"])
-            else:
-                event_id = follower.sent
-            parts.append(sse_event(message, event_id))
-        return "".join(parts)
 
 
 class StreamCancelView(JsonView):

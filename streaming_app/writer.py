@@ -1,9 +1,17 @@
-"""The per-stream writer: buffer, flush policy, lifecycle. No HTTP, no websockets.
+"""The process's writers: each live stream's buffer, committed together.
 
-A :class:`StreamRun` runs a claimed stream's generator in a task of its own. Every piece
-goes at once to an optional *tap* (the driving HTTP response) and into a
-:class:`StreamWriter`, whose own task flushes the buffer to the database in order, one
-transaction per flush, beside the generator and never in front of it.
+One :class:`Committer` per event loop (per server process) holds a
+:class:`StreamWriter` for each stream driven there. It wakes when a stream's flush
+falls due (``flush.FlushPolicy``) or its heartbeat does, and commits every write due at
+that moment, across streams, in one transaction (``persist.write``); never more often
+than once per ``FLUSH_TICK``, so a process's transactions per second stay bounded
+however many streams it drives. Then it publishes each stream's committed delta.
+
+Whatever the database does, a writer ends: a batch is retried as it is while the
+connection fails; a stream whose writes have not come back for
+``DATABASE_OUTAGE_LIMIT`` is stopped (its run ends, its last batch is written when the
+database answers); a stream whose write the database refuses is stopped and ended
+``error``. A writer beats for its stream only while its run is generating.
 """
 
 from __future__ import annotations
@@ -11,575 +19,395 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import logging
-import re
 import time
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    transaction,
-)
-from django.utils import timezone
+from django.db import OperationalError
 
 from . import conf
-from .models import Chunk, Status, Stream
-from .signals import stream_run_started
-from .streams import announce, compact_stream
+from .errors import public_message
+from .exceptions import DatabaseOutage, WriteFailed
+from .flush import Batch, Buffer, FlushPolicy, Terminal
+from .models import Status
+from .persist import RETRYABLE, CancelRequested, Outcome, StreamEnded, Write, in_writer_thread
+from .persist import write as write_in_transaction
+from .publish import Update, publish
 
 logger = logging.getLogger(__name__)
 
-Append = Callable[[str], Awaitable[None]]
-#: What a stream's text comes from: an async iterable of text pieces (an ``openai``
-#: stream mapped to its deltas, an async generator), or an async callable that receives
-#: ``append`` and awaits it once per piece, as in the Convex component.
-Source = AsyncIterable[str] | Callable[[Append], Awaitable[Any]]
-Tap = Callable[[str], None]
+#: A tick's transaction that has not come back for this long is left to its thread,
+#: and its writes are tried again in another.
+ABANDON_AFTER = 60.0
+# A write that takes longer than this, retries included, is logged.
+SLOW_WRITE = 1.0
 
-# A sentence or a line ends the buffer: terminal punctuation (Latin, CJK, ellipsis),
-# optionally closed by quotes or brackets, then optional whitespace; or a newline.
-_BOUNDARY = re.compile(
-    r"(?:[.!?\u2026\u3002\uff01\uff1f][\"')\]\u00bb\u201d\u2019]*[ \t]*|\n\s*)\Z"
-)
-# What neither a database nor UTF-8 can hold: NUL (Postgres text) and lone surrogates.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def ends_at_boundary(text: str) -> bool:
-    return _BOUNDARY.search(text) is not None
-
-
-def clean_piece(piece: object) -> str:
-    """Check that a piece is text and make it storable, keeping its length.
-
-    NUL and lone surrogates become U+FFFD, for the driver and the database alike, so
-    offsets agree everywhere.
-    """
-    if not isinstance(piece, str):
-        raise TypeError(f"a stream's pieces must be str, not {type(piece).__name__}")
-    return _UNSTORABLE.sub("\ufffd", piece)
-
-
-@dataclass(frozen=True)
-class FlushPolicy:
-    """When a writer flushes its buffer. See ``docs/flush-policy.md``."""
-
-    min_interval: float
-    max_interval: float
-    max_chars: int
-
-    @classmethod
-    def from_settings(cls) -> FlushPolicy:
-        return cls(
-            min_interval=float(conf.get("MIN_FLUSH_INTERVAL")),
-            max_interval=float(conf.get("MAX_FLUSH_INTERVAL")),
-            max_chars=int(conf.get("MAX_BUFFER_CHARS")),
-        )
-
-    def due_at(
-        self, *, buffered: int, at_boundary: bool, oldest: float, last_flush: float
-    ) -> float:
-        """The monotonic time at which a non-empty buffer is due to be flushed."""
-        if buffered >= self.max_chars:
-            return float("-inf")
-        deadline = oldest + self.max_interval
-        if at_boundary:
-            deadline = min(deadline, last_flush + self.min_interval)
-        return deadline
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Text sealed for one flush; retried as it is until it commits."""
-
-    seq: int
-    offset: int
-    text: str
-    # (status, error) when this flush also ends the stream.
-    terminal: tuple[str, str | None] | None = None
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.text)
-
-
-class StreamEnded(Exception):
-    """The stream stopped being ours: deleted, cancelled or expired by someone else."""
-
-
-class CancelRequested(Exception):
-    """Someone asked the stream to stop: the writer may still write its last batch."""
-
-
-def _refused(stream_id: uuid.UUID, row: Mapping[str, Any] | None) -> Exception:
-    """Why a writer's conditional UPDATE of a stream matched no row."""
-    if row is not None and row["status"] == Status.STREAMING and row["cancel_requested_at"]:
-        return CancelRequested(f"stream {stream_id} was asked to stop")
-    return StreamEnded(f"stream {stream_id} is {row['status'] if row else 'deleted'}")
-
-
-def write_batch(stream_id: uuid.UUID, batch: Batch) -> None:
-    """Commit one batch: advance the stream, insert its chunk, announce on commit.
-
-    Safe to retry after an ambiguous failure (a commit whose answer was lost): a batch
-    that already committed is recognised by the stream's length and announced again.
-    Raises :class:`StreamEnded` if the stream is no longer ``streaming``, and
-    :class:`CancelRequested` (for a batch that does not end the stream) if it was asked
-    to stop.
-    """
-    now = timezone.now()
-    fields: dict[str, Any] = {"length": batch.end, "updated_at": now}
-    if batch.terminal:
-        status, error = batch.terminal
-        fields.update(status=status, error=error or "", finished_at=now)
-    with transaction.atomic():
-        # The UPDATE comes first: it takes the stream's row lock, and its condition
-        # makes "terminal is final" and "one writer" hold inside the database.
-        live = Stream.objects.filter(pk=stream_id, status=Status.STREAMING, length=batch.offset)
-        if not batch.terminal:
-            live = live.filter(cancel_requested_at__isnull=True)
-        advanced = live.update(**fields)
-        if advanced:
-            if batch.text:
-                Chunk.objects.create(
-                    stream_id=stream_id, seq=batch.seq, offset=batch.offset, text=batch.text
-                )
-        else:
-            row = (
-                Stream.objects.filter(pk=stream_id)
-                .values("status", "length", "cancel_requested_at")
-                .first()
-            )
-            expected = batch.terminal[0] if batch.terminal else Status.STREAMING
-            if row is None or row["length"] != batch.end or row["status"] != expected:
-                raise _refused(stream_id, row)
-            # Already committed by an earlier attempt: announce it again below.
-        announce(
-            stream_id,
-            offset=batch.offset,
-            text=batch.text,
-            status=batch.terminal[0] if batch.terminal else Status.STREAMING,
-            error=batch.terminal[1] if batch.terminal else None,
-        )
-
-
-def touch_stream(stream_id: uuid.UUID) -> None:
-    """The heartbeat of a live but silent writer. Raises StreamEnded if the stream is not
-    ours any more, CancelRequested if it was asked to stop."""
-    if not Stream.objects.filter(
-        pk=stream_id, status=Status.STREAMING, cancel_requested_at__isnull=True
-    ).update(updated_at=timezone.now()):
-        row = (
-            Stream.objects.filter(pk=stream_id)
-            .values("status", "length", "cancel_requested_at")
-            .first()
-        )
-        raise _refused(stream_id, row)
-
-
-_executor: ThreadPoolExecutor | None = None
-
-
-def _writer_executor() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(
-            max_workers=int(conf.get("WRITER_THREADS")), thread_name_prefix="streaming_app"
-        )
-    return _executor
-
-
-async def run_db(func: Callable[..., Any], *args: Any) -> Any:
-    """Run database work in the writers' threads, closing connections as Django would.
-
-    Writers run outside any request, so they manage connections as channels'
-    ``database_sync_to_async`` does: obsolete or broken ones are closed before and
-    after each call, honouring ``CONN_MAX_AGE``.
-    """
-
-    def call() -> Any:
-        close_old_connections()
-        try:
-            return func(*args)
-        finally:
-            close_old_connections()
-
-    return await sync_to_async(call, thread_sensitive=False, executor=_writer_executor())()
-
-
-_RETRYABLE = (OperationalError, InterfaceError)
-# A flush that takes longer than this, retries included, is logged.
-SLOW_FLUSH = 1.0
+Result = Outcome | BaseException
 
 
 class StreamWriter:
-    """Buffers one stream's pieces and flushes them in order from a task of its own.
+    """One live stream's text on its way to the database, and its fate.
 
-    ``append`` never waits on the database. ``wait_for_room`` waits only when more than
-    ``MAX_PENDING_CHARS`` are not yet committed, which bounds a stream's memory.
-
-    The writer tells its owner (``on_stop``) when the stream must stop: someone else
-    ended it (``ended`` is set), someone asked it to stop (``cancel_requested``), or
-    the database has been away for ``DATABASE_OUTAGE_LIMIT`` (``outage`` is set). In
-    the last two cases it still writes what it has when closed.
+    The run appends pieces (never waiting on the database), waits for room when more
+    than ``MAX_PENDING_CHARS`` are uncommitted, and closes the writer with the
+    stream's terminal status. The writer tells the run (``on_stop``) when the stream
+    must stop: someone else ended it (:class:`~streaming_app.persist.StreamEnded`),
+    someone asked it to stop (:class:`~streaming_app.persist.CancelRequested`), the
+    database has been away too long (:class:`DatabaseOutage`) or refused a write
+    (:class:`WriteFailed`). :attr:`stopped` holds the first such reason.
     """
 
-    def __init__(self, stream_id: uuid.UUID, *, policy: FlushPolicy | None = None) -> None:
+    def __init__(self, committer: Committer, stream_id: uuid.UUID, policy: FlushPolicy) -> None:
+        now = time.monotonic()
         self.stream_id = stream_id
-        self.policy = policy or FlushPolicy.from_settings()
+        self.buffer = Buffer(policy, now)
+        self.stopped: BaseException | None = None
+        self.closing: Terminal | None = None
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
         self.max_pending = int(conf.get("MAX_PENDING_CHARS"))
         self.outage_limit = float(conf.get("DATABASE_OUTAGE_LIMIT"))
         self.give_up_after = float(conf.get("TIMEOUT"))
-        self.flushes = 0
-        self.ended: StreamEnded | None = None
-        self.cancel_requested = False
-        self.outage: str | None = None
-        self._pieces: list[str] = []
-        self._buffered = 0
-        self._oldest = 0.0
-        self._at_boundary = False
-        self._seq = 0
-        self._offset = 0
-        # A batch refused because of a cancel: written with the rest when closing.
-        self._unwritten: Batch | None = None
-        self._in_flight = 0
-        self._last_flush = time.monotonic()
-        self._last_write = self._last_flush
-        self._closing: tuple[str, str | None] | None = None
-        self._wake = asyncio.Event()
+        self.last_write = now
+        #: When the write now being retried was first attempted.
+        self.attempted_at: float | None = None
+        self._committer = committer
+        self._failed = False
         self._room = asyncio.Event()
         self._room.set()
-        self._task: asyncio.Task[None] | None = None
+        self._outage = asyncio.Event()
+        self._done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._on_stop: list[Callable[[], None]] = []
 
-    @property
-    def pending(self) -> int:
-        """Characters appended but not yet committed."""
-        return self._buffered + self._in_flight
+    # The run's side ------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    @property
+    def length(self) -> int:
+        """Characters appended so far (the stream's length once all commit)."""
+        return self.buffer.length
+
+    @property
+    def ended_elsewhere(self) -> bool:
+        """Someone else ended or deleted the stream: its status is theirs."""
+        return isinstance(self.stopped, StreamEnded)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the stream must stop (see the class docstring)."""
         self._on_stop.append(callback)
 
     def append(self, text: str) -> None:
-        if not text or self._closing:
+        """Add a piece; never waits. Ignored once closing, or after a refused write."""
+        if self.closing is not None or self._failed:
             return
-        if not self._pieces:
-            self._oldest = time.monotonic()
-            self._wake.set()
-        self._pieces.append(text)
-        self._buffered += len(text)
-        at_boundary = ends_at_boundary(text)
-        if (at_boundary and not self._at_boundary) or self._buffered >= self.policy.max_chars:
-            self._wake.set()
-        self._at_boundary = at_boundary
-        if self.pending > self.max_pending:
+        if self.buffer.append(text, time.monotonic()):
+            self._committer.wake(self.buffer.due_at())
+        if self.buffer.pending > self.max_pending:
             self._room.clear()
 
     async def wait_for_room(self) -> None:
-        await self._room.wait()
+        if not self._room.is_set():
+            await self._room.wait()
 
-    async def close(self, status: str, error: str | None = None) -> None:
-        """Flush what is left together with the terminal status, and wait for it."""
-        if self._closing is None:
-            self._closing = (status, error)
-        self._wake.set()
-        if self._task is not None:
-            await asyncio.shield(self._task)
+    async def close(self, terminal: Terminal) -> bool:
+        """Write what is left with the terminal status, and wait for it to commit.
 
-    def _seal(self, terminal: tuple[str, str | None] | None) -> Batch:
-        text = "".join(self._pieces)
-        self._pieces.clear()
-        self._buffered = 0
-        self._at_boundary = False
-        if self._unwritten is not None:
-            # Never committed (the database said so): it may take more text.
-            batch = Batch(
-                seq=self._unwritten.seq,
-                offset=self._unwritten.offset,
-                text=self._unwritten.text + text,
-                terminal=terminal,
-            )
-            self._unwritten = None
-        else:
-            batch = Batch(seq=self._seq, offset=self._offset, text=text, terminal=terminal)
-        self._seq = batch.seq + (1 if batch.text else 0)
-        self._offset = batch.end
-        self._in_flight = len(batch.text)
-        return batch
+        Returns whether it committed. During a database outage it waits at most
+        ``DATABASE_OUTAGE_LIMIT`` more; the write is then left to the committer, which
+        makes it when the database answers (or the stream expires).
+        """
+        if self.closing is None and not self._done.done():
+            self.closing = terminal
+            self._committer.wake(float("-inf"))
+        done = asyncio.shield(self._done)
+        while not self._done.done():
+            if self._outage.is_set():
+                try:
+                    return await asyncio.wait_for(done, self.outage_limit)
+                except TimeoutError:
+                    logger.error(
+                        "stream %s: its run ends before its status is written (the "
+                        "database is away); it will be written when the database answers",
+                        self.stream_id,
+                    )
+                    return False
+            outage = asyncio.ensure_future(self._outage.wait())
+            try:
+                either: set[asyncio.Future[Any]] = {done, outage}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                outage.cancel()
+        return self._done.result()
 
-    def _stop(self) -> None:
+    # The committer's side ------------------------------------------------------------
+
+    def stop(self, reason: BaseException) -> None:
+        if self.stopped is not None:
+            return
+        self.stopped = reason
         self._room.set()
         for callback in self._on_stop:
             callback()
 
+    def next_event(self, now: float) -> float:
+        """When this writer next needs the committer."""
+        if self._done.done():
+            return float("inf")
+        if self.buffer.sealed is not None or self.closing is not None:
+            return now
+        if self.stopped is not None:
+            return float("inf")  # its run is stopping: nothing until it closes
+        due = self.buffer.due_at()
+        if not self.buffer.waiting:
+            due = min(due, self.last_write + self.heartbeat)
+        return due
+
+    def next_write(self, now: float) -> Write | None:
+        if self.next_event(now) > now:
+            return None
+        if self.buffer.sealed is None:
+            if self.closing is not None:
+                self.buffer.seal(self.closing)
+            elif self.buffer.waiting:
+                self.buffer.seal()
+        if self.attempted_at is None:
+            self.attempted_at = now
+        return Write(self.stream_id, self.buffer.sealed)
+
+    def overdue_since(self, now: float) -> float | None:
+        """Since when this writer has had a write that the database did not take."""
+        if self._done.done():
+            return None
+        if self.attempted_at is not None:
+            return self.attempted_at
+        due = self.next_event(now)
+        if due > now:
+            return None
+        # A full buffer is due at once (-inf): overdue since its oldest text came.
+        return max(due, self.buffer.oldest) if self.buffer.waiting else due
+
+    def check(self, now: float) -> None:
+        """Declare an outage, or give up a last write, as time passes."""
+        since = self.overdue_since(now)
+        if since is None:
+            return
+        if not self._outage.is_set() and now - since > self.outage_limit:
+            self._outage.set()
+            reason = DatabaseOutage(self.outage_limit)
+            logger.error("stream %s stops: %s", self.stream_id, reason)
+            self.stop(reason)
+        elif self._outage.is_set() and now - since > self.give_up_after:
+            # Past the timeout the stream is anyone's to expire: stop trying.
+            logger.error("gave up writing stream %s; it will expire", self.stream_id)
+            self._finish(False)
+
+    def settle(self, write: Write, result: Result, now: float) -> Update | None:
+        """Take the outcome of ``write``; return the update to publish, if any."""
+        batch = write.batch
+        if isinstance(result, BaseException):
+            if isinstance(result, RETRYABLE):
+                return None  # tried again as it is
+            return self._refused(batch, result)
+        if result is Outcome.BUSY:
+            return None
+        if self.attempted_at is not None and now - self.attempted_at > SLOW_WRITE:
+            logger.warning(
+                "a write of stream %s took %.1fs (the database was slow or away)",
+                self.stream_id,
+                now - self.attempted_at,
+            )
+        self.attempted_at = None
+        if result is Outcome.ENDED:
+            self.buffer.discard()
+            self.stop(StreamEnded(f"stream {self.stream_id} has ended or was deleted"))
+            self._finish(False)
+            return None
+        if result is Outcome.CANCEL_REQUESTED:
+            if batch is not None:
+                self.buffer.refused()
+            self.stop(CancelRequested(f"stream {self.stream_id} was asked to stop"))
+            return None
+        self.last_write = now
+        if batch is None:
+            return None  # a heartbeat
+        self.buffer.committed(now)
+        if self.buffer.pending <= self.max_pending:
+            self._room.set()
+        if batch.terminal:
+            self._finish(True)
+        status, error = batch.terminal or (Status.STREAMING, None)
+        return Update(self.stream_id, batch.offset, batch.text, status, error)
+
+    def _refused(self, batch: Batch | None, exc: BaseException) -> Update | None:
+        """The database refused the write, for a reason other than the connection."""
+        logger.error("the database refused a write of stream %s", self.stream_id, exc_info=exc)
+        self.attempted_at = None
+        self._failed = True
+        # Nothing after the refused text can be written where it belongs: the stream
+        # keeps what committed and ends there.
+        self.buffer.discard()
+        if batch is not None and batch.terminal and not batch.text:
+            self._finish(False)  # even the bare status was refused: expiry ends it
+            return None
+        reason = WriteFailed()
+        if self.closing is not None:
+            self.closing = Terminal(Status.ERROR, public_message(reason))
+        self.stop(reason)
+        return None
+
+    def _finish(self, committed: bool) -> None:
+        if not self._done.done():
+            self._done.set_result(committed)
+        self._room.set()
+        self._committer.forget(self)
+
+
+class Committer:
+    """Commits the writes of every live stream of an event loop, one transaction per
+    tick. See the module docstring."""
+
+    def __init__(self) -> None:
+        self.writers: dict[uuid.UUID, StreamWriter] = {}
+        self.tick = float(conf.get("FLUSH_TICK"))
+        #: Transactions attempted so far, for monitoring (and bench/capacity.py).
+        self.transactions = 0
+        self._wake = asyncio.Event()
+        self._sleeping_until = float("inf")
+        self._last_tick = float("-inf")
+        self._retry_at = float("-inf")
+        self._backoff = 0.05
+        self._task: asyncio.Task[None] | None = None
+
+    def open(self, stream_id: uuid.UUID, policy: FlushPolicy | None = None) -> StreamWriter:
+        """A writer for ``stream_id``, claimed by the caller."""
+        writer = StreamWriter(self, stream_id, policy or FlushPolicy.from_settings())
+        self.writers[stream_id] = writer
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
+        return writer
+
+    def forget(self, writer: StreamWriter) -> None:
+        if self.writers.get(writer.stream_id) is writer:
+            del self.writers[writer.stream_id]
+
+    def wake(self, at: float) -> None:
+        """A writer needs the committer at ``at`` (monotonic) or before."""
+        if at < self._sleeping_until:
+            self._wake.set()
+
     async def _run(self) -> None:
         try:
-            while True:
+            while self.writers:
                 now = time.monotonic()
-                if self._closing is not None:
-                    await self._write(self._seal(self._closing))
-                    return
-                due = beat = float("inf")
-                if not (self.cancel_requested or self.outage):
-                    if self._pieces:
-                        due = self.policy.due_at(
-                            buffered=self._buffered,
-                            at_boundary=self._at_boundary,
-                            oldest=self._oldest,
-                            last_flush=self._last_flush,
-                        )
-                        if due <= now:
-                            batch = self._seal(None)
-                            try:
-                                await self._write(batch)
-                            except CancelRequested:
-                                self._unwritten = batch
-                                self._in_flight = 0
-                                self.cancel_requested = True
-                                self._stop()
-                            continue
-                    beat = self._last_write + self.heartbeat
-                    if beat <= now:
-                        await self._touch()
-                        continue
-                self._wake.clear()
-                wait = min(due, beat) - now
-                with contextlib.suppress(TimeoutError):
-                    # Stopped (cancel, outage): nothing to do until close() wakes us.
-                    await asyncio.wait_for(
-                        self._wake.wait(), None if wait == float("inf") else wait
-                    )
-        except StreamEnded as exc:
-            self.ended = exc
-            self._stop()
-
-    def _database_away(self) -> None:
-        if self.outage:
-            return
-        self.outage = f"the database was unreachable for more than {self.outage_limit:g} seconds"
-        logger.error("stream %s stops: %s", self.stream_id, self.outage)
-        self._stop()
-
-    async def _touch(self) -> None:
-        try:
-            await run_db(touch_stream, self.stream_id)
-        except CancelRequested:
-            self.cancel_requested = True
-            self._stop()
-        except _RETRYABLE:
-            logger.warning("heartbeat of stream %s failed; will retry", self.stream_id)
-        self._last_write = time.monotonic()
-
-    async def _write(self, batch: Batch) -> None:
-        """Write one batch, retrying connection errors with backoff, as it is.
-
-        The outage clock starts with the batch's first attempt, not its first failure:
-        with a connection pool, an attempt waits for a connection instead of failing.
-        """
-        delay, since = 0.05, time.monotonic()
-        while True:
-            attempt = asyncio.ensure_future(run_db(write_batch, self.stream_id, batch))
-            try:
-                if not self.outage:
-                    limit = since + self.outage_limit - time.monotonic()
-                    done, _ = await asyncio.wait({attempt}, timeout=max(limit, 0.0))
-                    if not done:
-                        self._database_away()
-                await attempt
-                if (took := time.monotonic() - since) > SLOW_FLUSH:
-                    logger.warning(
-                        "flush %d of stream %s took %.1fs (the database was slow or away)",
-                        batch.seq,
-                        self.stream_id,
-                        took,
-                    )
-                break
-            except (StreamEnded, CancelRequested):
-                raise
-            except _RETRYABLE as exc:
-                now = time.monotonic()
-                if batch.terminal and now - since > self.give_up_after:
-                    # Past the timeout the stream is anyone's to expire: stop trying.
-                    logger.error("gave up ending stream %s: %s", self.stream_id, exc)
-                    raise StreamEnded(f"stream {self.stream_id} could not be ended") from exc
-                if now - since > self.outage_limit:
-                    self._database_away()
-                logger.warning(
-                    "flush %d of stream %s failed (%s); retrying in %.2fs",
-                    batch.seq,
-                    self.stream_id,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except DatabaseError:
-                logger.exception(
-                    "flush %d of stream %s cannot be written", batch.seq, self.stream_id
-                )
-                raise StreamEnded(f"stream {self.stream_id} cannot be written") from None
-        self.flushes += 1
-        self._last_flush = self._last_write = time.monotonic()
-        self._in_flight = 0
-        if self.pending <= self.max_pending:
-            self._room.set()
-
-
-# Runs are referenced here until they end: the event loop keeps only weak references
-# to tasks, and a run must outlive the request that started it.
-_running: set[asyncio.Task[Any]] = set()
-
-
-class StreamRun:
-    """Drive one claimed stream from ``source`` to a terminal status.
-
-    The run is a task of its own, started with an empty context so that it owes
-    nothing to the request that started it (its thread, its connections): it goes on
-    when the request ends, unless :meth:`cancel` is called.
-    """
-
-    def __init__(
-        self,
-        stream_id: uuid.UUID,
-        source: Source,
-        *,
-        tap: Tap | None = None,
-        policy: FlushPolicy | None = None,
-    ) -> None:
-        self.stream_id = stream_id
-        self.source = source
-        self.tap = tap
-        self.policy = policy
-        self.status: str | None = None
-        self._cancelled = False
-        self._generation: asyncio.Task[None] | None = None
-        self._task: asyncio.Task[str] | None = None
-        self._end_tap: Callable[[], None] | None = None
-
-    def start(self, *, on_end: Callable[[], None] | None = None) -> asyncio.Task[str]:
-        """Start the run; ``on_end`` is called once generation has ended, before the
-        last flush commits (the driver need not wait for the database)."""
-        self._end_tap = on_end
-        task = asyncio.get_running_loop().create_task(self._main(), context=contextvars.Context())
-        _running.add(task)
-        task.add_done_callback(_running.discard)
-        self._task = task
-        stream_run_started.send_robust(sender=StreamRun, run=self)
-        return task
-
-    async def wait(self) -> str:
-        """Wait for the stream's terminal status, committed."""
-        assert self._task is not None, "the run was not started"
-        return await asyncio.shield(self._task)
-
-    def detach_tap(self) -> None:
-        """Stop feeding the tap (the driver hung up); generation goes on."""
-        self.tap = None
-
-    def cancel(self) -> None:
-        """Stop generation; what was produced is kept and the stream ends ``cancelled``."""
-        self._cancelled = True
-        if self._generation is not None:
-            self._generation.cancel()
-
-    async def _main(self) -> str:
-        writer = StreamWriter(self.stream_id, policy=self.policy)
-        writer.start()
-        writer.on_stop(self._stop_generation)
-        self._generation = asyncio.get_running_loop().create_task(self._generate(writer))
-        if self._cancelled:
-            self._generation.cancel()
-        status, error = Status.DONE, None
-        try:
-            await self._generation
-        except asyncio.CancelledError:
-            if not (self._cancelled or writer.ended or writer.cancel_requested or writer.outage):
-                raise
-            status = Status.CANCELLED
-        except Exception as exc:
-            logger.warning("generator of stream %s raised", self.stream_id, exc_info=True)
-            status, error = Status.ERROR, f"{type(exc).__name__}: {exc}"
-        finally:
-            if self._end_tap is not None:
-                self._end_tap()
-        if writer.outage:
-            status, error = Status.ERROR, writer.outage
-        await writer.close(status, error)
-        if writer.ended is not None:
-            # Someone else ended the stream; its status is theirs.
-            self.status = await run_db(
-                lambda: (
-                    Stream.objects.filter(pk=self.stream_id)
-                    .values_list("status", flat=True)
-                    .first()
-                )
-            )
-        else:
-            self.status = status
-            if conf.get("COMPACT_FINISHED"):
-                await self._compact()
-        return self.status or ""
-
-    async def _compact(self) -> None:
-        # Viewers have had the status already; merging the chunks only spares later
-        # reads some rows, so a failure here is logged, never the stream's.
-        try:
-            await run_db(compact_stream, self.stream_id)
+                at = min((w.next_event(now) for w in self.writers.values()), default=now)
+                at = max(at, self._last_tick + self.tick, self._retry_at)
+                if at > now:
+                    await self._sleep(min(at - now, self._watch_interval(now)))
+                    continue
+                due = [(w, w.next_write(now)) for w in list(self.writers.values())]
+                writes = [(w, write) for w, write in due if write is not None]
+                if writes:
+                    self._last_tick = now
+                    self._settle(writes, await self._attempt(writes))
         except Exception:
-            logger.warning("could not compact stream %s", self.stream_id, exc_info=True)
+            # A bug, not the database: no writer may wait for ever on a dead committer.
+            logger.exception("the committer of streaming_app failed")
+            for writer in list(self.writers.values()):
+                writer.stop(WriteFailed())
+                writer._finish(False)
 
-    def _stop_generation(self) -> None:
-        if self._generation is not None:
-            self._generation.cancel()
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        self._sleeping_until = time.monotonic() + seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._sleeping_until = float("inf")
+        self._check(time.monotonic())
 
-    async def _generate(self, writer: StreamWriter) -> None:
-        async def append(piece: str) -> None:
-            text = clean_piece(piece)
-            if not text:
-                return
-            if self.tap is not None:
-                self.tap(text)
-            writer.append(text)
-            await writer.wait_for_room()
+    def _check(self, now: float) -> None:
+        for writer in list(self.writers.values()):
+            writer.check(now)
 
-        source = self.source
-        if isinstance(source, AsyncIterable):
-            await self._drain(source, append)
-            return
-        if not callable(source):
-            raise TypeError("a stream's source must be an async iterable or an async callable")
-        result = source(append)
-        if isinstance(result, AsyncIterable):
-            await self._drain(result, append)
-        elif inspect.isawaitable(result):
-            await result
-        else:
-            raise TypeError(
-                "a stream's source callable must return an awaitable or an async iterable"
-            )
+    def _watch_interval(self, now: float) -> float:
+        """How long until a writer's outage or give-up is due to be declared."""
+        deadlines = []
+        for writer in self.writers.values():
+            since = writer.overdue_since(now)
+            if since is not None:
+                limit = writer.give_up_after if writer.stopped else writer.outage_limit
+                deadlines.append(since + limit - now)
+        return max(min(deadlines, default=1.0), 0.01)
 
-    @staticmethod
-    async def _drain(pieces: AsyncIterable[Any], append: Append) -> None:
+    async def _attempt(self, writes: Sequence[tuple[StreamWriter, Write]]) -> list[Result]:
+        """One transaction for ``writes``; one each if it fails for another reason
+        than the connection, so that one stream's bad batch does not fail the others."""
+        self.transactions += 1
+        attempt = asyncio.ensure_future(
+            in_writer_thread(write_in_transaction)([write for _, write in writes])
+        )
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            done, _ = await asyncio.wait({attempt}, timeout=self._watch_interval(now))
+            if done:
+                break
+            now = time.monotonic()
+            self._check(now)
+            if now - started > ABANDON_AFTER:
+                logger.error("a transaction of streaming_app has not come back; trying again")
+                return [TimeoutError()] * len(writes)
         try:
-            async for piece in pieces:
-                await append(piece)
-        finally:
-            # Closed now, not whenever it is collected: a cancelled model stream must
-            # hang up on the model at once (it bills by the token).
-            aclose = getattr(pieces, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            outcomes = attempt.result()
+        except RETRYABLE as exc:
+            logger.warning(
+                "a write of %d stream(s) failed (%s); retrying in %.2fs",
+                len(writes),
+                exc,
+                self._backoff,
+            )
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 2.0)
+            return [exc] * len(writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+            logger.warning("a write of %d streams failed (%r); one by one now", len(writes), exc)
+            return [result for one in writes for result in await self._attempt([one])]
+        self._backoff = 0.05
+        return [outcomes[write.stream_id] for _, write in writes]
+
+    def _settle(
+        self, writes: Sequence[tuple[StreamWriter, Write]], results: Sequence[Result]
+    ) -> None:
+        now = time.monotonic()
+        updates = []
+        for (writer, write), result in zip(writes, results, strict=True):
+            if isinstance(result, TimeoutError):
+                result = OperationalError("the database did not answer")
+            update = writer.settle(write, result, now)
+            if update is not None:
+                updates.append(update)
+        self._check(now)
+        if updates:
+            publish(updates)
+
+
+_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Committer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def committer() -> Committer:
+    """The running event loop's committer."""
+    loop = asyncio.get_running_loop()
+    if loop not in _committers:
+        _committers[loop] = Committer()
+    return _committers[loop]
+
+
+def open_writer(stream_id: uuid.UUID, policy: FlushPolicy | None = None) -> StreamWriter:
+    """A writer for a claimed stream, on the running event loop's committer."""
+    return committer().open(stream_id, policy)

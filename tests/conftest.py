@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from streaming_app import writer
+from streaming_app import run
 from tests.servers import Browser, Daphne, e2e_database
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -59,7 +59,7 @@ async def stream_runs_end_with_their_test() -> AsyncIterator[None]:
     autouse fixture, so torn down before the database is.)"""
     yield
     loop = asyncio.get_running_loop()
-    runs = [task for task in writer._running if task.get_loop() is loop]
+    runs = [task for task in run._running if task.get_loop() is loop]
     if not runs:
         return
     _, unfinished = await asyncio.wait(runs, timeout=15)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db.backends.signals import connection_created
 from django.test import AsyncRequestFactory
 
+from streaming_app.flush import Batch, FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
+from streaming_app.persist import write_batch
+from streaming_app.run import Source, StreamRun
 from streaming_app.signals import stream_committed
 from streaming_app.streams import aclaim_stream, acreate_stream, claim_stream, create_stream
 from streaming_app.views import astream_response
-from streaming_app.writer import Batch, FlushPolicy, Source, StreamRun, write_batch
 
 
 def written(text_pieces: list[str], *, status: str = Status.STREAMING) -> Stream:
@@ -111,47 +112,21 @@ async def wait_finished(stream_id: uuid.UUID, within: float = 10) -> Stream:
 
 
 @contextmanager
-def committed_events() -> Iterator[list[dict[str, Any]]]:
-    """Record every stream_committed announcement, with the time it was made."""
+def committed_events(
+    on_text: Callable[[], None] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Record every stream_committed announcement, with the time it was heard;
+    ``on_text`` is called for each one that carries text."""
     events: list[dict[str, Any]] = []
 
-    def receiver(sender: Any, **kwargs: Any) -> None:
+    async def receiver(sender: Any, **kwargs: Any) -> None:
         kwargs.pop("signal", None)
         events.append({**kwargs, "at": time.monotonic()})
+        if on_text is not None and kwargs["text"]:
+            on_text()
 
     stream_committed.connect(receiver, weak=False)
     try:
         yield events
     finally:
         stream_committed.disconnect(receiver)
-
-
-@contextmanager
-def slow_queries(seconds: float, *, table: str = "streaming_app_chunk") -> Iterator[None]:
-    """Make every INSERT into ``table`` take ``seconds`` longer, on every new connection.
-
-    The writers close their connections after each flush (CONN_MAX_AGE is 0), so each
-    flush connects again, anew or from the pool, and gets the delay.
-    """
-
-    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.lstrip().upper().startswith("INSERT") and table in sql:
-            time.sleep(seconds)
-        return execute(sql, params, many, context)
-
-    # Wrappers live on a thread's DatabaseWrapper and outlast its connections: they are
-    # taken off again at the end, or the delay would haunt later tests.
-    installed: list[Any] = []
-
-    def install(sender: Any, connection: Any, **kwargs: Any) -> None:
-        if wrapper not in connection.execute_wrappers:
-            connection.execute_wrappers.append(wrapper)
-            installed.append(connection)
-
-    connection_created.connect(install, weak=False)
-    try:
-        yield
-    finally:
-        connection_created.disconnect(install)
-        for connection in installed:
-            connection.execute_wrappers.remove(wrapper)

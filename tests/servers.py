@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +104,20 @@ class Daphne:
 
     name = "daphne"
 
-    def __init__(self, database_url: str, **env: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        application: str = "example_project.asgi:application",
+        **env: str,
+    ) -> None:
         self.port = free_port()
         # Open for the server's lifetime; stop() closes it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"{self.name}-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.arguments(), "example_project.asgi:application"],
+            [sys.executable, "-m", *self.arguments(), application],
             cwd=ROOT,
             env=server_env(database_url, **env),
             stdout=self.log,
@@ -146,12 +151,13 @@ class Daphne:
 
 
 class Uvicorn(Daphne):
-    """The same, served by uvicorn. Channels' router has no lifespan protocol."""
+    """The same, served by uvicorn (with its lifespan protocol: the example closes its
+    model client at shutdown)."""
 
     name = "uvicorn"
 
     def arguments(self) -> list[str]:
-        return ["uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off"]
+        return ["uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on"]
 
 
 class Browser:
@@ -202,74 +208,127 @@ class Browser:
 
 
 class FakeOpenAI:
-    """An OpenAI-compatible Chat Completions server on loopback, streaming ``pieces``.
+    """An OpenAI-compatible Chat Completions server on loopback, streaming ``pieces``
+    ``delay`` seconds apart (asyncio, in a thread of its own: cheap enough for a
+    hundred streams at once not to be anyone's bottleneck).
 
     It records every request body, so that a test can check what the model was sent.
     """
 
-    def __init__(self, pieces: list[str], *, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        pieces: list[str],
+        *,
+        delay: float = 0.0,
+        status: int = 200,
+        fail_after: int | None = None,
+        failure: str = "error event",
+    ) -> None:
+        """``status``: answer every request with this HTTP status instead (429, say).
+        ``fail_after``: after that many pieces, send an error event (``failure`` "error
+        event") or drop the connection ("drop")."""
         self.pieces = pieces
         self.delay = delay
+        self.status = status
+        self.fail_after = fail_after
+        self.failure = failure
         self.requests: list[dict[str, Any]] = []
-        fake = self
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        async def serve() -> None:
+            self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            started.set()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length))
-                fake.requests.append({"path": self.path, "body": body})
-                if self.path != "/v1/chat/completions" or not body.get("stream"):
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                for i, piece in enumerate([*fake.pieces, None]):
-                    delta = {"content": piece} if piece is not None else {}
-                    if i == 0:
-                        delta["role"] = "assistant"
-                    event = {
-                        "id": "chatcmpl-test",
-                        "object": "chat.completion.chunk",
-                        "created": 0,
-                        "model": body.get("model", "test"),
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": delta,
-                                "finish_reason": None if piece is not None else "stop",
-                            }
-                        ],
-                    }
-                    self.write_chunk(f"data: {json.dumps(event)}\n\n")
-                    if fake.delay:
-                        time.sleep(fake.delay)
-                self.write_chunk("data: [DONE]\n\n")
-                self.wfile.write(b"0\r\n\r\n")
-
-            def write_chunk(self, text: str) -> None:
-                data = text.encode()
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        asyncio.run_coroutine_threadsafe(serve(), self.loop)
+        started.wait(10)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: one request after another
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                body = json.loads(await reader.readexactly(int(headers.get("content-length", 0))))
+                self.requests.append({"path": path, "body": body})
+                if method != "POST" or path != "/v1/chat/completions" or not body.get("stream"):
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                if self.status != 200:
+                    error = json.dumps({"error": {"message": "refused by the fake"}}).encode()
+                    writer.write(
+                        b"HTTP/1.1 %d Refused\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (self.status, len(error), error)
+                    )
+                    await writer.drain()
+                    continue
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                )
+                started = asyncio.get_running_loop().time()
+                for i, event in enumerate(self.events(body.get("model", "test"))):
+                    if i == self.fail_after:
+                        if self.failure == "drop":
+                            writer.transport.abort()
+                            return
+                        event = 'data: {"error": {"message": "overloaded at 10.0.0.9"}}\n\n'
+                    data = event.encode()
+                    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    await writer.drain()
+                    if self.delay:  # on a schedule: ``delay`` apart on average
+                        wait = started + (i + 1) * self.delay - asyncio.get_running_loop().time()
+                        await asyncio.sleep(max(0.0, wait))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    def events(self, model: str) -> Iterator[str]:
+        for i, piece in enumerate([*self.pieces, None]):
+            delta: dict[str, Any] = {"content": piece} if piece is not None else {}
+            if i == 0:
+                delta["role"] = "assistant"
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": None if piece is not None else "stop",
+            }
+            chunk = {
+                "id": "chatcmpl-test",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [choice],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        async def stop() -> None:
+            self.server.close()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 async def closing(ws: Any) -> AsyncIterator[Any]:

@@ -239,3 +239,27 @@ def test_the_admin_merges_the_chunks_of_selected_streams(client):
     assert Chunk.objects.filter(stream=live).count() == 2
     page = client.get(f"/admin/streaming_app/stream/{finished.pk}/change/")
     assert b"one. two. three." in page.content
+
+
+async def test_the_model_gets_the_newest_turns_that_fit_the_context_size():
+    """A long chat does not send (or read) everything: the newest prompt, then as many
+    earlier turns as fit CHAT_MAX_CONTEXT_CHARS, newest first."""
+    client = AsyncClient()
+    prompts = ["a" * 300, "b" * 300, "c" * 300, "The newest"]
+    chat = (
+        await client.post("/api/chats/", {"prompt": prompts[0]}, content_type="application/json")
+    ).json()
+    for prompt in prompts[1:]:
+        await read_all(await client.post(chat["drive_url"]))
+        await wait_finished(uuid.UUID(chat["stream_id"]))
+        chat = (
+            await client.post(
+                f"/api/chats/{chat['id']}/messages/",
+                {"prompt": prompt},
+                content_type="application/json",
+            )
+        ).json()
+    # Each earlier turn is about 300 + 700 characters: two of them fit, not three.
+    with override_settings(CHAT_MAX_CONTEXT_CHARS=2500):
+        reply = await read_all(await client.post(chat["drive_url"]))
+    assert "(message 3 of this chat)" in reply, "the newest prompt and two earlier turns"

@@ -10,16 +10,21 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient, override_settings
 
-from streaming_app.models import Status
+from streaming_app.flush import Batch, FlushPolicy
+from streaming_app.models import Chunk, Status
+from streaming_app.persist import write_batch
+from streaming_app.publish import Update, group_name, group_send
 from streaming_app.routing import websocket_urlpatterns
-from streaming_app.streams import aclaim_stream, acreate_stream, claim_stream, create_stream
-from streaming_app.writer import Batch, FlushPolicy, StreamRun, write_batch
+from streaming_app.run import StreamRun
+from streaming_app.streams import aclaim_stream, acreate_stream, create_stream
 
+from .faults import DatabaseAway
 from .helpers import written
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,9 +50,14 @@ async def viewer(stream_id, query: str = "", user: Any = None) -> WebsocketCommu
     return communicator
 
 
-async def watch(communicator: WebsocketCommunicator, patience: float = 10) -> dict[str, Any]:
+async def watch(
+    communicator: WebsocketCommunicator,
+    patience: float = 10,
+    ready: asyncio.Event | None = None,
+) -> dict[str, Any]:
     """Read until the server closes: the text as a client assembles it, the statuses,
-    the close code. Fails if a text message does not start where the text ends."""
+    the close code. Fails if a text message does not start where the text ends.
+    ``ready`` is set once the snapshot (text and status) has arrived."""
     text, first_offset = "", None
     statuses: list[str] = []
     try:
@@ -72,6 +82,8 @@ async def watch(communicator: WebsocketCommunicator, patience: float = 10) -> di
             else:
                 assert message["type"] == "status"
                 statuses.append(message["status"])
+                if ready is not None:
+                    ready.set()
     finally:
         await communicator.disconnect()
 
@@ -233,21 +245,60 @@ async def test_a_frame_from_a_viewer_closes_4400():
     assert result["code"] == 4400
 
 
-async def follow_with_loss(layer: str, resync_interval: float) -> list[dict[str, Any]]:
-    """Three viewers of a stream driven through ``layer``; what each ended with."""
-    with override_settings(
-        CHANNEL_LAYERS={"default": {"BACKEND": layer}},
-        STREAMING_APP={"RESYNC_INTERVAL": resync_interval},
-    ):
-        stream_id, source, run = await live_stream()
-        viewers = [await viewer(stream_id) for _ in range(3)]
-        watching = [asyncio.create_task(watch(v)) for v in viewers]
-        for i in range(30):
-            source.feed(f"piece {i}. ")
-            await asyncio.sleep(0.01)
-        source.feed(None)
-        await run.wait()
-        return await asyncio.gather(*watching)
+class RemoteWriter:
+    """A writer in another process, as this process's viewers see it: it commits its
+    batches (in a thread) and publishes each one through the channel layer only."""
+
+    def __init__(self, stream_id: uuid.UUID) -> None:
+        self.stream_id = stream_id
+        self.seq = self.offset = 0
+        self.unpublished: list[Update] = []
+
+    async def write(self, text: str, status: str | None = None, *, publish: bool = True) -> None:
+        batch = Batch(self.seq, self.offset, text, (status, None) if status else None)
+        await sync_to_async(write_batch)(self.stream_id, batch)
+        self.unpublished.append(
+            Update(self.stream_id, self.offset, text, status or "streaming", None)
+        )
+        self.seq, self.offset = self.seq + (1 if text else 0), batch.end
+        if publish:
+            await self.publish()
+
+    async def publish(self) -> None:
+        """Publish what was written at once (a burst that fills a small capacity)."""
+        updates, self.unpublished = self.unpublished, []
+        group = group_name(self.stream_id)
+        await asyncio.gather(*(group_send(group, update.message()) for update in updates))
+
+
+async def watched(stream_id: uuid.UUID, viewers: int) -> list[asyncio.Task[dict[str, Any]]]:
+    """Websocket viewers of the stream, once each has its snapshot."""
+    tasks, readies = [], []
+    for _ in range(viewers):
+        ready = asyncio.Event()
+        tasks.append(asyncio.create_task(watch(await viewer(stream_id), ready=ready)))
+        readies.append(ready.wait())
+    await asyncio.wait_for(asyncio.gather(*readies), 10)
+    return tasks
+
+
+async def follow_a_remote_writer(
+    pieces: list[str], viewers: int = 3, *, burst: bool = False
+) -> list[dict[str, Any]]:
+    """Viewers here of a stream written elsewhere; what each ended with. ``burst``
+    publishes every update at once, after the last commit."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    watching = await watched(stream.pk, viewers)
+    writer = RemoteWriter(stream.pk)
+    for piece in pieces:
+        await writer.write(piece, publish=not burst)
+    await writer.write("", "done", publish=not burst)
+    await writer.publish()
+    return await asyncio.gather(*watching)
+
+
+PIECES = [f"piece {i}. " for i in range(30)]
 
 
 @pytest.mark.parametrize(
@@ -257,45 +308,24 @@ async def follow_with_loss(layer: str, resync_interval: float) -> list[dict[str,
         ("tests.layers.DropEveryOtherLayer", 60),
         # A lost terminal status is read from the database after a silence.
         ("tests.layers.DropTerminalLayer", 0.3),
+        # A layer over capacity (channels-redis drops past `capacity` too).
+        ("tests.layers.CountingLayer", 0.3),
     ],
 )
 async def test_viewers_end_exact_when_group_messages_are_dropped(layer, resync_interval):
-    expected = "".join(f"piece {i}. " for i in range(30))
-    for result in await follow_with_loss(layer, resync_interval):
-        assert (result["start"], result["text"]) == (0, expected)
-        assert result["statuses"][-1] == "done" and result["code"] == 1000
-
-
-async def test_viewers_end_exact_when_the_layer_is_over_capacity():
+    over_capacity = layer.endswith("CountingLayer")
     with override_settings(
         CHANNEL_LAYERS={
-            "default": {
-                "BACKEND": "channels.layers.InMemoryChannelLayer",
-                "CONFIG": {"capacity": 1},
-            }
+            "default": {"BACKEND": layer, "CONFIG": {"capacity": 1} if over_capacity else {}}
         },
-        STREAMING_APP={"RESYNC_INTERVAL": 0.3},
+        STREAMING_APP={"RESYNC_INTERVAL": resync_interval},
     ):
-        stream = await acreate_stream()
-        communicator = await viewer(stream.pk)
-        watching = asyncio.create_task(watch(communicator))
-
-        @sync_to_async
-        def burst() -> str:
-            # Flushes as fast as the database takes them: the viewer cannot keep up.
-            claim_stream(stream.pk)
-            text = ""
-            for seq in range(40):
-                write_batch(stream.pk, Batch(seq=seq, offset=len(text), text=f"{seq}, "))
-                text += f"{seq}, "
-            write_batch(
-                stream.pk, Batch(seq=40, offset=len(text), text="", terminal=("done", None))
-            )
-            return text
-
-        expected = await burst()
-        result = await watching
-    assert (result["text"], result["statuses"][-1], result["code"]) == (expected, "done", 1000)
+        results = await follow_a_remote_writer(PIECES, burst=over_capacity)
+        dropped = get_channel_layer().dropped
+    assert dropped, "the layer lost nothing: the test proves nothing"
+    for result in results:
+        assert (result["start"], result["text"]) == (0, "".join(PIECES))
+        assert result["statuses"][-1] == "done" and result["code"] == 1000
 
 
 # Server-Sent Events -------------------------------------------------------------------
@@ -308,7 +338,11 @@ async def sse(path: str, **headers: str) -> list[tuple[str, str, Any]]:
     assert response.status_code == 200, response.content
     assert response["Content-Type"] == "text/event-stream; charset=utf-8"
     raw = b"".join([part async for part in response.streaming_content]).decode()  # type: ignore[attr-defined]
-    events = []
+    return parse_events(raw)
+
+
+def parse_events(raw: str) -> list[tuple[str, str, Any]]:
+    events: list[tuple[str, str, Any]] = []
     for block in raw.split("\n\n"):
         if not block:
             continue
@@ -366,14 +400,21 @@ async def test_sse_follows_a_live_stream_with_keep_alives_to_its_end():
     STREAMING_APP={"RESYNC_INTERVAL": 0.2},
 )
 async def test_sse_learns_a_dropped_terminal_status_from_the_database():
-    stream_id, source, run = await live_stream()
-    reading = asyncio.create_task(sse(f"/api/streams/{stream_id}/events/"))
-    await asyncio.sleep(0.1)
-    source.feed("Last words.", None)
-    events = await asyncio.wait_for(reading, timeout=5)
-    assert events[-1][2] == {"type": "status", "status": "done", "error": None}
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    response = await AsyncClient().get(f"/api/streams/{stream.pk}/events/")
+    assert response.status_code == 200
+    parts = response.streaming_content.__aiter__()  # type: ignore[attr-defined]
+    snapshot = (await parts.__anext__()).decode()
+    writer = RemoteWriter(stream.pk)
+    await writer.write("Last words.")
+    await writer.write("", "done")
+    rest = [part.decode() async for part in parts]
+    events = parse_events(snapshot + "".join(rest))
+    assert [m for m in get_channel_layer().dropped if m["status"] == "done"], "nothing dropped"
+    statuses = [d["status"] for kind, _, d in events if kind == "status"]
+    assert statuses == ["streaming", "done"], "the client saw it live, then learnt the end"
     assert "".join(d["text"] for kind, _, d in events if kind == "text") == "Last words."
-    await run.wait()
 
 
 @pytest.mark.parametrize(
@@ -391,3 +432,72 @@ async def test_sse_bad_requests_are_json_errors(path, headers, code):
     response = await AsyncClient().get(path.format(id=stream_id), headers=headers)
     assert response.status_code == code
     assert response.json()["error"]
+
+
+# Without a channel layer -----------------------------------------------------------
+
+
+@sync_to_async
+def write_elsewhere(stream_id: uuid.UUID, pieces: list[str], status: str | None) -> None:
+    """Commit pieces as a writer in another process would: nothing is published here."""
+    offset = sum(len(c.text) for c in Chunk.objects.filter(stream_id=stream_id))
+    seq = Chunk.objects.filter(stream_id=stream_id).count()
+    for piece in pieces:
+        write_batch(stream_id, Batch(seq=seq, offset=offset, text=piece))
+        seq, offset = seq + 1, offset + len(piece)
+    if status:
+        write_batch(stream_id, Batch(seq=seq, offset=offset, text="", terminal=(status, None)))
+
+
+@override_settings(CHANNEL_LAYERS={}, STREAMING_APP={"RESYNC_INTERVAL": 0.1})
+async def test_without_a_channel_layer_a_websocket_viewer_follows_from_the_database():
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    communicator = await viewer(stream.pk)
+    watching = asyncio.create_task(watch(communicator))
+    await write_elsewhere(stream.pk, ["Hello ", "world. "], None)
+    await write_elsewhere(stream.pk, ["Bye."], "done")
+    result = await watching
+    assert (result["text"], result["statuses"], result["code"]) == (
+        "Hello world. Bye.",
+        ["streaming", "done"],
+        1000,
+    )
+
+
+@override_settings(CHANNEL_LAYERS={}, STREAMING_APP={"RESYNC_INTERVAL": 0.1})
+async def test_without_a_channel_layer_server_sent_events_follow_from_the_database():
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    reading = asyncio.create_task(sse(f"/api/streams/{stream.pk}/events/"))
+    await write_elsewhere(stream.pk, ["Hello ", "world."], "done")
+    events = await asyncio.wait_for(reading, 10)
+    assert "".join(d["text"] for kind, _, d in events if kind == "text") == "Hello world."
+    assert events[-1][2] == {"type": "status", "status": "done", "error": None}
+
+
+async def test_text_goes_on_the_wire_as_utf_8_not_escapes():
+    stream_id = await finished_stream(["Héllo 😀 中文"])
+    communicator = await viewer(stream_id)
+    raw = (await communicator.receive_output())["text"]
+    await communicator.disconnect()
+    assert raw == '{"type":"text","offset":0,"text":"Héllo 😀 中文"}'
+    events = await AsyncClient().get(f"/api/streams/{stream_id}/events/")
+    body = b"".join([part async for part in events.streaming_content]).decode()  # type: ignore[attr-defined]
+    assert '"text":"Héllo 😀 中文"' in body and "\\u" not in body
+
+
+async def test_a_viewer_refused_while_the_database_is_away_resumes_exactly():
+    """4503 means: come back later and resume from your offset (docs/protocol.md)."""
+    stream_id = await finished_stream(["Before the outage. ", "After it."])
+    with DatabaseAway() as fault:
+        refused = await watch(await viewer(stream_id, "offset=7"))
+        fault.back()
+    assert fault.refused, "the fault did not hit"
+    assert (refused["code"], refused["text"]) == (4503, "")
+    resumed = await watch(await viewer(stream_id, "offset=7"))
+    assert (resumed["start"], resumed["text"], resumed["code"]) == (
+        7,
+        "Before the outage. After it."[7:],
+        1000,
+    )

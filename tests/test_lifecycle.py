@@ -16,7 +16,9 @@ from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 
+from streaming_app.flush import FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
+from streaming_app.run import StreamRun
 from streaming_app.streams import (
     aclaim_stream,
     acreate_stream,
@@ -26,7 +28,6 @@ from streaming_app.streams import (
     create_stream,
     get_stream_body,
 )
-from streaming_app.writer import FlushPolicy, StreamRun
 
 from .helpers import committed_events, stream_row, thinking, wait_finished, written
 from .test_fanout import viewer, watch
@@ -44,6 +45,40 @@ async def endless(produced: list[float], pause: float = 0.02):
         produced.append(time.monotonic())
         i += 1
         yield f"word{i} "
+
+
+class Fed:
+    """A model the test feeds piece by piece; it waits in between. ``closed`` tells
+    whether it was closed (stopped) rather than left hanging."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.closed = False
+
+    async def __aiter__(self):
+        try:
+            while (piece := await self.queue.get()) is not None:
+                yield piece
+        finally:
+            self.closed = True
+
+    def feed(self, *pieces: str) -> None:
+        for piece in pieces:
+            self.queue.put_nowait(piece)
+
+    def end(self) -> None:
+        """The model has said all it had to say."""
+        self.queue.put_nowait(None)
+
+
+async def committed_length(stream_id: uuid.UUID, length: int) -> None:
+    """Wait until exactly ``length`` characters have committed (and the claim has)."""
+    async with asyncio.timeout(10):
+        while True:
+            row = await stream_row(stream_id)
+            if row.status == Status.STREAMING and row.length == length:
+                return
+            await asyncio.sleep(0.01)
 
 
 async def started_run(source, **kwargs) -> tuple[uuid.UUID, StreamRun]:
@@ -73,29 +108,37 @@ def test_cancelling_a_pending_stream_ends_it_at_once():
         claim_stream(stream.pk)
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        # Through the channel layer: the driving process hears of it at once.
-        "channels.layers.InMemoryChannelLayer",
-        # Without it (every group message lost): at the writer's next flush.
-        "tests.layers.DropAllLayer",
-    ],
-)
-async def test_a_cancel_stops_generation_within_a_flush_interval_and_keeps_the_text(layer):
-    produced: list[float] = []
-    policy = FlushPolicy(min_interval=0.25, max_interval=0.5, max_chars=4096)
-    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": layer}}):
-        stream_id, run = await started_run(endless(produced), policy=policy)
-        await asyncio.sleep(0.7)
-        asked = time.monotonic()
-        await sync_to_async(cancel_stream)(stream_id)
-        assert await asyncio.wait_for(run.wait(), 5) == Status.CANCELLED
-    stopped_after = produced[-1] - asked
-    assert stopped_after < 0.6, f"generation went on {stopped_after:.2f}s after the cancel"
+async def test_a_cancel_in_the_driving_process_stops_generation_at_once():
+    """No flush and no heartbeat falls due for a minute: only the cancel itself can stop
+    the run, and it does while the model is waiting for its next piece."""
+    source = Fed()
+    stream_id, run = await started_run(source, policy=FlushPolicy(0, 60, 10**6))
+    source.feed("word1 ", "word2 ")
+    await committed_length(stream_id, 0)  # claimed, nothing flushed
+    assert await sync_to_async(cancel_stream)(stream_id) in (Status.STREAMING, Status.CANCELLED)
+    assert await asyncio.wait_for(run.wait(), 5) == Status.CANCELLED
+    assert source.closed, "the model was not stopped"
     body = await aget_stream_body(stream_id)
-    assert body.status == Status.CANCELLED
-    assert body.text == "".join(f"word{i} " for i in range(1, len(produced) + 1))
+    assert (body.status, body.text) == (Status.CANCELLED, "word1 word2 ")
+
+
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "tests.layers.DropAllLayer"}})
+async def test_a_cancel_from_elsewhere_without_the_layer_stops_generation_at_the_next_flush():
+    """A cancel made where no message reaches the driving process (another process, the
+    layer losing it): the run learns it when its next flush is refused, and keeps that
+    text too."""
+    source = Fed()
+    stream_id, run = await started_run(source, policy=FlushPolicy(0, 0.02, 10**6))
+    source.feed("Before. ")
+    await committed_length(stream_id, len("Before. "))
+    # Another thread and event loop, as another process: nothing is delivered here.
+    await asyncio.to_thread(cancel_stream, stream_id)
+    assert not run.task.done(), "the run heard of the cancel without a flush"
+    source.feed("After.")  # the next flush is refused: the stream was asked to stop
+    assert await asyncio.wait_for(run.wait(), 5) == Status.CANCELLED
+    assert source.closed
+    body = await aget_stream_body(stream_id)
+    assert (body.status, body.text) == (Status.CANCELLED, "Before. After.")
 
 
 @override_settings(
@@ -164,7 +207,8 @@ async def test_a_late_viewer_of_an_ended_stream_gets_the_kept_text_and_status(st
         if status == Status.TIMEOUT:
             age(stream.pk, 120)
         else:
-            from streaming_app.writer import Batch, write_batch
+            from streaming_app.flush import Batch
+            from streaming_app.persist import write_batch
 
             write_batch(stream.pk, Batch(seq=2, offset=10, text="", terminal=(status, error)))
         return stream.pk
@@ -304,20 +348,6 @@ def test_deleting_a_stream_in_the_admin_deletes_its_chunks():
 # Permissions --------------------------------------------------------------------------
 
 
-@override_settings(STREAMING_APP=OWNER_POLICY)
-async def test_the_default_policy_keeps_an_owners_stream_to_the_owner():
-    owner = await get_user_model().objects.acreate(username="owner")
-    stream = await sync_to_async(create_stream)(owner=owner)
-    stranger = AsyncClient()
-    assert (await stranger.get(f"/api/streams/{stream.pk}/")).status_code == 403
-    assert (await stranger.get(f"/api/streams/{stream.pk}/events/")).status_code == 403
-    assert (await stranger.post(f"/api/streams/{stream.pk}/cancel/")).status_code == 403
-    assert (await watch(await viewer(stream.pk)))["code"] == 4403
-    own = AsyncClient()
-    await own.aforce_login(owner)
-    assert (await own.get(f"/api/streams/{stream.pk}/")).status_code == 200
-
-
 def test_a_custom_policy_applies_to_every_transport(settings):
     stream = create_stream(metadata={"public": False})
     settings.STREAMING_APP = {"PERMISSION_POLICY": "tests.test_lifecycle.metadata_policy"}
@@ -353,3 +383,21 @@ async def test_a_cancelled_source_is_closed_at_once():
     run.cancel()
     await asyncio.wait_for(closed.wait(), 1)
     assert await run.wait() == Status.CANCELLED
+
+
+@override_settings(STREAMING_APP={})
+async def test_the_library_default_policy_is_the_owners():
+    """Without PERMISSION_POLICY (the example sets anyone_reads_policy): an owned stream
+    is its owner's alone, in every transport; an ownerless one is anyone's."""
+    owner = await get_user_model().objects.acreate(username="owner")
+    owned = await sync_to_async(create_stream)(owner=owner)
+    ownerless = await sync_to_async(create_stream)()
+    stranger = AsyncClient()
+    assert (await stranger.get(f"/api/streams/{owned.pk}/")).status_code == 403
+    assert (await stranger.get(f"/api/streams/{owned.pk}/events/")).status_code == 403
+    assert (await stranger.post(f"/api/streams/{owned.pk}/cancel/")).status_code == 403
+    assert (await watch(await viewer(owned.pk)))["code"] == 4403
+    assert (await stranger.get(f"/api/streams/{ownerless.pk}/")).status_code == 200
+    own = AsyncClient()
+    await own.aforce_login(owner)
+    assert (await own.get(f"/api/streams/{owned.pk}/")).status_code == 200

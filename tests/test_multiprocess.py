@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import threading
@@ -11,7 +12,16 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from .servers import Daphne, Uvicorn, closing, drive_timed, lag_percentiles, sse_watch, ws_watch
+from .servers import (
+    Browser,
+    Daphne,
+    Uvicorn,
+    closing,
+    drive_timed,
+    lag_percentiles,
+    sse_watch,
+    ws_watch,
+)
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
@@ -143,3 +153,55 @@ def test_the_server_stays_up_after_malformed_frames_and_query_strings(
     assert (viewer["text"], viewer["statuses"][-1], viewer["code"]) == (driven.text, "done", 1000)
     assert server.process.poll() is None
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_disconnect_viewers_reaches_the_viewers_of_another_process(daphne_factory, e2e_db):
+    """A permission change, then disconnect_viewers() from this (third) process: the
+    viewers' process re-checks them and closes those now refused (4403)."""
+    import psycopg
+
+    from streaming_app import disconnect_viewers
+
+    env = {
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "E2E_CHANNEL_LAYER": "pubsub",
+        "E2E_STREAMING_APP": '{"PERMISSION_POLICY": "tests.test_hub.public_policy"}',
+    }
+    a, b = daphne_factory(**env), daphne_factory(**env)
+    browser = Browser(a.url)
+    chat = browser.new_chat("Who may watch?")
+
+    def public(value: bool) -> None:
+        with psycopg.connect(e2e_db, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE streaming_app_stream SET metadata = %s WHERE id = %s",
+                (json.dumps({"public": value}), chat["stream_id"]),
+            )
+
+    public(True)
+    outcome: dict[str, object] = {}
+    snapshot = threading.Event()
+
+    async def watch() -> None:
+        from websockets.asyncio.client import connect
+
+        url = b.url.replace("http://", "ws://") + f"/ws/streams/{chat['stream_id']}/"
+        async with connect(url, origin=b.url, proxy=None) as ws:
+            outcome["first"] = json.loads(await ws.recv())
+            snapshot.set()
+            async for _ in closing(ws):
+                pass
+            outcome["code"] = ws.close_code
+
+    thread = threading.Thread(target=lambda: asyncio.run(watch()))
+    thread.start()
+    assert snapshot.wait(10), "the viewer was not let in"
+    public(False)
+    assert "code" not in outcome, "closed before anyone asked"
+    disconnect_viewers(chat["stream_id"])
+    thread.join(10)
+    assert outcome["first"] == {"type": "text", "offset": 0, "text": ""}
+    assert outcome["code"] == 4403
+    browser.close()

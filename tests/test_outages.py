@@ -103,11 +103,6 @@ class Scenario:
         return self.result
 
 
-def largest_gap(arrivals: list[tuple[float, int]]) -> float:
-    times = [t for t, _ in arrivals]
-    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
-
-
 def chunks_in(database_url: str, stream_id: str) -> list[tuple[int, int, str]]:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
@@ -135,13 +130,17 @@ def survive_outage(
     scenario = Scenario(browser, chat, drive_on.url, watch_on.url)
     time.sleep(0.8)
     stop()
+    stopped = time.monotonic()
     time.sleep(seconds)
     start()
+    started = time.monotonic()
     result = scenario.wait()
     expected = answer(prompt)
     text, arrivals = result["driver"]
     assert text == expected
-    assert largest_gap(arrivals) < 0.5, "the driver noticed the outage"
+    during = [length for at, length in arrivals if stopped < at < started]
+    assert during, "the driver received nothing while the service was away"
+    assert during[-1] < len(expected), "the reply had ended before the outage: it proves nothing"
     body = browser.wait_finished(chat["stream_id"])
     assert (body["status"], body["text"]) == ("done", expected)
     for viewer in result["viewers"]:
@@ -224,6 +223,8 @@ def test_redis_going_away_mid_stream(e2e_db, private_redis, layer):
     a, b = Daphne(e2e_db, **env), Daphne(e2e_db, **env)
     try:
         survive_outage(a, b, "Survive Redis", private_redis.stop, private_redis.start, 1.5)
+        # The outage hit: the driver's process could not publish some updates.
+        assert "could not send stream.update" in a.output()
         for server in (a, b):
             assert server.process.poll() is None
             assert "Exception inside application" not in server.output()
@@ -308,15 +309,15 @@ def test_a_cancel_from_another_process_stops_the_driver(daphne_factory):
     )
     assert refused.status_code == 403
     with httpx.Client(base_url=b.url, cookies=owner.http.cookies, timeout=30) as http:
-        asked = time.monotonic()
         cancelled = http.post(f"/api/streams/{chat['stream_id']}/cancel/", headers=owner.headers())
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
+    answered = time.monotonic()
     result = scenario.wait()
     text, arrivals = result["driver"]
-    stopped_after = arrivals[-1][0] - asked
-    print(f"\nthe driver's last piece came {stopped_after * 1000:.0f} ms after the cancel")
-    assert stopped_after < 0.6, "generation went on after the cancel"
+    # The cancel was answered once the stream had ended: the driver's last piece came
+    # before that, and the reply stopped short.
+    assert arrivals[-1][0] < answered, "generation went on after the cancel"
     assert 0 < len(text) < len(answer("Stop me"))
     body = owner.body(chat["stream_id"])
     assert (body["status"], body["text"]) == ("cancelled", text), "what was generated is kept"

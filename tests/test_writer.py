@@ -3,32 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import random
-import statistics
-import time
+import uuid
 
 import pytest
-from django.test import override_settings
+from django.test import AsyncRequestFactory, override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streaming_app.flush import FlushPolicy
 from streaming_app.models import Status
-from streaming_app.streams import aget_stream_body, compact_stream, get_stream_body
-from streaming_app.writer import FlushPolicy
+from streaming_app.run import StreamRun
+from streaming_app.streams import (
+    aclaim_stream,
+    acreate_stream,
+    aget_stream_body,
+    compact_stream,
+    get_stream_body,
+)
+from streaming_app.views import astream_response
 
+from .faults import Hang, Statements, database_refuses
 from .helpers import (
     assert_chunks_consistent,
     chunks_of,
     committed_events,
-    drive_in_process,
     paced,
     run_to_end,
-    slow_queries,
     stream_row,
-    thinking,
     wait_finished,
 )
+from .test_lifecycle import Fed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,19 +118,21 @@ async def test_a_stream_that_ends_is_merged_into_one_chunk():
     assert (body.status, body.text) == (Status.DONE, "".join(pieces)[7:])
 
 
-async def test_a_raising_generator_ends_the_stream_as_error_keeping_its_text():
+async def test_a_raising_generator_ends_the_stream_as_error_keeping_its_text(caplog):
     async def source():
         yield "The model said this. "
         await asyncio.sleep(0)
         yield "And then"
-        raise ConnectionResetError("the model's connection dropped")
+        raise ConnectionResetError("the model's connection dropped at 10.0.0.7")
 
     tapped: list[str] = []
     stream_id, status = await run_to_end(source(), tap=tapped.append)
     assert status == Status.ERROR
     body = await aget_stream_body(stream_id)
     assert body.status == Status.ERROR
-    assert body.error == "ConnectionResetError: the model's connection dropped"
+    # Readers get a public message; the exception, with its host name, goes to the log.
+    assert body.error == "generation failed"
+    assert "10.0.0.7" in caplog.text
     assert body.text == "The model said this. And then"
     assert "".join(tapped) == body.text
 
@@ -159,11 +165,13 @@ async def test_append_callable_source_as_in_the_convex_component():
         ),
     ],
 )
-async def test_a_source_of_the_wrong_kind_is_an_error_with_a_clear_message(source, message):
+async def test_a_source_of_the_wrong_kind_is_an_error_with_a_clear_message_in_the_log(
+    source, message, caplog
+):
     stream_id, status = await run_to_end(source())
     body = await aget_stream_body(stream_id)
-    assert status == Status.ERROR
-    assert (body.error or "").startswith(message)
+    assert (status, body.error) == (Status.ERROR, "generation failed")
+    assert message in caplog.text
 
 
 async def test_nul_and_lone_surrogates_become_replacement_characters_everywhere():
@@ -174,16 +182,27 @@ async def test_nul_and_lone_surrogates_become_replacement_characters_everywhere(
     assert body.length == 5
 
 
+@KEEP_CHUNKS
 async def test_a_long_run_without_punctuation_is_flushed_by_the_interval():
+    """No sentence end, never MAX_BUFFER_CHARS: only the interval rule can flush, and
+    the model goes on until something has committed."""
     policy = FlushPolicy(min_interval=0.05, max_interval=0.2, max_chars=10_000)
-    with committed_events() as events:
-        start = time.monotonic()
-        stream_id, _ = await run_to_end(paced(["word "] * 60, 0.01), policy=policy)
-    texts = [e for e in events if e["stream_id"] == stream_id and e["text"]]
-    # 0.6 s of text with no sentence end: flushed every 0.2 s or so, not only at the end.
-    assert len(texts) >= 3, [e["text"] for e in texts]
-    first_flush = texts[0]["at"] - start
-    assert first_flush < 0.45, f"the first flush came {first_flush:.2f}s in"
+    flushed = asyncio.Event()
+
+    async def source():
+        for _ in range(3000):  # 30 s at most
+            if flushed.is_set():
+                break
+            yield "word "
+            await asyncio.sleep(0.01)
+        yield "last"
+
+    with committed_events(on_text=flushed.set):
+        stream_id, status = await run_to_end(source(), policy=policy)
+    assert flushed.is_set(), "nothing was flushed while the model went on"
+    chunks = await chunks_of(stream_id)
+    assert len(chunks) >= 2 and chunks[0][2].startswith("word word")
+    assert assert_chunks_consistent(chunks).endswith("word last")
 
 
 @KEEP_CHUNKS
@@ -198,193 +217,96 @@ async def test_a_long_run_without_punctuation_is_flushed_by_size():
 
 @KEEP_CHUNKS
 async def test_a_sentence_end_flushes_before_the_maximum_interval():
-    policy = FlushPolicy(min_interval=0.05, max_interval=5.0, max_chars=10_000)
+    """A minute-long maximum interval: the model waits for its sentence to commit, which
+    only the boundary rule can do in time."""
+    policy = FlushPolicy(min_interval=0.05, max_interval=60.0, max_chars=10_000)
+    flushed = asyncio.Event()
 
     async def source():
         yield "A whole sentence."
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(flushed.wait(), 10)
         yield " More"
 
-    with committed_events() as events:
-        start = time.monotonic()
-        stream_id, _ = await run_to_end(source(), policy=policy)
-    first = next(e for e in events if e["stream_id"] == stream_id and e["text"])
-    assert first["text"] == "A whole sentence."
-    assert first["at"] - start < 0.4
-    assert (await chunks_of(stream_id))[-1][2] == " More"
-
-
-def llm_like_pieces(count: int, seed: int = 7) -> list[str]:
-    """Token-sized pieces of prose with sentence ends, list items and a code block."""
-    rng = random.Random(seed)
-    words = [
-        "the",
-        "stream",
-        "of",
-        "tokens",
-        "arrives",
-        "while",
-        "every",
-        "viewer",
-        "waits",
-        "for",
-        "text",
-        "to",
-        "commit",
-    ]
-    pieces: list[str] = []
-    while len(pieces) < count:
-        kind = rng.random()
-        if kind < 0.7:
-            sentence = [" " + rng.choice(words) for _ in range(rng.randint(6, 18))]
-            sentence[-1] += "."
-            pieces.extend(sentence)
-        elif kind < 0.85:
-            pieces.extend(["\n", "-", " item", " " + rng.choice(words), "\n"])
-        else:
-            pieces.extend(
-                ["\n```", "py\n"]
-                + [f" x{i} = {i}" for i in range(rng.randint(5, 30))]
-                + ["\n```\n"]
-            )
-    return pieces[:count]
-
-
-@pytest.mark.slow
-async def test_transactions_for_1000_pieces_at_100_per_second_are_bounded():
-    """The default policy at 100 pieces/s: at most ~4 transactions/s, lag about 0.5 s."""
-    pieces = llm_like_pieces(1000)
-    produced: list[tuple[int, float]] = []  # (end offset, time)
-
-    async def source():
-        end = 0
-        start = time.monotonic()
-        for i, piece in enumerate(pieces):
-            # 100 pieces/s on a schedule, so that slow turns do not stretch the run.
-            await asyncio.sleep(max(0.0, start + i / 100 - time.monotonic()))
-            end += len(piece)
-            produced.append((end, time.monotonic()))
-            yield piece
-
-    with committed_events() as events:
-        started = time.monotonic()
-        stream_id, status = await run_to_end(source())
-        elapsed = time.monotonic() - started
-    commits = [
-        e for e in events if e["stream_id"] == stream_id and (e["text"] or e["status"] == "done")
-    ]
-    transactions = len(commits)
-    # Lag of each piece: from its production to the commit that contained it.
-    lags = []
-    for end, at in produced:
-        commit = next(e for e in commits if e["offset"] + len(e["text"]) >= end)
-        lags.append(commit["at"] - at)
-    lags.sort()
-    p50, p95 = statistics.median(lags), lags[int(len(lags) * 0.95)]
-    print(
-        f"\n1000 pieces in {elapsed:.1f}s: {transactions} transactions "
-        f"({transactions / elapsed:.2f}/s); lag p50 {p50 * 1000:.0f} ms, "
-        f"p95 {p95 * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms"
-    )
+    with committed_events(on_text=flushed.set):
+        stream_id, status = await run_to_end(source(), policy=policy)
     assert status == Status.DONE
-    assert assert_chunks_consistent(await chunks_of(stream_id)) == "".join(pieces)
-    assert transactions <= 4 * elapsed + 2, "more than about 4 transactions per second"
-    assert transactions >= elapsed, "flushes this rare would make viewers lag"
-    assert p95 <= 0.75, "viewers would lag more than about half a second"
+    assert [text for _, _, text in await chunks_of(stream_id)] == ["A whole sentence.", " More"]
 
 
-async def test_the_driver_is_not_held_up_by_a_slow_database():
-    """Every piece reaches the driving response at once while each flush takes 0.4 s."""
+async def test_the_driver_is_not_held_up_by_a_database_that_does_not_answer():
+    """Every piece reaches the driving response while the first flush is still held by
+    the database: the driver never waits for persistence."""
     from streaming_app.streams import acreate_stream
 
     stream = await acreate_stream()
-    produced: dict[int, float] = {}
     pieces = [f"Piece {i}. " for i in range(40)]
+    policy = FlushPolicy(min_interval=0.0, max_interval=0.05, max_chars=4096)
 
-    async def source():
-        for i, piece in enumerate(pieces):
-            await asyncio.sleep(0.02)
-            produced[i] = time.monotonic()
+    async def model():
+        yield pieces[0]
+        # ...until the database holds the first flush.
+        assert await asyncio.to_thread(hang.entered.wait, 10)
+        for piece in pieces[1:]:
             yield piece
+            await asyncio.sleep(0)
 
-    policy = FlushPolicy(min_interval=0.0, max_interval=0.05, max_chars=4096)
-    with slow_queries(0.4):
-        parts = await drive_in_process(stream.pk, source(), policy=policy)
-        driver_done = time.monotonic()
-        committed_when_driver_done = (await stream_row(stream.pk)).length
+    with Hang() as hang:
+        request = AsyncRequestFactory().post("/drive/")
+        response = await astream_response(request, stream.pk, model(), policy=policy)
+        received = ""
+        async for part in response:  # type: ignore[attr-defined]
+            received += part.decode()
+        assert hang.entered.is_set() and not hang.released.is_set(), (
+            "the driver had everything while the first flush was held"
+        )
+        assert received == "".join(pieces)
+        assert (await stream_row(stream.pk)).length == 0, "nothing had committed yet"
+        hang.release()
         finished = await wait_finished(stream.pk, within=30)
-    # Each piece's delay from production to the driver.
-    ends = list(itertools.accumulate(len(piece) for piece in pieces))
-    received, late = "", []
-    for at, text in parts:
-        received += text
-        late += [
-            at - produced[i]
-            for i, end in enumerate(ends)
-            if len(received) - len(text) < end <= len(received)
-        ]
-    assert received == "".join(pieces)
-    assert len(late) == len(pieces)
-    print(f"\ndriver lateness with 0.4 s flushes: max {max(late) * 1000:.1f} ms")
-    assert max(late) < 0.15, f"a piece reached the driver {max(late):.3f}s late"
-    assert committed_when_driver_done < len(received), "the database was not slow after all"
     assert finished.status == Status.DONE and finished.length == len(received)
-    assert time.monotonic() - driver_done > 0.3, "persistence caught up suspiciously fast"
 
 
-@override_settings(STREAMING_APP={"DATABASE_OUTAGE_LIMIT": 0.5})
-async def test_a_flush_that_hangs_past_the_outage_limit_stops_generation():
-    """A pooled connection is waited for, not refused: a flush that has not come back
-    within DATABASE_OUTAGE_LIMIT counts as an outage while it is still waiting."""
-    produced: list[float] = []
-
-    async def endless():
-        while True:
-            produced.append(time.monotonic())
-            yield "More words. "
-            await asyncio.sleep(0.01)
-
-    policy = FlushPolicy(min_interval=0.0, max_interval=0.05, max_chars=4096)
-    with slow_queries(2.0):
-        started = time.monotonic()
-        stream_id, status = await run_to_end(endless(), policy=policy)
-    stopped = produced[-1] - started
-    assert stopped < 1.5, f"generation went on {stopped:.2f}s into a 2 s flush"
-    assert status == Status.ERROR
-    body = await aget_stream_body(stream_id)
-    assert body.error == "the database was unreachable for more than 0.5 seconds"
-    assert body.text == "More words. " * len(produced), "what was generated is all there"
-
-
-@override_settings(STREAMING_APP={"HEARTBEAT_INTERVAL": 0.1, "TIMEOUT": 1.0})
+@override_settings(STREAMING_APP={"HEARTBEAT_INTERVAL": 0.05, "TIMEOUT": 1.0})
 async def test_a_silent_generator_keeps_its_stream_fresh():
+    """While the model says nothing, its stream's last activity moves on: the model
+    waits, silent, until it has seen it move twice."""
     from streaming_app.streams import aclaim_stream, acreate_stream
-    from streaming_app.writer import StreamRun
 
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
-    run = StreamRun(stream.pk, thinking("Thinking", 0.6, " done."))
+    beats: list[object] = []
+
+    async def model():
+        yield "Thinking"
+        seen = (await stream_row(stream.pk)).updated_at
+        async with asyncio.timeout(10):
+            while len(beats) < 2:
+                await asyncio.sleep(0.01)
+                now = (await stream_row(stream.pk)).updated_at
+                if now != seen:
+                    beats.append(now)
+                    seen = now
+        yield " done."
+
+    run = StreamRun(stream.pk, model())
     run.start()
-    await asyncio.sleep(0.1)
-    first = (await stream_row(stream.pk)).updated_at
-    await asyncio.sleep(0.4)
-    later = (await stream_row(stream.pk)).updated_at
-    assert (later - first).total_seconds() >= 0.2, "no heartbeat while the model was silent"
     assert await run.wait() == Status.DONE
+    assert len(beats) == 2
+    assert (await aget_stream_body(stream.pk)).text == "Thinking done."
 
 
 async def test_deleting_a_stream_mid_run_stops_its_generator():
     from streaming_app.streams import aclaim_stream, acreate_stream, adelete_stream
-    from streaming_app.writer import StreamRun
 
-    produced = 0
+    closed = asyncio.Event()
 
     async def source():
-        nonlocal produced
-        while True:
-            produced += 1
-            yield "more. "
-            await asyncio.sleep(0.01)
+        try:
+            while True:
+                yield "more. "
+                await asyncio.sleep(0.01)
+        finally:
+            closed.set()
 
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
@@ -394,6 +316,101 @@ async def test_deleting_a_stream_mid_run_stops_its_generator():
     assert await adelete_stream(stream.pk)
     status = await asyncio.wait_for(run.wait(), timeout=5)
     assert status == ""  # no stream any more
-    count = produced
-    await asyncio.sleep(0.1)
-    assert produced == count, "the generator went on after the stream was deleted"
+    assert closed.is_set(), "the generator went on after the stream was deleted"
+
+
+@override_settings(STREAMING_APP={"MAX_PENDING_CHARS": 100, "COMPACT_FINISHED": False})
+async def test_past_max_pending_chars_the_generator_waits_for_the_database():
+    """While the database holds the first flush, the model may run ahead by at most
+    MAX_PENDING_CHARS (a stream's memory is bounded); it resumes when the flush returns."""
+    from streaming_app.streams import aclaim_stream, acreate_stream
+
+    produced: list[str] = []
+
+    async def model():
+        for i in range(100):
+            produced.append(f"{i:09d} ")
+            yield produced[-1]
+            await asyncio.sleep(0)
+
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    with Hang() as hang:
+        run = StreamRun(stream.pk, model(), policy=FlushPolicy(0, 0.02, 50))
+        run.start()
+        assert await asyncio.to_thread(hang.entered.wait, 10)
+        for _ in range(1000):  # every chance to run on
+            await asyncio.sleep(0)
+        held = len(produced)
+        for _ in range(1000):
+            await asyncio.sleep(0)
+        assert len(produced) == held, "the model went on while the database held"
+        hang.release()
+        assert await asyncio.wait_for(run.wait(), 10) == Status.DONE
+    held_back = len((await chunks_of(stream.pk))[0][2])  # the flush the database held
+    # Ahead of the database: the flush it held, MAX_PENDING_CHARS more, and one piece.
+    assert held * 10 <= held_back + 100 + 10
+    assert (await aget_stream_body(stream.pk)).text == "".join(produced)
+    assert len(produced) == 100
+
+
+# The process's committer: one transaction per tick ---------------------------------
+
+
+async def fed_runs(count: int, policy: FlushPolicy) -> list[tuple[uuid.UUID, Fed, StreamRun]]:
+    runs = []
+    for _ in range(count):
+        stream = await acreate_stream()
+        await aclaim_stream(stream.pk)
+        source = Fed()
+        run = StreamRun(stream.pk, source, policy=policy)
+        run.start()
+        runs.append((stream.pk, source, run))
+    return runs
+
+
+@KEEP_CHUNKS
+async def test_flushes_due_together_across_streams_share_one_transaction():
+    runs = await fed_runs(10, FlushPolicy(min_interval=0, max_interval=0.05, max_chars=4096))
+    with Statements() as statements:
+        for i, (_, source, _) in enumerate(runs):
+            source.feed(f"Stream {i} says hello.")  # due at the same moment
+        for _, source, _ in runs:
+            source.end()
+        statuses = await asyncio.wait_for(asyncio.gather(*(run.wait() for _, _, run in runs)), 10)
+    assert statuses == [Status.DONE] * 10
+    inserts = statements.inserts_into("streaming_app_chunk")
+    chunks = sum([len(await chunks_of(stream_id)) for stream_id, _, _ in runs])
+    assert chunks == 10
+    assert len(inserts) < chunks, "every stream's flush had a transaction of its own"
+    assert len(inserts) == 1, "the ten flushes due at once were one INSERT"
+
+
+@KEEP_CHUNKS
+async def test_a_batch_the_database_refuses_fails_its_stream_and_not_the_others_of_its_tick(caplog):
+    runs = await fed_runs(3, FlushPolicy(min_interval=0, max_interval=0.05, max_chars=4096))
+    async with database_refuses(
+        "streaming_app_chunk", event="INSERT", when="NEW.text LIKE '%poison%'", message="poisoned"
+    ):
+        for (_, source, _), text in zip(
+            runs, ["Fine. ", "A poison pill. ", "Also fine. "], strict=True
+        ):
+            source.feed(text)  # due at the same moment: one tick
+        bad = runs[1]
+        assert await asyncio.wait_for(bad[2].wait(), 10) == Status.ERROR
+        for _, source, _ in (runs[0], runs[2]):
+            source.feed("Still going.")
+            source.end()
+        good = await asyncio.gather(runs[0][2].wait(), runs[2][2].wait())
+    assert "one by one now" in caplog.text, "the three were not in one transaction"
+    assert "poisoned" in caplog.text
+    assert good == [Status.DONE, Status.DONE]
+    assert bad[1].closed, "the refused stream's model was stopped"
+    body = await aget_stream_body(bad[0])
+    assert (body.status, body.error, body.text) == (
+        Status.ERROR,
+        "the reply could not be saved",
+        "",
+    )
+    for (stream_id, _, _), text in ((runs[0], "Fine. "), (runs[2], "Also fine. ")):
+        assert (await aget_stream_body(stream_id)).text == text + "Still going."

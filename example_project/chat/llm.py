@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import weakref
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 Messages = list[dict[str, str]]
 
@@ -28,21 +32,38 @@ def reply_pieces(messages: Messages) -> AsyncIterator[str]:
     return demo_pieces(messages)
 
 
-async def openai_pieces(messages: Messages) -> AsyncIterator[str]:
-    from openai import AsyncOpenAI
-    from openai.types.chat import ChatCompletionMessageParam
+# One client per event loop (per server process), as the SDK advises: making one per
+# request costs its SSL context and its connection pool each time.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
+    weakref.WeakKeyDictionary()
+)
 
-    async with AsyncOpenAI() as client:
-        stream = await client.chat.completions.create(
-            model=os.environ.get("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL,
-            messages=cast("list[ChatCompletionMessageParam]", messages),
-            stream=True,
-        )
-        async with stream:
-            async for chunk in stream:
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        yield choice.delta.content
+
+def openai_client() -> AsyncOpenAI:
+    """The running event loop's client."""
+    from openai import AsyncOpenAI
+
+    loop = asyncio.get_running_loop()
+    if loop not in _clients:
+        _clients[loop] = AsyncOpenAI()
+    return _clients[loop]
+
+
+async def close_openai_client() -> None:
+    """Close the running event loop's client (at the server's shutdown)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.close()
+
+
+def openai_pieces(messages: Messages) -> AsyncIterator[str]:
+    from streaming_app.sources.openai import chat_completion_text
+
+    return chat_completion_text(
+        openai_client(),
+        model=os.environ.get("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL,
+        messages=messages,
+    )
 
 
 def demo_answer(messages: Messages) -> str:

@@ -113,19 +113,25 @@ def start_message(chat: Chat, prompt: str) -> Message:
     return Message.objects.create(chat=chat, prompt=prompt, stream=stream)
 
 
-def conversation(chat: Chat) -> Messages:
-    """The whole conversation so far, as the model expects it."""
-    messages: Messages = []
-    for message in chat.messages.all():
-        messages.append({"role": "user", "content": message.prompt})
-        if message.stream_id is not None:
-            reply = get_stream_body(message.stream_id).text
-            if reply:
-                messages.append({"role": "assistant", "content": reply})
-    # The newest message's reply is what is about to be generated.
-    if messages and messages[-1]["role"] == "assistant":
-        messages.pop()
-    return messages
+def conversation(chat: Chat, newest: Message) -> Messages:
+    """What the model is sent: the newest prompt, after as many earlier turns as fit in
+    ``CHAT_MAX_CONTEXT_CHARS``, newest first. Earlier turns are not read at all, so a
+    long chat does not delay the first token."""
+    budget = int(settings.CHAT_MAX_CONTEXT_CHARS) - len(newest.prompt)
+    turns: list[Messages] = []
+    earlier = chat.messages.exclude(pk=newest.pk).select_related("stream").reverse()
+    for message in earlier[:100]:
+        reply = message.stream.length if message.stream else 0
+        budget -= len(message.prompt) + reply
+        if budget < 0:
+            break
+        turn = [{"role": "user", "content": message.prompt}]
+        if message.stream_id is not None and reply:
+            turn.append({"role": "assistant", "content": get_stream_body(message.stream_id).text})
+        turns.append(turn)
+    return [m for turn in reversed(turns) for m in turn] + [
+        {"role": "user", "content": newest.prompt}
+    ]
 
 
 @ensure_csrf_cookie
@@ -206,7 +212,7 @@ class DriveView(JsonView):
             newest = chat.messages.select_related("stream").last()
             if newest is None or newest.stream is None:
                 raise BadRequest(409, "this chat has no reply to generate")
-            return newest.stream, conversation(chat)
+            return newest.stream, conversation(chat, newest)
 
         try:
             stream, messages = await sync_to_async(prepare)()

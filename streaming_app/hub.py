@@ -1,0 +1,633 @@
+"""Per process: one subscription and one watchdog per stream, however many viewers.
+
+The hub of an event loop (a server process) joins a stream's group on the channel
+layer when the stream's first local viewer arrives, and leaves it with the last. Each
+committed delta it hears, from the layer or at once from a writer of this process, is
+encoded once and handed to each caught-up viewer as one write: no database read, no
+permission check and no thread per viewer per delta. One watchdog per stream reads the
+database after a silence of ``RESYNC_INTERVAL`` (a dropped message, a lost status, a
+writer that died, or no channel layer at all), checks its viewers' permissions again,
+and serves all of them from that one read. A viewer that stops reading is cut loose:
+its frames are dropped past ``VIEWER_BUFFER_CHARS``, and it catches up (from the
+stream's recent text, or the database) when it reads again.
+
+Transports (websocket, Server-Sent Events) register :class:`Viewer` objects and write
+the frames the hub hands them; the hub knows no transport. It also brings cancels to
+the runs of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import uuid
+import weakref
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.core.exceptions import PermissionDenied
+
+from . import conf
+from .exceptions import InvalidOffset, Overloaded
+from .models import Status, Stream, is_finished
+from .permissions import has_permission, load_stream
+from .publish import CANCEL, RECHECK, UPDATE, Message, control_group, group_name, set_local_hub
+from .publish import published_after as _published_after
+from .run import StreamRun
+from .streams import StreamBody, body_of, expire_if_stale, get_stream, read_text
+
+logger = logging.getLogger(__name__)
+
+# The protocol's messages (docs/protocol.md) --------------------------------------------
+
+
+def text_message(offset: int, text: str) -> Message:
+    return {"type": "text", "offset": offset, "text": text}
+
+
+def status_message(status: str, error: str | None) -> Message:
+    return {"type": "status", "status": status, "error": error}
+
+
+def to_json(message: Message) -> str:
+    # UTF-8 as it is, no spaces: about one byte on the wire per byte of text.
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+class Frames(Protocol):
+    """How a transport puts the protocol's messages on its wire."""
+
+    def text(self, offset: int, text: str) -> str:
+        """A text message: ``text`` starts at code point ``offset``."""
+        ...
+
+    def status(self, status: str, error: str | None, at: int) -> str:
+        """A status message, sent when the viewer has the text up to ``at``."""
+        ...
+
+
+def _rank(status: str | None) -> int:
+    """Statuses only move forward: pending, streaming, then a terminal one."""
+    if status is None:
+        return -1
+    return 2 if is_finished(status) else int(status == Status.STREAMING)
+
+
+# Viewers -------------------------------------------------------------------------------
+
+
+class Viewer:
+    """One viewer of one stream: where it is, and the frames waiting to be written to it.
+
+    ``key`` identifies whose it is (a user, an anonymous session or an address) for
+    ``MAX_VIEWERS_PER_USER``. The transport iterates :meth:`batches` and writes each
+    frame; when the iteration ends it closes with :attr:`close_code`.
+    """
+
+    def __init__(self, user: Any, key: str, frames: Frames) -> None:
+        self.user = user
+        self.key = key
+        self.frames = frames
+        #: Offset the viewer's text reaches, and status, once the queued frames are written.
+        self.sent = 0
+        self.status: str | None = None
+        self.joined = False
+        self.behind = False
+        self.close_code: int | None = None
+        self.feed: Feed | None = None
+        self._queue: deque[tuple[str, int, str | None]] = deque()
+        self._chars = 0
+        self._limit = int(conf.get("VIEWER_BUFFER_CHARS"))
+        # What the frames already handed to the transport reach.
+        self._written: tuple[int, str | None] = (0, None)
+        self._ready = asyncio.Event()
+
+    def offer(self, frame: str, *, sent: int | None = None, status: str | None = None) -> None:
+        """Queue ``frame``; after it the viewer has text up to ``sent`` and ``status``."""
+        if self.behind or self.close_code is not None and self.close_code != 1000:
+            return
+        if sent is not None:
+            self.sent = sent
+        if status is not None:
+            self.status = status
+        # The frames waiting behind the first (which may be a large catch-up) are bounded.
+        if self._queue and self._chars - len(self._queue[0][0]) + len(frame) > self._limit:
+            self._cut_loose()
+            return
+        self._queue.append((frame, self.sent, self.status))
+        self._chars += len(frame)
+        self._ready.set()
+
+    def begin(self, offset: int) -> None:
+        """The viewer starts at ``offset``: where it resumes if it is cut loose at once."""
+        self.sent = offset
+        self._written = (offset, None)
+
+    def _cut_loose(self) -> None:
+        """The viewer stopped reading: drop what waits for it; it catches up later."""
+        logger.info("a viewer of stream %s is not reading; it will catch up", self.stream_id)
+        self._queue.clear()
+        self._chars = 0
+        self.sent, self.status = self._written
+        self.behind = True
+        self._ready.set()
+
+    @property
+    def stream_id(self) -> uuid.UUID | None:
+        return self.feed.stream_id if self.feed else None
+
+    def end(self, code: int) -> None:
+        """Close once the queued frames are written (1000), or at once (a refusal)."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        if code != 1000:
+            self._queue.clear()
+            self.behind = False
+        self._ready.set()
+
+    async def batches(self, keepalive: float | None = None) -> AsyncIterator[list[str]]:
+        """The frames to write, in order, as they come; an empty list after
+        ``keepalive`` seconds of silence. Ends when the viewer is to be closed."""
+        while True:
+            if self._queue:
+                frames = [frame for frame, _, _ in self._queue]
+                _, sent, status = self._queue[-1]
+                self._queue.clear()
+                self._chars = 0
+                self._written = (sent, status)
+                yield frames
+                continue
+            if self.behind and self.feed is not None:
+                await self.feed.catch_up(self)
+                continue
+            if self.close_code is not None:
+                return
+            self._ready.clear()
+            if keepalive is None:
+                await self._ready.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._ready.wait(), keepalive)
+                except TimeoutError:
+                    yield []
+
+
+# One stream's viewers in this process ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Resync:
+    status: str
+    error: str | None
+    length: int
+    text: str
+    allowed: dict[str, bool]
+
+
+def _read_for_viewers(stream_id: uuid.UUID, start: int, users: dict[str, Any]) -> _Resync | None:
+    """One read of a stream for all its viewers here: what committed from ``start``,
+    its status, and whether each user may still read it. None if it is gone."""
+    try:
+        stream = expire_if_stale(get_stream(stream_id))
+    except Stream.DoesNotExist:
+        return None
+    return _Resync(
+        status=stream.status,
+        error=stream.error or None,
+        length=stream.length,
+        text=read_text(stream_id, start, max(start, stream.length)),
+        allowed={key: has_permission(user, stream, "read") for key, user in users.items()},
+    )
+
+
+def _read_snapshot(
+    user: Any, stream_id: uuid.UUID, offset: int | str, past_end_ok: bool
+) -> StreamBody:
+    """A new viewer's first read: its permission, then what committed from ``offset``."""
+    return body_of(
+        expire_if_stale(load_stream(user, stream_id, "read")), offset, past_end_ok=past_end_ok
+    )
+
+
+# Reads for viewers run in any thread (they are independent), closing their connections.
+read_for_viewers = _published_after(_read_for_viewers, thread_sensitive=False)
+read_snapshot = _published_after(_read_snapshot, thread_sensitive=False)
+
+
+class Feed:
+    """One stream's local viewers, its subscription and its watchdog."""
+
+    #: Committed text kept to catch viewers up without the database, in characters.
+    TAIL_CHARS = 65_536
+
+    def __init__(self, hub: Hub, stream_id: uuid.UUID) -> None:
+        self.hub = hub
+        self.stream_id = stream_id
+        self.viewers: set[Viewer] = set()
+        #: What the feed knows has committed: text up to ``end``, and the status.
+        self.end: int | None = None
+        self.status: str | None = None
+        self.error: str | None = None
+        self.closed = False
+        self.heard = asyncio.get_running_loop().time()
+        self.subscribed = asyncio.get_running_loop().create_future()
+        self._tail = ""
+        self._tail_start = 0
+        self._early: list[tuple[int, str, str, str | None]] = []
+        self._resync_lock = asyncio.Lock()
+        self._watchdog = hub.spawn(self._watch())
+
+    # Deltas ----------------------------------------------------------------------------
+
+    def apply(self, offset: int, text: str, status: str, error: str | None) -> None:
+        """A committed delta: ``text`` from ``offset``, then ``status``."""
+        self.heard = asyncio.get_running_loop().time()
+        if self.end is None:
+            self._early.append((offset, text, status, error))
+            return
+        if offset > self.end:
+            self.resync_soon()  # a message was dropped: the gap is in the database
+            return
+        end = offset + len(text)
+        if end > self.end:
+            start, self.end = self.end, end
+            self._tail += text[start - offset :]
+            if len(self._tail) > self.TAIL_CHARS:
+                cut = len(self._tail) - self.TAIL_CHARS
+                self._tail, self._tail_start = self._tail[cut:], self._tail_start + cut
+            shared: dict[int, str] = {}
+            for viewer in self.viewers:
+                if not viewer.joined or viewer.behind:
+                    continue
+                if viewer.sent == start:
+                    frames = id(viewer.frames)
+                    if frames not in shared:
+                        shared[frames] = viewer.frames.text(start, text[start - offset :])
+                    viewer.offer(shared[frames], sent=end)
+                elif start < viewer.sent < end:
+                    viewer.offer(
+                        viewer.frames.text(viewer.sent, text[viewer.sent - offset :]), sent=end
+                    )
+        if _rank(status) > _rank(self.status):
+            self.status, self.error = status, error
+            shared = {}
+            for viewer in self.viewers:
+                if viewer.joined and not viewer.behind and _rank(viewer.status) < _rank(status):
+                    frames = id(viewer.frames)
+                    if viewer.sent != self.end:
+                        frame = viewer.frames.status(status, error, viewer.sent)
+                    elif frames in shared:
+                        frame = shared[frames]
+                    else:
+                        frame = shared[frames] = viewer.frames.status(status, error, self.end)
+                    viewer.offer(frame, status=status)
+            if is_finished(status):
+                self._finish()
+
+    def admit(self, viewer: Viewer, body: StreamBody) -> None:
+        """A viewer whose snapshot ``body`` was read after the feed subscribed: send it
+        the snapshot, then whatever the feed has heard since."""
+        viewer.begin(body.offset)
+        viewer.offer(viewer.frames.text(body.offset, body.text), sent=body.offset + len(body.text))
+        viewer.offer(viewer.frames.status(body.status, body.error, viewer.sent), status=body.status)
+        viewer.joined = True
+        if is_finished(body.status):
+            viewer.end(1000)
+            return
+        if self.end is None:
+            # The first snapshot is where the feed starts.
+            self.end = body.length
+            if body.offset <= body.length:
+                self._tail, self._tail_start = body.text, body.offset
+            else:
+                self._tail, self._tail_start = "", body.length
+            self.status, self.error = body.status, body.error
+            early, self._early = self._early, []
+            for delta in early:
+                self.apply(*delta)
+        elif not self._catch_up_from_tail(viewer):
+            viewer.behind = True  # older than the feed remembers: from the database
+
+    def _catch_up_from_tail(self, viewer: Viewer) -> bool:
+        assert self.end is not None
+        if viewer.sent < self._tail_start:
+            return False
+        if viewer.sent < self.end:
+            at = viewer.sent - self._tail_start
+            viewer.offer(viewer.frames.text(viewer.sent, self._tail[at:]), sent=self.end)
+        if self.status is not None and _rank(self.status) > _rank(viewer.status):
+            viewer.offer(
+                viewer.frames.status(self.status, self.error, viewer.sent), status=self.status
+            )
+        if is_finished(self.status or ""):
+            viewer.end(1000)
+        return True
+
+    async def catch_up(self, viewer: Viewer) -> None:
+        """Bring a viewer that was cut loose (or joined late) up to what has committed."""
+        viewer.behind = False
+        if self.end is not None and self._catch_up_from_tail(viewer):
+            return
+        viewer.behind = True  # deltas pass it by while it reads
+        try:
+            body = await read_snapshot(viewer.user, self.stream_id, viewer.sent, True)
+        except Exception as exc:
+            logger.warning("a viewer of stream %s could not catch up: %r", self.stream_id, exc)
+            viewer.end(close_code(exc))
+            return
+        viewer.behind = False
+        viewer.offer(viewer.frames.text(body.offset, body.text), sent=body.offset + len(body.text))
+        if _rank(body.status) > _rank(viewer.status):
+            viewer.offer(
+                viewer.frames.status(body.status, body.error, viewer.sent), status=body.status
+            )
+        if is_finished(body.status):
+            viewer.end(1000)
+        elif self.end is not None and viewer.sent < self.end:
+            self._catch_up_from_tail(viewer)
+
+    # The watchdog ----------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = float(conf.get("RESYNC_INTERVAL"))
+        while not self.closed:
+            wait = self.heard + interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self.heard = loop.time()
+            try:
+                await self.resync()
+            except Exception:  # a bug: the viewers must not lose their watchdog for it
+                logger.exception("the watchdog of stream %s failed; it goes on", self.stream_id)
+
+    def resync_soon(self) -> None:
+        if not self._resync_lock.locked():
+            self.hub.spawn(self.resync())
+
+    async def resync(self) -> None:
+        """Read the stream once for all its viewers here: fill what was missed, learn
+        its status, and close the viewers the permission policy now refuses."""
+        async with self._resync_lock:
+            joined = [viewer for viewer in self.viewers if viewer.joined]
+            if self.end is None or not joined:
+                return
+            start = self.end
+            try:
+                found = await read_for_viewers(
+                    self.stream_id, start, {viewer.key: viewer.user for viewer in joined}
+                )
+            except Exception as exc:
+                logger.warning("viewers of stream %s could not re-sync: %r", self.stream_id, exc)
+                return
+            if found is None:
+                for viewer in joined:
+                    viewer.end(4404)
+                self._finish()
+                return
+            for viewer in joined:
+                if not found.allowed[viewer.key]:
+                    viewer.end(4403)
+                    self.remove(viewer)
+            self.hub.ensure_groups()
+            self.apply(start, found.text, found.status, found.error)
+
+    # Membership ------------------------------------------------------------------------
+
+    def remove(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        if not self.viewers:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Stop following the stream: unsubscribe, stop the watchdog. Viewers still
+        attached drain (and catch up) on their own."""
+        if self.closed:
+            return
+        self.closed = True
+        for viewer in list(self.viewers):
+            viewer.end(1000)
+        self._watchdog.cancel()
+        if self.hub.feeds.get(self.stream_id) is self:
+            del self.hub.feeds[self.stream_id]
+        self.hub.ensure_groups()
+
+
+def close_code(exc: BaseException) -> int:
+    """The websocket close code that tells a viewer why it was refused."""
+    if isinstance(exc, Overloaded):
+        return exc.close_code
+    if isinstance(exc, InvalidOffset):
+        return 4400
+    if isinstance(exc, PermissionDenied):
+        return 4403
+    if isinstance(exc, Stream.DoesNotExist):
+        return 4404
+    return 4503  # the database is away: come back and resume
+
+
+# The hub ---------------------------------------------------------------------------------
+
+
+class Hub:
+    """An event loop's feeds, its one channel on the layer, and its runs' cancels."""
+
+    def __init__(self, layer: BaseChannelLayer | None) -> None:
+        self.layer = layer
+        self.origin = uuid.uuid4().hex
+        self.feeds: dict[uuid.UUID, Feed] = {}
+        self.runs: dict[uuid.UUID, StreamRun] = {}
+        self.viewers = Counter[str]()
+        self._channel: str | None = None
+        self._joined: set[str] = set()
+        self._groups_lock = asyncio.Lock()
+        self._receiver: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task of the hub's own, owing nothing to the request or consumer that
+        caused it (an empty context: no request thread, no connection)."""
+        task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # Viewers ---------------------------------------------------------------------------
+
+    async def watch(
+        self, viewer: Viewer, stream_id: uuid.UUID, offset: int | str, *, past_end_ok: bool = False
+    ) -> StreamBody:
+        """Register ``viewer`` and read its snapshot; it then gets every committed delta.
+
+        Raises ``Stream.DoesNotExist``, ``PermissionDenied``, ``InvalidOffset``,
+        :class:`~streaming_app.exceptions.Overloaded` (too many viewers for its key),
+        or a database error; the viewer is not registered then.
+        """
+        limit = conf.get("MAX_VIEWERS_PER_USER")
+        if limit is not None and self.viewers[viewer.key] >= int(limit):
+            raise Overloaded(
+                f"too many open viewers (the limit is {limit})",
+                status_code=429,
+                retry_after=int(conf.get("RETRY_AFTER")),
+            )
+        feed = self.feeds.get(stream_id)
+        if feed is None:
+            feed = self.feeds[stream_id] = Feed(self, stream_id)
+            self.ensure_groups()
+        feed.viewers.add(viewer)
+        viewer.feed = feed
+        self.viewers[viewer.key] += 1
+        try:
+            # Subscribed before the snapshot is read: nothing that commits in between
+            # is missed (what is heard twice is dropped).
+            await asyncio.shield(feed.subscribed)
+            body = await read_snapshot(viewer.user, stream_id, offset, past_end_ok)
+        except BaseException:
+            self.leave(viewer)
+            raise
+        feed.admit(viewer, body)
+        return body
+
+    def leave(self, viewer: Viewer) -> None:
+        """The viewer's transport has closed."""
+        if viewer.feed is None:
+            return
+        feed, viewer.feed = viewer.feed, None
+        if viewer in feed.viewers:
+            feed.remove(viewer)
+        self.viewers[viewer.key] -= 1
+        if self.viewers[viewer.key] <= 0:
+            del self.viewers[viewer.key]
+
+    # Runs ------------------------------------------------------------------------------
+
+    def track_run(self, run: StreamRun) -> None:
+        """Bring cancels to ``run``, from this process at once and others through the
+        layer, until it ends."""
+        self.runs[run.stream_id] = run
+
+        def ended(_: asyncio.Task[str]) -> None:
+            if self.runs.get(run.stream_id) is run:
+                del self.runs[run.stream_id]
+            self.ensure_groups()
+
+        run.task.add_done_callback(ended)
+        self.ensure_groups()
+
+    # Messages --------------------------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """A message published in this process, or heard from the layer."""
+        try:
+            stream_id = uuid.UUID(hex=str(message["stream"]))
+            kind = message["type"]
+            if kind == UPDATE:
+                feed = self.feeds.get(stream_id)
+                if feed is not None:
+                    feed.apply(
+                        int(message["offset"]),
+                        str(message["text"]),
+                        str(message["status"]),
+                        message.get("error"),
+                    )
+            elif kind == CANCEL:
+                run = self.runs.get(stream_id)
+                if run is not None:
+                    run.cancel()
+            elif kind == RECHECK:
+                feed = self.feeds.get(stream_id)
+                if feed is not None:
+                    feed.resync_soon()
+        except (KeyError, ValueError, TypeError):
+            logger.warning("ignored a malformed message: %.200r", message)
+
+    async def _receive(self) -> None:
+        assert self.layer is not None and self._channel is not None
+        failures = 0
+        while True:
+            try:
+                message = await self.layer.receive(self._channel)
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    logger.warning("the channel layer failed (%r); viewers poll meanwhile", exc)
+                await asyncio.sleep(min(0.5 * failures, 5.0))
+                # Memberships may have gone with the layer's server: join again.
+                self._joined.clear()
+                self.ensure_groups()
+                continue
+            failures = 0
+            if message.get("origin") != self.origin:  # else delivered already
+                self.deliver(message)
+
+    # Group memberships ------------------------------------------------------------------
+
+    def _wanted(self) -> set[str]:
+        return {group_name(pk) for pk, feed in self.feeds.items() if not feed.closed} | {
+            control_group(pk) for pk in self.runs
+        }
+
+    def ensure_groups(self) -> None:
+        """Join and leave the layer's groups to match the feeds and runs (in a task)."""
+        self.spawn(self._sync_groups())
+
+    async def _sync_groups(self) -> None:
+        async with self._groups_lock:
+            wanted = self._wanted()
+            try:
+                if self.layer is not None and (wanted - self._joined or self._joined - wanted):
+                    if self._channel is None:
+                        self._channel = await self.layer.new_channel()
+                        self._receiver = self.spawn(self._receive())
+                    for group in sorted(wanted - self._joined):
+                        await self.layer.group_add(group, self._channel)
+                        self._joined.add(group)
+                    for group in sorted(self._joined - wanted):
+                        self._joined.discard(group)
+                        await self.layer.group_discard(group, self._channel)
+            except Exception as exc:
+                # The layer is away: viewers poll the database, cancels wait for the
+                # writer's next flush; the watchdogs try again.
+                logger.warning("could not join the channel layer's groups: %r", exc)
+            finally:
+                for pk, feed in self.feeds.items():
+                    if not feed.subscribed.done() and group_name(pk) in wanted:
+                        feed.subscribed.set_result(None)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def hub() -> Hub:
+    """The running event loop's hub (one per server process)."""
+    loop = asyncio.get_running_loop()
+    layer = get_channel_layer()
+    current = _hubs.get(loop)
+    if current is None or current.layer is not layer:
+        # A new hub for a new layer (settings changed, in tests): the old one serves
+        # the viewers it has.
+        current = _hubs[loop] = Hub(layer)
+        set_local_hub(loop, current)
+    return current
+
+
+def track_run(sender: Any, *, run: StreamRun, **kwargs: Any) -> None:
+    """Receiver of ``stream_run_started``."""
+    hub().track_run(run)
+
+
+def viewer_key(user: Any, session_key: str | None, address: str | None) -> str:
+    """Whose a viewer is, for ``MAX_VIEWERS_PER_USER``: a user, else an anonymous
+    session, else an address."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"user:{user.pk}"
+    if session_key:
+        return f"session:{session_key}"
+    return f"address:{address or 'unknown'}"

@@ -1,0 +1,229 @@
+"""A driven stream's lifecycle, top to bottom: start, generate, flush, end.
+
+A :class:`StreamRun` runs a claimed stream's source in a task of its own. Every piece
+goes at once to an optional *tap* (the driving HTTP response) and to the stream's
+writer (:mod:`streaming_app.writer`), which commits it beside the generation, never in
+front of it. Whatever happens (the source raises or is cancelled, the writer fails,
+the database goes away, the run's own task is cancelled), the run ends its stream with
+a terminal status, keeps every piece the database accepts, and stops its writer's
+heartbeat (design.md, invariant 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+from . import conf
+from .errors import public_message
+from .exceptions import LimitExceeded, RunStopped
+from .flush import FlushPolicy, Terminal
+from .models import Status, Stream, storable
+from .persist import CancelRequested, in_writer_thread
+from .signals import stream_run_started
+from .writer import StreamWriter, open_writer
+
+logger = logging.getLogger(__name__)
+
+Append = Callable[[str], Awaitable[None]]
+#: What a stream's text comes from: an async iterable of text pieces (an ``openai``
+#: stream mapped to its deltas, an async generator), or an async callable that receives
+#: ``append`` and awaits it once per piece, as in the Convex component.
+Source = AsyncIterable[str] | Callable[[Append], Awaitable[Any]]
+Tap = Callable[[str], None]
+
+# Runs are referenced here until they end: the event loop keeps only weak references
+# to tasks, and a run must outlive the request that started it.
+_running: dict[asyncio.Task[str], StreamRun] = {}
+
+
+def live_runs() -> list[StreamRun]:
+    """The runs of this process that have not ended, on any event loop."""
+    return list(_running.values())
+
+
+class StreamRun:
+    """Drive one claimed stream from ``source`` to a terminal status.
+
+    The run is a task of its own, started with an empty context so that it owes
+    nothing to the request that started it (its thread, its connections): it goes on
+    when the request ends, unless :meth:`cancel` is called. ``user_key`` says whose it
+    is, for ``MAX_LIVE_STREAMS_PER_USER``.
+    """
+
+    def __init__(
+        self,
+        stream_id: uuid.UUID,
+        source: Source,
+        *,
+        tap: Tap | None = None,
+        policy: FlushPolicy | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.source = source
+        self.tap = tap
+        self.policy = policy
+        #: The terminal status, once the run has ended.
+        self.status: str | None = None
+        self._reason: BaseException | None = None
+        self._generation: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[str] | None = None
+        self._on_end: Callable[[], None] | None = None
+
+    def start(self, *, on_end: Callable[[], None] | None = None) -> asyncio.Task[str]:
+        """Start the run; ``on_end`` is called once generation has ended, before the
+        last flush commits (the driver need not wait for the database). Cancelling the
+        returned task stops the run as :meth:`cancel` does."""
+        self._on_end = on_end
+        task = asyncio.get_running_loop().create_task(self._main(), context=contextvars.Context())
+        _running[task] = self
+        task.add_done_callback(lambda done: _running.pop(done, None))
+        self._task = task
+        stream_run_started.send_robust(sender=StreamRun, run=self)
+        return task
+
+    @property
+    def task(self) -> asyncio.Task[str]:
+        assert self._task is not None, "the run was not started"
+        return self._task
+
+    async def wait(self) -> str:
+        """Wait for the run to end; its terminal status. Under a database outage the
+        status may be committed later, when the database answers (or the stream
+        expires)."""
+        return await asyncio.shield(self.task)
+
+    def detach_tap(self) -> None:
+        """Stop feeding the tap (the driver hung up); generation goes on."""
+        self.tap = None
+
+    def cancel(self) -> None:
+        """Stop generation; what was produced is kept and the stream ends ``cancelled``."""
+        self.stop(CancelRequested(f"stream {self.stream_id}: the run was cancelled"))
+
+    def stop(self, reason: BaseException) -> None:
+        """Stop generation for ``reason`` (the first reason given is the one kept)."""
+        if self._reason is None:
+            self._reason = reason
+        if self._generation is not None:
+            self._generation.cancel()
+
+    # The lifecycle ---------------------------------------------------------------------
+
+    async def _main(self) -> str:
+        writer = open_writer(self.stream_id, self.policy)
+        writer.on_stop(lambda: self.stop(writer.stopped or RunStopped()))
+        limit = conf.get("MAX_DURATION")
+        timer = (
+            asyncio.get_running_loop().call_later(
+                float(limit),
+                self.stop,
+                LimitExceeded(f"the reply went on for more than {float(limit):g} seconds"),
+            )
+            if limit is not None
+            else None
+        )
+        self._generation = asyncio.get_running_loop().create_task(self._generate(writer))
+        if self._reason is not None:
+            self._generation.cancel()
+        interrupted = False
+        try:
+            try:
+                await asyncio.wait({self._generation})
+            except asyncio.CancelledError:
+                # The run's own task was cancelled: stop generating, end the stream
+                # cancelled, then let the cancellation go on.
+                interrupted = True
+                self.cancel()
+                await asyncio.wait({self._generation})
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self._on_end is not None:
+                self._on_end()
+        terminal = self._terminal(writer)
+        committed = await writer.close(terminal)
+        self.status = terminal.status
+        if writer.ended_elsewhere:
+            self.status = await in_writer_thread(_status_of)(self.stream_id) or ""
+        elif not committed:
+            logger.warning("stream %s ended %s, not yet written", self.stream_id, self.status)
+        if interrupted:
+            raise asyncio.CancelledError
+        return self.status
+
+    def _terminal(self, writer: StreamWriter) -> Terminal:
+        """How the stream ends, from how generation ended and why it was stopped."""
+        generation = self._generation
+        assert generation is not None and generation.done()
+        reason = self._reason
+        if isinstance(reason, RunStopped):  # the database, a limit: the app's words
+            return Terminal(Status.ERROR, public_message(reason))
+        if reason is not None or generation.cancelled():
+            return Terminal(Status.CANCELLED)
+        exc = generation.exception()
+        if exc is not None:
+            logger.warning("the source of stream %s raised", self.stream_id, exc_info=exc)
+            return Terminal(Status.ERROR, public_message(exc))
+        return Terminal(Status.DONE)
+
+    async def _generate(self, writer: StreamWriter) -> None:
+        limit = conf.get("MAX_LENGTH")
+        max_length = None if limit is None else int(limit)
+
+        async def append(piece: str) -> None:
+            if not isinstance(piece, str):
+                raise TypeError(f"a stream's pieces must be str, not {type(piece).__name__}")
+            text = storable(piece)
+            if not text:
+                return
+            over = max_length is not None and writer.length + len(text) > max_length
+            if over:
+                assert max_length is not None
+                text = text[: max_length - writer.length]
+            if text:
+                if self.tap is not None:
+                    self.tap(text)
+                writer.append(text)
+            if over:
+                self.stop(LimitExceeded(f"the reply reached its limit of {max_length} characters"))
+                await asyncio.sleep(0)  # the cancellation lands here
+            await writer.wait_for_room()
+
+        source = self.source
+        if isinstance(source, AsyncIterable):
+            await _drain(source, append)
+            return
+        if not callable(source):
+            raise TypeError("a stream's source must be an async iterable or an async callable")
+        result = source(append)
+        if isinstance(result, AsyncIterable):
+            await _drain(result, append)
+        elif inspect.isawaitable(result):
+            await result
+        else:
+            raise TypeError(
+                "a stream's source callable must return an awaitable or an async iterable"
+            )
+
+
+async def _drain(pieces: AsyncIterable[Any], append: Append) -> None:
+    iterator = aiter(pieces)
+    try:
+        async for piece in iterator:
+            await append(piece)
+    finally:
+        # Closed now, not whenever it is collected: a cancelled model stream must hang
+        # up on the model at once (it bills by the token).
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _status_of(stream_id: uuid.UUID) -> str | None:
+    return Stream.objects.filter(pk=stream_id).values_list("status", flat=True).first()

@@ -1,0 +1,87 @@
+"""Server-Sent Events: ``GET <prefix>/<id>/events/``, the websocket's messages for
+clients without websockets. A viewer of the process's hub, like a websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+
+from . import conf
+from .hub import Hub, Viewer, hub, status_message, text_message, to_json, viewer_key
+from .streams import parse_stream_id
+from .views import STREAM_ERRORS, JsonView, error_for, request_user
+
+
+def sse_event(kind: str, event_id: int, data: str) -> str:
+    """One event; ``id`` is the offset after it, so that ``Last-Event-ID`` resumes."""
+    return f"event: {kind}\nid: {event_id}\ndata: {data}\n\n"
+
+
+class EventFrames:
+    """The protocol's messages as Server-Sent Events."""
+
+    def text(self, offset: int, text: str) -> str:
+        return sse_event("text", offset + len(text), to_json(text_message(offset, text)))
+
+    def status(self, status: str, error: str | None, at: int) -> str:
+        return sse_event("status", at, to_json(status_message(status, error)))
+
+
+EVENTS = EventFrames()
+
+
+def _leave_soon(loop: asyncio.AbstractEventLoop, followed: Hub, viewer: Viewer) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to leave
+        loop.call_soon_threadsafe(followed.leave, viewer)
+
+
+class StreamEventsView(JsonView):
+    """``GET /api/streams/<id>/events/``: the websocket's messages as Server-Sent Events.
+
+    Resumable exactly with ``Last-Event-ID`` (or ``?offset=N``); a keep-alive comment
+    every ``SSE_KEEPALIVE`` seconds; ends after a terminal status. Holds no thread and
+    no database connection while it follows the stream.
+    """
+
+    async def get(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
+        user = await request_user(request)
+        resuming = "Last-Event-ID" in request.headers
+        offset = request.headers.get("Last-Event-ID") or request.GET.get("offset", "0")
+        session = getattr(request, "session", None)
+        viewer = Viewer(
+            user,
+            viewer_key(user, session and session.session_key, request.META.get("REMOTE_ADDR")),
+            EVENTS,
+        )
+        followed = hub()
+        try:
+            body = await followed.watch(viewer, parse_stream_id(stream_id), offset)
+        except STREAM_ERRORS as exc:
+            return error_for(exc)
+        if body.is_finished and resuming and not body.text:
+            # An EventSource reconnecting after the end: 204 tells it to stop.
+            followed.leave(viewer)
+            return HttpResponse(status=204)
+        events = self.events(followed, viewer)
+        # Should the response never be iterated (the client gone before its first byte),
+        # its generator's `finally` would not run: the viewer is let go when it is.
+        weakref.finalize(events, _leave_soon, asyncio.get_running_loop(), followed, viewer)
+        response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+        response["Cache-Control"] = "no-cache, no-transform"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    @staticmethod
+    async def events(followed: Hub, viewer: Viewer) -> AsyncIterator[str]:
+        prefix = "retry: 1000\n\n"
+        try:
+            async for frames in viewer.batches(keepalive=float(conf.get("SSE_KEEPALIVE"))):
+                yield prefix + ("".join(frames) if frames else ": keep-alive\n\n")
+                prefix = ""
+        finally:
+            followed.leave(viewer)

@@ -1,0 +1,265 @@
+"""The per-process hub (design.md, invariant 11): one subscription and one watchdog per
+stream whatever its viewers, a write per viewer per delta, slow viewers cut loose,
+permissions re-checked, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.contrib.auth import get_user_model
+from django.test import AsyncClient, override_settings
+
+from streaming_app import adisconnect_viewers
+from streaming_app.consumers import StreamConsumer
+from streaming_app.hub import hub
+from streaming_app.models import Status, Stream
+from streaming_app.publish import group_name
+from streaming_app.streams import aclaim_stream, acreate_stream, create_stream
+
+from .faults import Statements
+from .test_fanout import RemoteWriter, viewer, watch, watched
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class MembershipLayer(InMemoryChannelLayer):
+    """The in-memory layer, recording group joins and leaves."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.joins: list[str] = []
+        self.leaves: list[str] = []
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.joins.append(group)
+        await super().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.leaves.append(group)
+        await super().group_discard(group, channel)
+
+
+async def settled() -> None:
+    """Let the hub's membership tasks run."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+# The in-process viewers all look alike to MAX_VIEWERS_PER_USER (no user, no address).
+MANY_VIEWERS = {"MAX_VIEWERS_PER_USER": None}
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "tests.test_hub.MembershipLayer"}},
+    STREAMING_APP=MANY_VIEWERS,
+)
+async def test_a_process_joins_a_streams_group_with_its_first_viewer_and_leaves_with_its_last():
+    stream = await acreate_stream()
+    group = group_name(stream.pk)
+    layer = get_channel_layer()
+    first = await viewer(stream.pk)
+    await first.receive_json_from()
+    await settled()
+    assert layer.joins == [group]
+    others = [await viewer(stream.pk) for _ in range(20)]
+    for other in others:
+        await other.receive_json_from()
+    await settled()
+    assert layer.joins == [group], "one subscription for all the process's viewers"
+    for other in others:
+        await other.disconnect()
+    await first.receive_json_from()  # the status
+    await settled()
+    assert layer.leaves == []
+    await first.disconnect()
+    await settled()
+    assert layer.leaves == [group], "left with the last viewer"
+
+
+@override_settings(STREAMING_APP={**MANY_VIEWERS, "RESYNC_INTERVAL": 0.05})
+async def test_idle_viewers_cost_one_database_read_per_stream_not_per_viewer():
+    """Fifty idle viewers of a pending stream: each re-sync is one read of the stream
+    for all of them."""
+    stream = await acreate_stream()
+    tasks = await watched(stream.pk, 50)
+    with Statements() as statements:
+        await asyncio.sleep(0.6)  # about twelve re-syncs
+    reads = [sql for sql, _ in statements.seen if 'FROM "streaming_app_stream"' in sql]
+    resyncs = len(reads)
+    assert 3 <= resyncs <= 30, f"{resyncs} reads of the stream for 50 viewers in 0.6 s"
+    await sync_to_async(Stream.objects.filter(pk=stream.pk).update)(status=Status.CANCELLED)
+    for result in await asyncio.gather(*tasks):
+        assert result["statuses"] == ["pending", "cancelled"] and result["code"] == 1000
+
+
+async def test_a_delta_is_encoded_once_for_every_caught_up_viewer():
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    tasks = await watched(stream.pk, 5)
+    feed = hub().feeds[stream.pk]
+    frames = [viewer.frames for viewer in feed.viewers]
+    encoded: list[tuple[int, str]] = []
+    original = type(frames[0]).text
+
+    def counting(self: Any, offset: int, text: str) -> str:
+        encoded.append((offset, text))
+        return original(self, offset, text)
+
+    type(frames[0]).text = counting  # type: ignore[method-assign]
+    try:
+        writer = RemoteWriter(stream.pk)
+        await writer.write("One delta. ")
+        await writer.write("Another.", "done")
+        results = await asyncio.gather(*tasks)
+    finally:
+        type(frames[0]).text = original  # type: ignore[method-assign]
+    assert encoded == [(0, "One delta. "), (11, "Another.")], "once per delta, not per viewer"
+    for result in results:
+        assert result["text"] == "One delta. Another."
+
+
+class Stalled:
+    """A websocket client that reads its first ``reads`` frames and then stops reading
+    (its socket's buffer is full), until :meth:`resume`."""
+
+    def __init__(self, reads: int) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.reads = reads
+        self.resumed = asyncio.Event()
+        self.stalled = asyncio.Event()
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.send":
+            if len(self.frames) >= self.reads and not self.resumed.is_set():
+                self.stalled.set()
+                await self.resumed.wait()
+            self.frames.append(json.loads(message["text"]))
+        elif message["type"] == "websocket.close" and not self.closed.done():
+            self.closed.set_result(message.get("code", 1000))
+
+    def resume(self) -> None:
+        self.resumed.set()
+
+    def text(self) -> str:
+        parts = [f for f in self.frames if f["type"] == "text"]
+        text = parts[0]["text"]
+        for part in parts[1:]:
+            assert part["offset"] <= len(text), "a gap"
+            text = text[: part["offset"]] + part["text"]
+        return text
+
+
+@override_settings(STREAMING_APP={**MANY_VIEWERS, "VIEWER_BUFFER_CHARS": 200})
+async def test_a_viewer_that_stops_reading_is_cut_loose_and_catches_up_exactly():
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    slow = Stalled(reads=3)
+    app = StreamConsumer.as_asgi()
+    scope = {
+        "type": "websocket",
+        "path": f"/ws/streams/{stream.pk}/",
+        "query_string": b"",
+        "url_route": {"kwargs": {"stream_id": str(stream.pk)}},
+        "user": None,
+    }
+    slow.incoming.put_nowait({"type": "websocket.connect"})
+    connection = asyncio.create_task(app(scope, slow.receive, slow.send))
+    [fast] = await watched(stream.pk, 1)
+    writer = RemoteWriter(stream.pk)
+    pieces = [f"Sentence number {i} of many. " for i in range(60)]
+    for piece in pieces[:30]:
+        await writer.write(piece)
+    await asyncio.wait_for(slow.stalled.wait(), 5)
+    feed = hub().feeds[stream.pk]
+    for piece in pieces[30:]:
+        await writer.write(piece)
+    stuck = [v for v in feed.viewers if v.behind]
+    assert len(stuck) == 1, "the viewer that stopped reading was not cut loose"
+    await writer.write("", "done")
+    fast_result = await asyncio.wait_for(fast, 10)
+    assert fast_result["text"] == "".join(pieces), "the others were not held up"
+    assert stuck[0]._chars <= 200, "a viewer's frames grew past VIEWER_BUFFER_CHARS"
+    slow.resume()
+    assert await asyncio.wait_for(slow.closed, 10) == 1000
+    assert slow.text() == "".join(pieces)
+    assert slow.frames[-1] == {"type": "status", "status": "done", "error": None}
+    slow.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await connection
+
+
+@override_settings(STREAMING_APP={"MAX_VIEWERS_PER_USER": 2, "RETRY_AFTER": 4})
+async def test_past_max_viewers_per_user_a_viewer_gets_4429_and_sse_429():
+    fan = await get_user_model().objects.acreate(username="fan")
+    stream = await acreate_stream()
+    first, second = await viewer(stream.pk, user=fan), await viewer(stream.pk, user=fan)
+    for one in (first, second):
+        await one.receive_json_from()
+    third = await watch(await viewer(stream.pk, user=fan))
+    assert third["code"] == 4429
+    client = AsyncClient()
+    await client.aforce_login(fan)
+    refused = await client.get(f"/api/streams/{stream.pk}/events/")
+    assert (refused.status_code, refused["Retry-After"]) == (429, "4")
+    await first.disconnect()
+    await settled()
+    again = await viewer(stream.pk, user=fan)
+    assert (await again.receive_json_from())["type"] == "text", "a place was freed"
+    for one in (second, again):
+        await one.disconnect()
+
+
+def public_policy(user: Any, stream: Stream, action: str) -> bool:
+    return action == "read" and bool(stream.metadata.get("public"))
+
+
+@override_settings(
+    STREAMING_APP={**MANY_VIEWERS, "PERMISSION_POLICY": "tests.test_hub.public_policy"}
+)
+async def test_disconnect_viewers_closes_those_the_policy_now_refuses():
+    owner = await get_user_model().objects.acreate(username="owner")
+    stream = await sync_to_async(create_stream)(owner=owner, metadata={"public": True})
+    tasks = await watched(stream.pk, 3)
+    await sync_to_async(Stream.objects.filter(pk=stream.pk).update)(metadata={"public": False})
+    await adisconnect_viewers(stream.pk)
+    for result in await asyncio.wait_for(asyncio.gather(*tasks), 10):
+        assert result["code"] == 4403
+
+
+async def test_an_unknown_stream_opens_no_subscription():
+    result = await watch(await viewer(uuid.uuid4()))
+    assert result["code"] == 4404
+    await settled()
+    assert not hub().feeds
+
+
+async def test_an_event_stream_never_read_does_not_leave_its_viewer_behind():
+    """A client gone before the first byte of its Server-Sent Events: the response is
+    never iterated, so its generator never runs its cleanup; the viewer is let go when
+    the response goes."""
+    import gc
+
+    from django.test import AsyncRequestFactory
+
+    from streaming_app.sse import StreamEventsView
+
+    stream = await acreate_stream()
+    request = AsyncRequestFactory().get(f"/api/streams/{stream.pk}/events/")
+    response = await StreamEventsView.as_view()(request, stream_id=str(stream.pk))  # type: ignore[misc]
+    assert response.status_code == 200
+    assert sum(hub().viewers.values()) == 1
+    del response
+    gc.collect()
+    await settled()
+    assert sum(hub().viewers.values()) == 0
+    assert stream.pk not in hub().feeds, "the stream's subscription outlived its viewers"
