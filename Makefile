@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 PYTHON_LATEST ?= python3.12
 VENV_LATEST ?= .venv-django6
 
-.PHONY: install demo test test-sqlite test-django6 lint bench clean
+.PHONY: install demo test test-sqlite test-django6 lint bench bench-smoke clean
 
 $(BIN)/.installed: requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,9 @@ $(VENV_LATEST)/.installed: requirements-dev.txt pyproject.toml
 	$(VENV_LATEST)/bin/python -m pip install -q -r requirements-dev.txt "Django>=6.0,<6.2"
 	touch $@
 
+# The whole suite on the newest Django, against DATABASE_URL and REDIS_URL when set.
 test-django6: $(VENV_LATEST)/.installed
-	env -u DATABASE_URL -u REDIS_URL $(VENV_LATEST)/bin/pytest -m "not postgres and not redis" $(PYTEST_ARGS)
+	$(VENV_LATEST)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -48,13 +49,36 @@ lint: install
 	$(BIN)/mypy .
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
+# The benchmarks (bench/): each writes bench/results/<name>.json, then bench/report.py
+# writes docs/benchmarks.md from them. Those that run across processes need
+# DATABASE_URL (PostgreSQL) and REDIS_URL; flush_policy and compaction run on SQLite and,
+# when DATABASE_URL is PostgreSQL, there too. bench-smoke runs each for seconds (CI),
+# into bench/results/smoke/, and renders the report from those to a scratch file.
+BENCH_ARGS ?=
+BENCH_OUT ?= docs/benchmarks.md
+
+define benchmarks
+	env -u DATABASE_URL $(BIN)/python -m bench.flush_policy $(1)
+	env -u DATABASE_URL $(BIN)/python -m bench.compaction $(1)
+	@case "$$DATABASE_URL" in postgres*) \
+		$(BIN)/python -m bench.flush_policy $(1) && \
+		$(BIN)/python -m bench.compaction $(1) && \
+		$(BIN)/python -m bench.flush_cost $(1);; \
+	*) echo "flush_policy, compaction (PostgreSQL) and flush_cost skipped: set DATABASE_URL=postgres://...";; esac
+	@if [ -n "$$REDIS_URL" ] && case "$$DATABASE_URL" in postgres*) true;; *) false;; esac; then \
+		$(BIN)/python -m bench.fanout $(1) && \
+		$(BIN)/python -m bench.capacity $(1) && \
+		$(BIN)/python -m bench.viewers $(1); \
+	else echo "fanout, capacity and viewers skipped: they need DATABASE_URL (PostgreSQL) and REDIS_URL"; fi
+endef
+
 bench: install
-	$(BIN)/python -m bench.flush_policy
-	$(BIN)/python -m bench.compaction
-	@case "$$DATABASE_URL" in postgres*) $(BIN)/python -m bench.flush_cost;; \
-	*) echo "bench/flush_cost.py skipped: it needs DATABASE_URL (Postgres)";; esac
-	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then $(BIN)/python -m bench.fanout; \
-	else echo "bench/fanout.py skipped: it needs DATABASE_URL (Postgres) and REDIS_URL"; fi
+	$(call benchmarks,$(BENCH_ARGS))
+	$(BIN)/python -m bench.report --out $(BENCH_OUT)
+
+bench-smoke: install
+	$(call benchmarks,--smoke)
+	$(BIN)/python -m bench.report --results bench/results/smoke --out $(or $(TMPDIR),/tmp)/streaming_app_bench/benchmarks.md
 
 clean:
 	rm -rf $(VENV) $(VENV_LATEST) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import write  # noqa: E402
 from tests.servers import (  # noqa: E402
     Browser,
     Daphne,
@@ -74,7 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.viewers, args.repeats = 3, 1
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if not (database_url and redis_url):
         sys.exit("set DATABASE_URL (Postgres) and REDIS_URL: the fan-out runs across processes")
@@ -102,12 +106,30 @@ def main() -> None:
     print(
         f"{'flushes':<14} {'layer':<24} {'lag p50':>9} {'ratio':>6} {'lag p95':>9} {'ratio':>6} {'bytes/byte':>11}"
     )
+    summary = []
     for (flush, layer), row in rows.items():
         base = rows[flush, "core"]
         print(
             f"{flush:<14} {names[layer]:<24} {row['p50'] * 1000:7.1f}ms {row['p50'] / base['p50']:6.2f} "
             f"{row['p95'] * 1000:7.1f}ms {row['p95'] / base['p95']:6.2f} {row['bytes']:11.2f}"
         )
+        summary.append(
+            {
+                "flushes": "every piece" if flush == "every" else "default policy",
+                "layer": names[layer],
+                "lag_p50": row["p50"],
+                "p50_ratio": row["p50"] / base["p50"],
+                "lag_p95": row["p95"],
+                "p95_ratio": row["p95"] / base["p95"],
+                "bytes_per_body_byte": row["bytes"],
+            }
+        )
+    write(
+        "fanout",
+        smoke=args.smoke,
+        parameters={"viewers": args.viewers, "repeats": args.repeats, "pieces_per_second": 100},
+        summary=summary,
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from bench.results import write
+
 
 def measure(flushes: int) -> dict[str, float]:
     """In this process: ``flushes`` flushes of one stream, timed one by one."""
@@ -28,8 +30,9 @@ def measure(flushes: int) -> dict[str, float]:
     from bench import _django
 
     _django.migrate()
+    from streaming_app.flush import Batch
+    from streaming_app.persist import in_writer_thread, write_batch
     from streaming_app.streams import claim_stream, create_stream, delete_stream
-    from streaming_app.writer import Batch, run_db, write_batch
 
     stream = create_stream()
     claim_stream(stream.pk)
@@ -39,7 +42,7 @@ def measure(flushes: int) -> dict[str, float]:
         for seq in range(flushes):
             text = f"Sentence number {seq} of the benchmark. "
             started = time.perf_counter()
-            await run_db(write_batch, stream.pk, Batch(seq=seq, offset=offset, text=text))
+            await in_writer_thread(write_batch)(stream.pk, Batch(seq=seq, offset=offset, text=text))
             times.append(time.perf_counter() - started)
             offset += len(text)
         return times
@@ -72,7 +75,10 @@ def main() -> None:
     parser.add_argument("--flushes", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.flushes, args.repeats = 20, 1
     if args.child:
         print(json.dumps(measure(args.child)))
         return
@@ -87,6 +93,7 @@ def main() -> None:
     print(f"{args.flushes} flushes of one stream, median of {args.repeats} runs\n")
     print(f"{'':<20} {'median':>9} {'p95':>9} {'flushes/s':>10} {'vs baseline':>12}")
     base = statistics.median(r["median"] for r in results["no pool (baseline)"])
+    summary = []
     for name, runs in results.items():
         median = statistics.median(r["median"] for r in runs)
         p95 = statistics.median(r["p95"] for r in runs)
@@ -95,6 +102,22 @@ def main() -> None:
             f"{name:<20} {median * 1e3:7.2f}ms {p95 * 1e3:7.2f}ms {rate:10.0f} "
             f"{median / base:11.2f}x"
         )
+        summary.append(
+            {
+                "connections": name,
+                "median": median,
+                "p95": p95,
+                "rate": rate,
+                "ratio": median / base,
+            }
+        )
+    write(
+        "flush_cost",
+        smoke=args.smoke,
+        parameters={"flushes": args.flushes, "repeats": args.repeats},
+        summary=summary,
+        raw=results,
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ repeats, and as ratios against the baseline that flushes every piece.
 
     DATABASE_URL=postgres://... python -m bench.flush_policy [--seconds 5] [--repeats 3]
 
-Without DATABASE_URL it uses a fresh SQLite file. The database is migrated first.
+Without DATABASE_URL it uses a fresh SQLite file. The database is migrated first. The
+process's tick (FLUSH_TICK) is off: this measures one stream's policy.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
+from django.test import override_settings
+
 from bench import _django
+from bench.results import write
+from bench.text import llm_like_pieces
+from streaming_app.flush import FlushPolicy
+from streaming_app.publish import publisher
+from streaming_app.run import StreamRun
 from streaming_app.signals import stream_committed
 from streaming_app.streams import aclaim_stream, acreate_stream
-from streaming_app.writer import FlushPolicy, StreamRun
-from tests.test_writer import llm_like_pieces
 
 POLICIES = {
     "every piece (baseline)": FlushPolicy(min_interval=0, max_interval=0, max_chars=1),
@@ -38,7 +44,7 @@ async def one_run(policy: FlushPolicy, seconds: float) -> tuple[float, list[floa
     produced: list[tuple[int, float]] = []
     commits: list[tuple[int, float]] = []
 
-    def on_commit(
+    async def on_commit(
         sender: object, *, stream_id: object, offset: int, text: str, **kwargs: object
     ) -> None:
         if stream_id == stream.pk and text:
@@ -61,6 +67,7 @@ async def one_run(policy: FlushPolicy, seconds: float) -> tuple[float, list[floa
         run.start()
         await run.wait()
         elapsed = time.monotonic() - started
+        await publisher().drain()  # the last commits' signals
     finally:
         stream_committed.disconnect(on_commit)
     lags = []
@@ -74,14 +81,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.repeats = 0.5, 1
     vendor = _django.migrate()
     print(f"{vendor}, 100 pieces/s for {args.seconds:g} s, median of {args.repeats} runs\n")
     rows = []
     for name, policy in POLICIES.items():
         rates, p50s, p95s = [], [], []
         for _ in range(args.repeats):
-            rate, lags = asyncio.run(one_run(policy, args.seconds))
+            # One stream's policy, alone: no process tick between its flushes.
+            with override_settings(STREAMING_APP={"FLUSH_TICK": 0}):
+                rate, lags = asyncio.run(one_run(policy, args.seconds))
             rates.append(rate)
             p50s.append(statistics.median(lags))
             p95s.append(lags[int(len(lags) * 0.95)])
@@ -95,6 +107,26 @@ def main() -> None:
             f"{name:<26} {rate:6.2f} {rate / base_rate:11.3f}x "
             f"{p50 * 1000:7.0f}ms {p95 * 1000:7.0f}ms"
         )
+    write(
+        f"flush_policy_{vendor}",
+        smoke=args.smoke,
+        parameters={
+            "database": vendor,
+            "pieces_per_second": 100,
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+        },
+        summary=[
+            {
+                "policy": name,
+                "transactions_per_second": rate,
+                "ratio": rate / base_rate,
+                "lag_p50": p50,
+                "lag_p95": p95,
+            }
+            for name, rate, p50, p95 in rows
+        ],
+    )
 
 
 if __name__ == "__main__":
