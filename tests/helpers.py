@@ -21,9 +21,9 @@ from streaming_app.streams import aclaim_stream, acreate_stream, claim_stream, c
 from streaming_app.views import astream_response
 
 
-def written(text_pieces: list[str], *, status: str = Status.STREAMING) -> Stream:
+def written(text_pieces: list[str], *, status: str = Status.STREAMING, owner: Any = None) -> Stream:
     """A stream whose chunks are ``text_pieces``, written as the writer writes them."""
-    stream = create_stream()
+    stream = create_stream(owner=owner)
     claim_stream(stream.pk)
     offset = 0
     for seq, text in enumerate(text_pieces):

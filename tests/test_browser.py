@@ -44,7 +44,16 @@ def chromium() -> Iterator[Any]:
 
 
 def reply_texts(page: Any) -> list[str]:
-    return list(page.locator(".reply").all_inner_texts())
+    """The text of each reply on the page, as its <stream-text> element holds it."""
+    return list(page.eval_on_selector_all("stream-text", "els => els.map(e => e.text)"))
+
+
+def reply_status(page: Any) -> str | None:
+    return page.locator("stream-text").first.get_attribute("status")
+
+
+def wait_for_status(page: Any, status: str, timeout: float = 30_000) -> None:
+    page.locator(f"stream-text[status={status}]").first.wait_for(timeout=timeout)
 
 
 def ask(context: Any, prompt: str) -> Any:
@@ -59,7 +68,7 @@ def ask(context: Any, prompt: str) -> Any:
 
 def written_at_least(page: Any, characters: int) -> None:
     page.wait_for_function(
-        f"(document.querySelector('.reply')?.textContent.length ?? 0) > {characters}"
+        f"(document.querySelector('stream-text')?.text?.length ?? 0) > {characters}"
     )
 
 
@@ -77,13 +86,13 @@ def test_a_visitor_watches_another_visitors_reply_live(daphne_factory, chromium,
         texts = reply_texts(watcher)
         if texts:
             seen.append(len(texts[0]))
-            if watcher.locator(".status").first.inner_text() == "done":
+            if reply_status(watcher) == "done":
                 break
         time.sleep(0.05)
-    assert watcher.locator(".status").first.inner_text() == "done"
+    assert reply_status(watcher) == "done"
     # Both pages show exactly the answer; the watcher saw it grow, not just appear.
     assert reply_texts(watcher) == [expected]
-    asker.locator(".status", has_text="done").wait_for(timeout=10_000)
+    wait_for_status(asker, "done", timeout=10_000)
     assert reply_texts(asker) == [expected]
     partial = sorted({n for n in seen if 0 < n < len(expected)})
     assert len(partial) >= 3, f"the watcher did not see the reply grow: {partial}"
@@ -107,7 +116,7 @@ def test_closing_the_tab_mid_reply_loses_nothing(daphne_factory, chromium):
 
     again = context.new_page()
     again.goto(chat_url)
-    again.locator(".status", has_text="done").wait_for(timeout=30_000)
+    wait_for_status(again, "done")
     expected = demo_answer([{"role": "user", "content": "Keep going without me"}])
     assert reply_texts(again) == [expected]
 
@@ -119,7 +128,7 @@ def test_the_stop_button_cancels_the_reply_and_keeps_what_was_written(
     page = ask(chromium.new_context(base_url=server.url), "Stop me halfway")
     written_at_least(page, 30)
     page.click("button.stop")
-    page.locator(".status", has_text="cancelled").wait_for(timeout=10_000)
+    wait_for_status(page, "cancelled", timeout=10_000)
     shown = reply_texts(page)[0]
     expected = demo_answer([{"role": "user", "content": "Stop me halfway"}])
     assert 30 < len(shown) < len(expected)
@@ -127,3 +136,191 @@ def test_the_stop_button_cancels_the_reply_and_keeps_what_was_written(
     body = browser_factory(server.url).body(chat["messages"][0]["stream_id"])
     assert (body["status"], body["text"]) == ("cancelled", shown)
     page.locator("button.stop").wait_for(state="detached", timeout=5_000)
+
+
+def finished_chat(browser_factory: Any, server: Any, prompt: str) -> tuple[str, str]:
+    """A chat whose reply was driven to its end over HTTP: its page's path and the reply."""
+    visitor = browser_factory(server.url)
+    chat = visitor.new_chat(prompt)
+    assert visitor.drive(chat).status_code == 200
+    body = visitor.wait_finished(chat["stream_id"])
+    assert body["status"] == "done"
+    return chat["url"], body["text"]
+
+
+def test_the_template_tag_shows_the_committed_text_without_javascript(
+    daphne_factory, chromium, browser_factory
+):
+    server = daphne_factory(DEMO_MODEL_DELAY="0")
+    prompt = "Line one\r\nline two <b>not bold</b> & more"
+    url, text = finished_chat(browser_factory, server, prompt)
+    assert "\r\n" in text
+
+    page = chromium.new_context(base_url=server.url, java_script_enabled=False).new_page()
+    page.goto(url)
+    # The server rendered the text itself (HTML turns "\r\n" into "\n" in the page).
+    shown = page.locator("stream-text .stream-text-body").text_content()
+    assert shown == text.replace("\r\n", "\n")
+    assert page.locator("stream-text .stream-text-status").text_content() == "done"
+    assert page.locator("stream-text b").count() == 0, "the model's HTML was parsed"
+
+    # With JavaScript, the element holds the stream's exact text (it reads the body
+    # where the page's text differs) and renders it as Markdown.
+    live = chromium.new_context(base_url=server.url).new_page()
+    live.goto(url)
+    wait_for_status(live, "done")
+    live.wait_for_function("document.querySelector('stream-text h2') !== null")
+    assert reply_texts(live) == [text]
+    assert live.locator("stream-text h2").inner_text() == "What happens now"
+    assert live.locator("stream-text ol > li").count() == 3
+
+
+def test_a_code_fence_split_over_many_pieces_renders_as_one_block_without_flicker(
+    daphne_factory, chromium
+):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.02")
+    page = ask(chromium.new_context(base_url=server.url), "Show me some code")
+    # Mid-fence: the unfinished fence is shown as a code block already.
+    page.wait_for_function(
+        "document.querySelector('stream-text')?.text?.includes('async for piece')"
+    )
+    page.wait_for_function("document.querySelector('stream-text pre code') !== null")
+    assert "```" not in page.locator("stream-text .stream-text-body").inner_text()
+    # Mark the blocks above the code: if a later piece re-rendered the whole message,
+    # the marks would be gone.
+    page.evaluate(
+        "document.querySelectorAll('stream-text .markdown-block')"
+        ".forEach((b, i) => { if (!b.querySelector('pre')) b.dataset.mark = i; })"
+    )
+    marked = page.locator("stream-text .markdown-block[data-mark]").count()
+    assert marked >= 5
+    wait_for_status(page, "done")
+
+    expected = demo_answer([{"role": "user", "content": "Show me some code"}])
+    assert reply_texts(page) == [expected]
+    assert page.locator("stream-text pre").count() == 1
+    code = page.locator("stream-text pre code").text_content()
+    assert code == expected.split("```python\n")[1].split("```")[0]
+    assert page.locator("stream-text .markdown-block[data-mark]").count() == marked
+
+
+def refuse(dialog: Any, seen: list[str]) -> None:
+    seen.append(dialog.message)
+    dialog.dismiss()
+
+
+def test_html_the_model_writes_never_runs(daphne_factory, chromium, browser_factory):
+    server = daphne_factory(DEMO_MODEL_DELAY="0")
+    # The demo model repeats the prompt in its reply, as a model can be talked into doing.
+    injection = (
+        '<img src="/injected-1" onerror="alert(1)"><script>alert(2)</script>'
+        "[a](javascript:alert(3)) ![b](/injected-2) "
+        '<a href="javascript:alert(4)">c</a><iframe src="/injected-3"></iframe>'
+    )
+    assert len(injection) <= 200  # the demo model quotes up to 200 characters
+    context = chromium.new_context(base_url=server.url)
+    dialogs: list[str] = []
+    requests: list[str] = []
+    context.on("request", lambda request: requests.append(request.url))
+    context.on("dialog", lambda dialog: refuse(dialog, dialogs))
+    page = ask(context, injection)
+    wait_for_status(page, "done")
+    page.wait_for_function("document.querySelector('stream-text .markdown-block') !== null")
+    # A viewer renders it from the database too.
+    viewer = context.new_page()
+    viewer.goto(page.url)
+    wait_for_status(viewer, "done")
+    viewer.wait_for_function("document.querySelector('stream-text .markdown-block') !== null")
+
+    for shown in (page, viewer):
+        assert injection in reply_texts(shown)[0], "the reply is not the model's text"
+        html = shown.locator("stream-text .stream-text-body").inner_html()
+        assert "onerror" not in shown.evaluate(
+            "[...document.querySelectorAll('stream-text *')]"
+            ".flatMap(e => [...e.attributes].map(a => a.name)).join(' ')"
+        )
+        assert shown.locator("stream-text img, stream-text script, stream-text iframe").count() == 0
+        hrefs = shown.evaluate(
+            "[...document.querySelectorAll('stream-text a')].map(a => a.getAttribute('href'))"
+        )
+        assert not [h for h in hrefs if h and "javascript" in h.lower()], hrefs
+        # The model's HTML is shown as the text it is.
+        assert "&lt;img" in html
+    time.sleep(0.5)
+    assert dialogs == []
+    assert not [url for url in requests if "/injected" in url]
+
+
+def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
+    daphne_factory, chromium, browser_factory
+):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.02")
+    context = chromium.new_context(base_url=server.url)
+    # The driving response is cut mid-stream, as a proxy or a flaky network would.
+    context.add_init_script(
+        """
+        const realFetch = window.fetch;
+        window.fetch = async (url, init) => {
+          const response = await realFetch(url, init);
+          if (!(init?.method === "POST" && String(url).endsWith("/stream/"))) return response;
+          const reader = response.body.getReader();
+          let seen = 0;
+          const body = new ReadableStream({
+            async pull(controller) {
+              const { value, done } = await reader.read();
+              if (done) return controller.close();
+              controller.enqueue(value);
+              seen += value.length;
+              if (seen > 150) {
+                window.__cutAt = seen;
+                reader.cancel();
+                controller.error(new TypeError("network error"));
+              }
+            },
+          });
+          return new Response(body, { status: response.status, headers: response.headers });
+        };
+        """
+    )
+    page = ask(context, "Cut me off")
+    wait_for_status(page, "done")
+    expected = demo_answer([{"role": "user", "content": "Cut me off"}])
+    assert page.evaluate("window.__cutAt") is not None, "the drive was never cut"
+    assert page.evaluate("window.__cutAt") < len(expected.encode())
+    assert reply_texts(page) == [expected]
+    stream_id = (
+        browser_factory(server.url)
+        .http.get(page.url.replace("/chats/", "/api/chats/"))
+        .json()["messages"][0]["stream_id"]
+    )
+    assert browser_factory(server.url).body(stream_id)["text"] == expected
+
+
+def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
+    daphne_factory, chromium, browser_factory
+):
+    server = daphne_factory(
+        DEMO_MODEL_DELAY="0.01", E2E_STREAMING_APP='{"MAX_LIVE_STREAMS": 1, "RETRY_AFTER": 1}'
+    )
+    # Another visitor's reply takes the server's only live stream.
+    other = browser_factory(server.url)
+    busy_chat = other.new_chat("Keep the server busy")
+    import threading
+
+    holder = threading.Thread(target=other.drive, args=(busy_chat,))
+    holder.start()
+    while other.body(busy_chat["stream_id"])["status"] == "pending":
+        time.sleep(0.02)
+
+    context = chromium.new_context(base_url=server.url)
+    answers: list[int] = []
+    context.on(
+        "response",
+        lambda r: answers.append(r.status) if r.url.endswith("/stream/") else None,
+    )
+    page = ask(context, "Wait your turn")
+    wait_for_status(page, "done")
+    holder.join()
+    assert answers[0] == 503, answers
+    assert answers[-1] == 200, answers
+    assert reply_texts(page) == [demo_answer([{"role": "user", "content": "Wait your turn"}])]

@@ -24,6 +24,13 @@ def test_the_wheel_carries_migrations_and_static_files(tmp_path: Path):
     for expected in [
         "streaming_app/migrations/0001_initial.py",
         "streaming_app/static/streaming_app/client.js",
+        "streaming_app/static/streaming_app/client.d.ts",
+        "streaming_app/static/streaming_app/stream-text.js",
+        "streaming_app/static/streaming_app/vendor/marked.esm.js",
+        "streaming_app/static/streaming_app/vendor/marked.LICENSE.md",
+        "streaming_app/static/streaming_app/vendor/purify.es.js",
+        "streaming_app/templates/streaming_app/stream_text.html",
+        "streaming_app/templatetags/streaming.py",
         "streaming_app/py.typed",
         "streaming_app/models.py",
     ]:

@@ -1,4 +1,7 @@
-import { cancel, drive, readBody, watch } from "/static/streaming_app/client.js";
+// The example chat: each reply is a <stream-text> element (streaming_app's), which
+// drives the reply from this browser when it is still to be generated and watches it
+// otherwise, and renders its Markdown safely as it arrives.
+import "/static/streaming_app/stream-text.js";
 
 const messages = document.getElementById("messages");
 const form = document.getElementById("ask");
@@ -22,20 +25,21 @@ async function postJSON(url, data) {
   return body;
 }
 
-function addMessage(prompt) {
-  const p = document.createElement("div");
-  p.className = "prompt";
-  p.textContent = prompt;
-  const reply = document.createElement("div");
-  reply.className = "reply";
-  const status = document.createElement("div");
-  status.className = "status";
-  messages.append(p, reply, status);
-  return { reply, status };
+// A Stop button beside a live reply of ours, gone once the reply has ended.
+function addStop(reply) {
+  if (["done", "error", "cancelled", "timeout"].includes(reply.status)) return;
+  const stop = document.createElement("button");
+  stop.textContent = "Stop";
+  stop.className = "stop";
+  stop.onclick = () => reply.cancel().catch((error) => { errorBox.textContent = error.message; });
+  reply.append(stop);
+  reply.addEventListener("stream-end", () => stop.remove(), { once: true });
 }
 
-function showLink() {
-  document.getElementById("link").textContent = chatId ? `— share: ${location.origin}/chats/${chatId}/` : "";
+function busy(reply) {
+  const button = form.querySelector("button");
+  button.disabled = true;
+  reply.addEventListener("stream-end", () => { button.disabled = false; }, { once: true });
 }
 
 async function ask(prompt) {
@@ -45,70 +49,34 @@ async function ask(prompt) {
   if (!chatId) {
     chatId = created.id;
     history.pushState(null, "", created.url);
-    showLink();
+    const link = document.getElementById("link");
+    link.textContent = "— share: ";
+    const a = document.createElement("a");
+    a.href = created.url;
+    a.textContent = `${location.origin}${created.url}`;
+    link.append(a);
   }
-  const view = addMessage(prompt);
-  view.status.textContent = "streaming…";
-  const stop = document.createElement("button");
-  stop.textContent = "Stop";
-  stop.className = "stop";
-  stop.onclick = () => cancel(`/api/streams/${created.stream_id}/cancel/`, {
-    headers: { "X-CSRFToken": csrfToken() },
-  });
-  view.status.after(stop);
-  await drive(created.drive_url, {
-    headers: { "X-CSRFToken": csrfToken() },
-    onText: (text) => { view.reply.textContent = text; },
-  });
-  // The last flush may still be committing: follow the stream to its status.
-  await follow(created.stream_id, view, codePointsOf(view.reply.textContent));
-  stop.remove();
+  const p = document.createElement("div");
+  p.className = "prompt";
+  p.textContent = prompt;
+  const reply = document.createElement("stream-text");
+  reply.setAttribute("stream-id", created.stream_id);
+  reply.setAttribute("status", "pending");
+  reply.setAttribute("offset", "0");
+  reply.setAttribute("drive-url", created.drive_url);
+  reply.setAttribute("markdown", "");
+  messages.append(p, reply);
+  addStop(reply);
+  busy(reply);
 }
 
-function codePointsOf(text) {
-  return [...text].length;
-}
-
-function showStatus(view, status, error) {
-  view.status.textContent = error ? `${status}: ${error}` : status;
-}
-
-// Watch a stream live from `offset`, over the websocket; resolves when it has ended.
-function follow(streamId, view, offset = 0) {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const base = view.reply.textContent;
-  const watcher = watch(`${scheme}://${location.host}/ws/streams/${streamId}/`, {
-    offset,
-    onText: (text) => { view.reply.textContent = base + text; },
-    onStatus: (status, error) => showStatus(view, status, error),
-  });
-  return watcher.done;
-}
-
-async function load() {
-  if (!chatId) return;
-  showLink();
-  const response = await fetch(`/api/chats/${chatId}/`, { credentials: "same-origin" });
-  const chat = await response.json();
-  form.hidden = !chat.owner;
-  const live = [];
-  for (const message of chat.messages) {
-    const view = addMessage(message.prompt);
-    if (!message.stream_id) continue;
-    const body = await readBody(`/api/streams/${message.stream_id}/`);
-    view.reply.textContent = body.text;
-    showStatus(view, body.status, body.error);
-    if (body.status === "pending" && chat.owner) {
-      // Created but never driven (the page was closed in between): drive it now.
-      live.push(drive(`/api/chats/${chatId}/stream/`, {
-        headers: { "X-CSRFToken": csrfToken() },
-        onText: (text) => { view.reply.textContent = text; },
-      }).then(() => follow(message.stream_id, view, codePointsOf(view.reply.textContent))));
-    } else if (body.status === "pending" || body.status === "streaming") {
-      live.push(follow(message.stream_id, view, body.length));
-    }
+// The replies the server rendered: a Stop button on ours while it is live.
+if (!form.hidden) {
+  const last = messages.querySelector("stream-text:last-of-type");
+  if (last && !["done", "error", "cancelled", "timeout"].includes(last.getAttribute("status"))) {
+    addStop(last);
+    busy(last);
   }
-  await Promise.all(live);
 }
 
 form.addEventListener("submit", async (event) => {
@@ -116,14 +84,9 @@ form.addEventListener("submit", async (event) => {
   const prompt = form.prompt.value;
   form.prompt.value = "";
   errorBox.textContent = "";
-  form.querySelector("button").disabled = true;
   try {
     await ask(prompt);
   } catch (error) {
     errorBox.textContent = error.message;
-  } finally {
-    form.querySelector("button").disabled = false;
   }
 });
-
-load().catch((error) => { errorBox.textContent = error.message; });

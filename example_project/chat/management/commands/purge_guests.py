@@ -1,0 +1,53 @@
+"""``manage.py purge_guests [--days 30]``: remove guest users who have not been back for
+that long, with their chats and streams, so that visitors cannot fill the user table.
+
+A guest user is made by a visitor's first prompt (never by a page view); one with a
+reply still live is kept until it ends. Run it daily (cron, a scheduled task).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db.models import Exists, OuterRef
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from streaming_app.models import LIVE_STATUSES, Stream
+from streaming_app.streams import timeout
+
+GUEST_PREFIX = "guest-"
+
+
+class Command(BaseCommand):
+    help = "Remove guest users idle for --days days, with their chats and streams."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--days", type=int, default=30, help="idle for at least this many days (30)"
+        )
+
+    def handle(self, *args: Any, days: int, **options: Any) -> None:
+        if days < 0:
+            self.stderr.write("--days must be 0 or more")
+            raise SystemExit(2)
+        cutoff = timezone.now() - timedelta(days=days)
+        # Live and not stale: a pending stream nobody drove has timed out already.
+        live = Stream.objects.filter(owner=OuterRef("pk"), status__in=LIVE_STATUSES).exclude(
+            pk__in=Stream.objects.stale(timeout()).values("pk")
+        )
+        guests = (
+            get_user_model()
+            .objects.filter(username__startswith=GUEST_PREFIX, is_staff=False)
+            .alias(seen=Coalesce("last_login", "date_joined"))
+            .filter(seen__lt=cutoff)
+            .exclude(Exists(live))
+        )
+        removed = 0
+        for user in guests.iterator():
+            user.delete()  # their chats, messages and streams go with them
+            removed += 1
+        self.stdout.write(f"removed {removed} guest user(s) idle for {days} days or more")

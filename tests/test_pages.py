@@ -1,0 +1,155 @@
+"""The template tag and the example's pages, rendered in process: what a page without
+JavaScript shows, who is offered to drive, guests made only by a prompt and purged."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+from django.template import Context, Template
+from django.test import Client, RequestFactory, override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from example_project.chat.models import Chat
+from streaming_app.models import Status, Stream
+from streaming_app.streams import claim_stream, create_stream
+
+from .helpers import written
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+User = get_user_model()
+
+
+def finished(text: str, owner=None) -> Stream:
+    return written([text[:3], text[3:]], status=Status.DONE, owner=owner)
+
+
+def render(stream, user=None, **options) -> str:
+    request = RequestFactory().get("/")
+    request.user = user
+    args = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in options.items())
+    template = Template("{% load streaming %}{% stream_text stream " + args + " %}")
+    return template.render(Context({"stream": stream, "request": request}))
+
+
+def test_the_tag_renders_the_committed_text_escaped_with_where_to_follow_it():
+    text = "<b>bold</b> & 日本 🎉"
+    stream = finished(text)
+    html = render(stream)
+    assert '<div class="stream-text-body" style="white-space: pre-wrap">' in html
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; 日本 🎉</div>" in html
+    assert f'stream-id="{stream.pk}"' in html
+    assert f'offset="{len(text)}"' in html and 'status="done"' in html
+    assert f'events-url="/api/streams/{stream.pk}/events/"' in html
+    assert f'socket-url="/ws/streams/{stream.pk}/"' in html
+    assert "drive-url" not in html and " markdown" not in html
+    assert "streaming_app/stream-text.js" in html
+
+
+def test_the_tag_offers_the_drive_only_while_the_stream_is_pending():
+    pending = create_stream()
+    html = render(pending, drive_url="/drive/", markdown=True)
+    assert 'drive-url="/drive/"' in html and 'status="pending"' in html and " markdown" in html
+    assert 'drive-url="' not in render(finished("x"), drive_url="/drive/")
+
+
+def test_a_finished_stream_costs_the_tag_no_more_queries_than_the_body_endpoint():
+    stream = finished("hello " * 100)
+    client = Client()
+    with CaptureQueriesContext(connection) as endpoint:
+        assert client.get(f"/api/streams/{stream.pk}/").status_code == 200
+    loaded = Stream.objects.get(pk=stream.pk)
+    with CaptureQueriesContext(connection) as tag:
+        render(loaded)
+    assert len(tag) <= len(endpoint), (tag.captured_queries, endpoint.captured_queries)
+
+
+@override_settings(STREAMING_APP={"PERMISSION_POLICY": "streaming_app.permissions.owner_policy"})
+def test_the_tag_refuses_who_may_not_read_and_names_an_unknown_stream():
+    owner = User.objects.create_user("owner")
+    stream = finished("secret", owner=owner)
+    stranger = User.objects.create_user("stranger")
+    from django.core.exceptions import PermissionDenied
+    from django.http import Http404
+
+    with pytest.raises(PermissionDenied):
+        render(stream, stranger)
+    with pytest.raises(PermissionDenied):
+        render(str(stream.pk), stranger)
+    with pytest.raises(Http404):
+        render("00000000-0000-0000-0000-000000000000", owner)
+    assert "secret" in render(str(stream.pk), owner)
+
+
+def post_prompt(client: Client, prompt: str) -> dict:
+    response = client.post(
+        "/api/chats/", json.dumps({"prompt": prompt}), content_type="application/json"
+    )
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_page_views_make_no_user_and_a_first_prompt_makes_one():
+    client = Client()
+    for _ in range(3):
+        assert client.get("/").status_code == 200
+    assert User.objects.count() == 0
+    post_prompt(client, "Hi")
+    post_prompt(client, "Again")
+    assert User.objects.count() == 1
+
+
+def test_the_chat_page_renders_the_replies_and_offers_the_owner_alone_to_drive():
+    owner = Client()
+    chat = post_prompt(owner, "Hello?")
+    page = owner.get(chat["url"]).content.decode()
+    assert f'drive-url="{chat["drive_url"]}"' in page
+    assert '<form id="ask">' in page
+    assert "Hello?" in page and "Your chats:" in page
+
+    stranger = Client()
+    page = stranger.get(chat["url"]).content.decode()
+    assert f'stream-id="{chat["stream_id"]}"' in page
+    assert "drive-url" not in page
+    assert '<form id="ask" hidden>' in page
+    assert "Your chats:" not in page
+
+
+def test_your_chats_lists_the_visitors_own_chats_only():
+    mine, theirs = Client(), Client()
+    first = post_prompt(mine, "My first chat")
+    post_prompt(theirs, "Someone else's chat")
+    page = mine.get("/").content.decode()
+    assert f'href="{first["url"]}"' in page
+    assert "My first chat" in page and "Someone else" not in page
+
+
+def test_purge_guests_removes_idle_guests_with_their_chats_and_streams():
+    old_guest, new_guest, busy_guest, member = (Client() for _ in range(4))
+    gone = post_prompt(old_guest, "old")
+    kept = post_prompt(new_guest, "new")
+    live = post_prompt(busy_guest, "still streaming")
+    claim_stream(live["stream_id"])
+    long_ago = timezone.now() - timedelta(days=40)
+    User.objects.filter(chat__id__in=[gone["id"], live["id"]]).update(
+        last_login=long_ago, date_joined=long_ago
+    )
+    # The old guest's reply was never driven, long ago: timed out, not live.
+    Stream.objects.filter(pk=gone["stream_id"]).update(created_at=long_ago, updated_at=long_ago)
+    User.objects.create_user("member", last_login=long_ago, date_joined=long_ago)
+
+    out = StringIO()
+    call_command("purge_guests", "--days", "30", stdout=out)
+    assert "removed 1 guest user" in out.getvalue()
+    assert not Chat.objects.filter(pk=gone["id"]).exists()
+    assert not Stream.objects.filter(pk=gone["stream_id"]).exists()
+    assert Chat.objects.filter(pk=kept["id"]).exists()
+    assert Stream.objects.get(pk=live["stream_id"]).status == Status.STREAMING
+    assert User.objects.filter(username="member").exists()
