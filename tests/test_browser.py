@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from example_project.chat.llm import demo_answer
 
-from .conftest import require
-
 pytestmark = [pytest.mark.daphne, pytest.mark.slow, pytest.mark.browser]
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# Without the background-networking flags Chromium tries to reach Google at start.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    require(
-        shutil.which(CHROMIUM) is not None,
-        f"needs Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)",
-    )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 def reply_texts(page: Any) -> list[str]:
@@ -324,3 +293,87 @@ def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
     assert answers[0] == 503, answers
     assert answers[-1] == 200, answers
     assert reply_texts(page) == [demo_answer([{"role": "user", "content": "Wait your turn"}])]
+
+
+# A network that does not carry websockets: every socket fails before it opens.
+NO_WEBSOCKETS = """
+window.__sockets = 0;
+window.WebSocket = class extends EventTarget {
+  constructor(url) {
+    super();
+    window.__sockets++;
+    setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 10);
+  }
+  close() {}
+};
+"""
+
+
+def reply_being_written(daphne_factory: Any, chromium: Any, prompt: str) -> tuple[Any, Any]:
+    """A server, and a visitor's page whose reply to ``prompt`` has begun."""
+    server = daphne_factory(DEMO_MODEL_DELAY="0.03")
+    asker = ask(chromium.new_context(base_url=server.url), prompt)
+    written_at_least(asker, 10)
+    return server, asker
+
+
+def test_a_viewer_without_websockets_follows_over_server_sent_events(daphne_factory, chromium):
+    server, asker = reply_being_written(daphne_factory, chromium, "No sockets here")
+
+    context = chromium.new_context(base_url=server.url)
+    context.add_init_script(NO_WEBSOCKETS)
+    events: list[str] = []
+    context.on("request", lambda r: events.append(r.url) if "/events/" in r.url else None)
+    watcher = context.new_page()
+    watcher.goto(asker.url)
+    written_at_least(watcher, 20)
+    assert reply_status(watcher) == "streaming", "the watcher came too late to follow live"
+    wait_for_status(watcher, "done")
+    expected = demo_answer([{"role": "user", "content": "No sockets here"}])
+    assert reply_texts(watcher) == [expected]
+    assert watcher.evaluate("window.__sockets") >= 2
+    assert events, "the watcher never opened the stream's events"
+
+
+def test_the_element_stops_when_removed_and_follows_when_swapped_in(daphne_factory, chromium):
+    server, asker = reply_being_written(daphne_factory, chromium, "Swap me in")
+
+    context = chromium.new_context(base_url=server.url)
+    page = context.new_page()
+    closed: list[Any] = []
+    opened: list[Any] = []
+
+    def on_socket(socket: Any) -> None:
+        opened.append(socket)
+        socket.on("close", lambda _: closed.append(socket))
+
+    page.on("websocket", on_socket)
+    with page.expect_websocket():
+        page.goto(asker.url)
+    assert len(opened) == 1 and not closed
+    # Removed (as htmx swaps a fragment out): its socket closes, its text stops growing.
+    page.evaluate("window.__removed = document.querySelector('stream-text'); __removed.remove()")
+    deadline = time.monotonic() + 5
+    while not closed and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert closed == opened
+    assert page.evaluate("__removed.status") == "streaming", "removed after the reply ended"
+    frozen = page.evaluate("__removed.text")
+    page.wait_for_timeout(300)
+    assert page.evaluate("__removed.text") == frozen
+
+    # Swapped back in as fresh server HTML (what htmx does): it follows to the end.
+    fragment = page.evaluate("fetch(location.href).then(r => r.text())")
+    page.evaluate(
+        """(html) => {
+          const doc = new DOMParser().parseFromString(html, "text/html");
+          const fresh = doc.querySelector("stream-text");
+          const holder = document.getElementById("messages");
+          holder.insertAdjacentHTML("beforeend", fresh.outerHTML);
+        }""",
+        fragment,
+    )
+    wait_for_status(page, "done")
+    expected = demo_answer([{"role": "user", "content": "Swap me in"}])
+    assert reply_texts(page) == [expected]
+    assert len(opened) == 2

@@ -26,6 +26,8 @@ def test_the_wheel_carries_migrations_and_static_files(tmp_path: Path):
         "streaming_app/static/streaming_app/client.js",
         "streaming_app/static/streaming_app/client.d.ts",
         "streaming_app/static/streaming_app/stream-text.js",
+        "streaming_app/static/streaming_app/react.js",
+        "streaming_app/static/streaming_app/react.d.ts",
         "streaming_app/static/streaming_app/vendor/marked.esm.js",
         "streaming_app/static/streaming_app/vendor/marked.LICENSE.md",
         "streaming_app/static/streaming_app/vendor/purify.es.js",

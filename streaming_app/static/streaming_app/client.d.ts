@@ -55,6 +55,8 @@ export function drive(
   url: string,
   options?: {
     onText?: OnText;
+    /** Called once the server has accepted the drive: the stream is streaming. */
+    onStart?: () => void;
     headers?: HeadersInit;
     body?: BodyInit;
     signal?: AbortSignal;

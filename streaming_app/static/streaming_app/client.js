@@ -45,7 +45,8 @@ export function backoff(attempt, { base = 500, cap = 15000 } = {}) {
 // arrives. Resolves with the whole text once the response ends. A server at its limit
 // of live streams (503) or a user at theirs (429) says when to come back (Retry-After):
 // the stream stays pending, and the drive is tried again then, `retries` times at most.
-export async function drive(url, { onText, headers = {}, body, signal, retries = 5 } = {}) {
+// onStart() is called once the server has accepted the drive (the stream is streaming).
+export async function drive(url, { onText, onStart, headers = {}, body, signal, retries = 5 } = {}) {
   let response;
   for (let attempt = 0; ; attempt++) {
     response = await fetch(url, {
@@ -61,6 +62,7 @@ export async function drive(url, { onText, headers = {}, body, signal, retries =
     await sleep(Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : backoff(attempt), signal);
   }
   if (!response.ok) throw await errorOf(response);
+  if (onStart) onStart();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
   for (;;) {
@@ -274,7 +276,14 @@ export async function follow({
   };
   if (driveUrl && whole === "") {
     try {
-      await drive(driveUrl, { headers, body, signal, retries, onText: (_, piece) => append(piece) });
+      await drive(driveUrl, {
+        headers,
+        body,
+        signal,
+        retries,
+        onStart: () => onStatus?.("streaming", null),
+        onText: (_, piece) => append(piece),
+      });
     } catch (reason) {
       if (signal?.aborted) throw reason;
       // A refusal other than "watch instead" is final; a dropped connection is not.

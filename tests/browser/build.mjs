@@ -1,0 +1,17 @@
+// Bundles react-page.jsx (React from node_modules, the hook from streaming_app's static
+// files) into one ES module: node build.mjs <out file>.
+import { build } from "esbuild";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+await build({
+  entryPoints: [join(here, "react-page.jsx")],
+  bundle: true,
+  format: "esm",
+  jsx: "automatic",
+  define: { "process.env.NODE_ENV": '"development"' },
+  nodePaths: [join(here, "node_modules")],
+  outfile: process.argv[2],
+  logLevel: "warning",
+});

@@ -1,0 +1,33 @@
+// A test page for streaming_app's React hook (tests/test_react.py), in StrictMode:
+// ?stream=<id>[&drive=<drive url>] shows that stream's text and status.
+import React, { StrictMode } from "react";
+import { createRoot } from "react-dom/client";
+import { useStream } from "../../streaming_app/static/streaming_app/react.js";
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+function Reply({ streamId, driveUrl }) {
+  const { text, status, error } = useStream(streamId, {
+    driveUrl,
+    drive: Boolean(driveUrl),
+    headers: { "X-CSRFToken": csrfToken() },
+  });
+  window.__renders = (window.__renders ?? 0) + 1;
+  return (
+    <div>
+      <pre id="text">{text}</pre>
+      <p id="status">{status ?? ""}</p>
+      <p id="error">{error ?? ""}</p>
+    </div>
+  );
+}
+
+const params = new URLSearchParams(location.search);
+createRoot(document.getElementById("root")).render(
+  <StrictMode>
+    <Reply streamId={params.get("stream")} driveUrl={params.get("drive")} />
+  </StrictMode>,
+);

@@ -1,0 +1,116 @@
+"""The React hook in a real Chromium, in StrictMode: drive, reload mid-stream, watch
+from a second browser; every copy of the text exact, no drive aborted by a re-mount.
+
+React and esbuild come from the npm registry (tests/browser/package.json and its lock
+file, installed once with ``npm ci``); the test page is bundled at test time.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from example_project.chat.llm import demo_answer
+
+from .conftest import require
+
+pytestmark = [pytest.mark.daphne, pytest.mark.slow, pytest.mark.browser]
+
+HERE = Path(__file__).parent / "browser"
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>useStream</title></head>
+<body><div id="root"></div><script type="module" src="/react-test/page.js"></script></body></html>"""
+
+
+@pytest.fixture(scope="session")
+def react_page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test page's bundle (React, react-dom and the hook), as JavaScript."""
+    require(shutil.which("npm") is not None, "needs Node.js and npm for the React test page")
+    installed = HERE / "node_modules" / ".package-lock.json"
+    lock = HERE / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=HERE,
+            check=True,
+            timeout=300,
+        )
+    out = tmp_path_factory.mktemp("react") / "page.js"
+    subprocess.run(["node", str(HERE / "build.mjs"), str(out)], check=True, timeout=120)
+    return out.read_text()
+
+
+def serve_test_page(context: Any, bundle: str) -> None:
+    """/react-test/ on the server's own origin (its cookies, its CSRF token)."""
+    context.route(
+        "**/react-test/page.js",
+        lambda route: route.fulfill(body=bundle, content_type="text/javascript"),
+    )
+    context.route(
+        re.compile(r"/react-test/(\?.*)?$"),
+        lambda route: route.fulfill(body=PAGE, content_type="text/html"),
+    )
+
+
+def shown(page: Any) -> tuple[str, str]:
+    return page.locator("#text").text_content(), page.locator("#status").text_content()
+
+
+def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
+    daphne_factory, chromium, react_page, browser_factory
+):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.03")
+    prompt = "React to this"
+    expected = demo_answer([{"role": "user", "content": prompt}])
+
+    owner = chromium.new_context(base_url=server.url)
+    serve_test_page(owner, react_page)
+    drives: list[str] = []
+    failed: list[str] = []
+    owner.on("request", lambda r: drives.append(r.url) if r.method == "POST" else None)
+    owner.on("requestfailed", lambda r: failed.append(r.url) if r.method == "POST" else None)
+    page = owner.new_page()
+    page.goto("/")  # the CSRF cookie
+    chat = page.evaluate(
+        """async (prompt) => {
+          const token = document.cookie.match(/csrftoken=([^;]+)/)[1];
+          const r = await fetch("/api/chats/", {method: "POST", body: JSON.stringify({prompt}),
+            headers: {"Content-Type": "application/json", "X-CSRFToken": token}});
+          return r.json();
+        }""",
+        prompt,
+    )
+    url = f"/react-test/?stream={chat['stream_id']}&drive={chat['drive_url']}"
+    page.goto(url)
+    page.wait_for_function("document.getElementById('text').textContent.length > 40")
+    # StrictMode mounted the hook twice: one drive, never aborted by the re-mount.
+    drives = [url for url in drives if url.endswith(chat["drive_url"])]
+    assert len(drives) == 1, drives
+    assert failed == []
+    assert page.evaluate("window.__renders") > 2
+
+    # A second browser (not the owner) opens it mid-reply and watches.
+    viewer = chromium.new_context(base_url=server.url)
+    serve_test_page(viewer, react_page)
+    watching = viewer.new_page()
+    watching.goto(f"/react-test/?stream={chat['stream_id']}")
+
+    # The owner reloads mid-reply: the drive is taken (409), so it resumes by watching.
+    partial, status = shown(page)
+    assert status == "streaming" and 0 < len(partial) < len(expected)
+    page.reload()
+    page.wait_for_function(
+        "document.getElementById('status').textContent === 'done'", timeout=30_000
+    )
+    watching.wait_for_function(
+        "document.getElementById('status').textContent === 'done'", timeout=30_000
+    )
+    assert shown(page) == (expected, "done")
+    assert shown(watching) == (expected, "done")
+    assert page.locator("#error").text_content() == ""
+    body = browser_factory(server.url).body(chat["stream_id"])
+    assert (body["status"], body["text"]) == ("done", expected)
