@@ -215,6 +215,13 @@ def test_html_the_model_writes_never_runs(daphne_factory, chromium, browser_fact
         assert not [h for h in hrefs if h and "javascript" in h.lower()], hrefs
         # The model's HTML is shown as the text it is.
         assert "&lt;img" in html
+    # After inline HTML, marked passes plain text through as "escaped": not model text.
+    rendered = page.evaluate(
+        """import("/static/streaming_app/markdown.js").then((m) =>
+          m.renderMarkdown("x <kbd> <b/x>bold</b> <p/onclick=alert(1)> `<i>` **<u>**"))"""
+    )
+    for tag in ("<b", "<p/", "<p ", "<i>", "<u>", "<kbd>"):
+        assert tag not in rendered, rendered
     time.sleep(0.5)
     assert dialogs == []
     assert not [url for url in requests if "/injected" in url]
@@ -376,4 +383,18 @@ def test_the_element_stops_when_removed_and_follows_when_swapped_in(daphne_facto
     wait_for_status(page, "done")
     expected = demo_answer([{"role": "user", "content": "Swap me in"}])
     assert reply_texts(page) == [expected]
+    assert len(opened) == 2
+
+    # A finished element moved elsewhere keeps its text and ends once.
+    page.evaluate(
+        """() => {
+          window.__ends = 0;
+          const el = document.querySelector("stream-text");
+          el.addEventListener("stream-end", () => window.__ends++);
+          document.body.prepend(el);
+        }"""
+    )
+    page.wait_for_timeout(300)
+    assert reply_texts(page) == [expected]
+    assert page.evaluate("__ends") == 0
     assert len(opened) == 2

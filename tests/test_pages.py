@@ -16,7 +16,7 @@ from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from example_project.chat.models import Chat
+from example_project.chat.models import Chat, Message
 from streaming_app.models import Status, Stream
 from streaming_app.streams import claim_stream, create_stream
 
@@ -132,16 +132,18 @@ def test_your_chats_lists_the_visitors_own_chats_only():
 
 
 def test_purge_guests_removes_idle_guests_with_their_chats_and_streams():
-    old_guest, new_guest, busy_guest, member = (Client() for _ in range(4))
+    old_guest, new_guest, returning_guest, busy_guest = (Client() for _ in range(4))
     gone = post_prompt(old_guest, "old")
     kept = post_prompt(new_guest, "new")
+    back = post_prompt(returning_guest, "joined long ago, asked today")
     live = post_prompt(busy_guest, "still streaming")
     claim_stream(live["stream_id"])
     long_ago = timezone.now() - timedelta(days=40)
-    User.objects.filter(chat__id__in=[gone["id"], live["id"]]).update(
-        last_login=long_ago, date_joined=long_ago
-    )
-    # The old guest's reply was never driven, long ago: timed out, not live.
+    idle = [gone["id"], back["id"], live["id"]]
+    User.objects.filter(chat__id__in=idle).update(last_login=long_ago, date_joined=long_ago)
+    # The old guest's and the busy guest's prompts are old too; the returning guest's is
+    # today's. The old guest's reply was never driven: timed out, not live.
+    Message.objects.filter(chat_id__in=[gone["id"], live["id"]]).update(created_at=long_ago)
     Stream.objects.filter(pk=gone["stream_id"]).update(created_at=long_ago, updated_at=long_ago)
     User.objects.create_user("member", last_login=long_ago, date_joined=long_ago)
 
@@ -150,6 +152,7 @@ def test_purge_guests_removes_idle_guests_with_their_chats_and_streams():
     assert "removed 1 guest user" in out.getvalue()
     assert not Chat.objects.filter(pk=gone["id"]).exists()
     assert not Stream.objects.filter(pk=gone["stream_id"]).exists()
-    assert Chat.objects.filter(pk=kept["id"]).exists()
+    for chat in (kept, back, live):
+        assert Chat.objects.filter(pk=chat["id"]).exists()
     assert Stream.objects.get(pk=live["stream_id"]).status == Status.STREAMING
     assert User.objects.filter(username="member").exists()

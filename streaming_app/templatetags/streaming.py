@@ -39,7 +39,8 @@ def stream_text(
     is a 404. A Stream instance is used as loaded: a finished one costs one query (its
     text), as the body endpoint does.
     """
-    request = context.get("request")
+    # A RequestContext knows its request; the request context processor puts it in.
+    request = getattr(context, "request", None) or context.get("request")
     user = getattr(request, "user", None)
     if isinstance(stream, Stream):
         if not has_permission(user, stream, "read"):

@@ -27,11 +27,15 @@ async function errorOf(response) {
 
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+    const aborted = () => {
       clearTimeout(timer);
       reject(signal.reason);
-    }, { once: true });
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", aborted);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", aborted, { once: true });
   });
 }
 
@@ -131,6 +135,7 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
   function stop() {
     stopped = true;
     clearTimeout(timer);
+    signal?.removeEventListener("abort", aborted);
     if (socket) socket.close();
     if (source) source.close();
   }
@@ -176,8 +181,13 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
       if (eventsUrl) return followEvents();
       return fail(new StreamError(0, "this browser cannot open a websocket"));
     }
-    socket.onopen = () => { opened = true; attempt = 0; unopened = 0; };
-    socket.onmessage = (event) => take(JSON.parse(event.data));
+    socket.onopen = () => { opened = true; unopened = 0; };
+    socket.onmessage = (event) => {
+      // Only a message shows the server took us: it accepts a socket before it
+      // refuses it (4503, 4429), and a refusal must not reset the backoff.
+      attempt = 0;
+      take(JSON.parse(event.data));
+    };
     socket.onclose = (event) => {
       if (stopped) return;
       if (event.code === 1000 || TERMINAL.has(status)) {
@@ -226,10 +236,13 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
     };
   }
 
+  function aborted() {
+    if (!stopped) fail(signal.reason);
+  }
   if (signal?.aborted) {
     fail(signal.reason);
   } else {
-    signal?.addEventListener("abort", () => { if (!stopped) fail(signal.reason); }, { once: true });
+    signal?.addEventListener("abort", aborted, { once: true });
     if (typeof WebSocket === "undefined" && eventsUrl) followEvents();
     else connect();
   }
@@ -298,8 +311,19 @@ export async function follow({
     onText: (_, piece) => append(piece),
     onStatus,
   });
-  const { status, error } = await watcher.done;
-  return { text: whole, status, error };
+  try {
+    const { status, error } = await watcher.done;
+    return { text: whole, status, error };
+  } catch (reason) {
+    // Past the end of a finished stream (4400): the drive got pieces that never
+    // committed (the stream ended in error). What is stored is the answer.
+    if (!(reason instanceof StreamError && reason.status === 4400) || signal?.aborted) throw reason;
+    const stored = await readBody(at.body, 0);
+    whole = stored.text;
+    if (onText) onText(whole, "");
+    if (onStatus) onStatus(stored.status, stored.error);
+    return { text: whole, status: stored.status, error: stored.error };
+  }
 }
 
 // Ask a stream to stop (url: ".../api/streams/<id>/cancel/"); resolves with

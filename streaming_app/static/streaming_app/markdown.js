@@ -24,6 +24,12 @@ const marked = new Marked({
     html({ text }) {
       return escapeHtml(text);
     },
+    // marked passes some text through unescaped (after inline HTML it calls it
+    // "escaped"): never for a model's text.
+    text(token) {
+      if (!token.tokens) token.escaped = false;
+      return false;
+    },
     image({ href, text }) {
       return `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`;
     },
@@ -37,7 +43,7 @@ purify.addHook("afterSanitizeAttributes", (node) => {
 const SANITIZE = {
   FORBID_TAGS: ["img", "picture", "source", "video", "audio", "iframe", "object", "embed",
     "form", "input", "button", "textarea", "select", "style", "svg", "math"],
-  FORBID_ATTR: ["style", "srcset"],
+  FORBID_ATTR: ["style", "srcset", "id", "name"],
 };
 
 // HTML for some Markdown, sanitized.
@@ -54,9 +60,15 @@ export class MarkdownView {
 
   render(text) {
     const tokens = marked.lexer(text);
+    // Reference links resolve against definitions anywhere in the text: when those
+    // change, every block is rendered again.
+    const links = JSON.stringify(tokens.links);
     let same = 0;
-    while (same < this.blocks.length && same < tokens.length
-           && this.blocks[same].raw === tokens[same].raw) same++;
+    if (links === this.links) {
+      while (same < this.blocks.length && same < tokens.length
+             && this.blocks[same].raw === tokens[same].raw) same++;
+    }
+    this.links = links;
     for (const block of this.blocks.splice(same)) block.node.remove();
     for (const token of tokens.slice(same)) {
       const node = document.createElement("div");

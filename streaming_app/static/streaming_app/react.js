@@ -62,17 +62,24 @@ function subscribe(key, options, listener) {
   };
 }
 
+const NOTHING = { text: "", status: null, error: null };
+
 export function useStream(streamId, { driveUrl = null, drive = false, headers, urls } = {}) {
-  const [state, setState] = useState({ text: "", status: null, error: null });
   const options = useRef({ headers, urls });
   options.current = { headers, urls };
   const driving = drive && driveUrl ? driveUrl : null;
   const key = streamId ? `${streamId}\n${driving ?? ""}` : null;
+  // The state of the stream it was for: another stream's never shows, not even for
+  // the render before the effect below has run.
+  const [state, setState] = useState({ key: null, ...NOTHING });
 
   useEffect(() => {
     if (!key) return undefined;
-    setState({ text: "", status: null, error: null });
-    return subscribe(key, { streamId, driveUrl: driving, ...options.current }, setState);
+    return subscribe(
+      key,
+      { streamId, driveUrl: driving, ...options.current },
+      (current) => setState({ key, ...current }),
+    );
   }, [key]);
 
   const cancel = useCallback(
@@ -81,5 +88,6 @@ export function useStream(streamId, { driveUrl = null, drive = false, headers, u
     }),
     [streamId],
   );
-  return { ...state, cancel };
+  const { text, status, error } = state.key === key && key ? state : NOTHING;
+  return { text, status, error, cancel };
 }

@@ -31,6 +31,7 @@ export class StreamTextElement extends HTMLElement {
   #statusLine = null;
   #markdown = null;
   #frame = 0;
+  #endSent = false;
 
   get text() { return this.#text; }
   get status() { return this.#status; }
@@ -47,10 +48,16 @@ export class StreamTextElement extends HTMLElement {
   }
 
   #headers() {
-    return { "X-CSRFToken": this.getAttribute("csrf-token") || cookie("csrftoken") };
+    // The cookie first: it is current even after a login in another tab rotated the
+    // token the page was rendered with.
+    return { "X-CSRFToken": cookie("csrftoken") || this.getAttribute("csrf-token") || "" };
   }
 
   async connectedCallback() {
+    this.#controller?.abort();
+    const controller = new AbortController();
+    this.#controller = controller;
+    const { signal } = controller;
     this.#body = this.querySelector(".stream-text-body");
     if (!this.#body) {
       this.#body = document.createElement("div");
@@ -66,20 +73,25 @@ export class StreamTextElement extends HTMLElement {
     }
     if (this.#markdown === null && this.hasAttribute("markdown")) {
       const { MarkdownView } = await import("./markdown.js");
-      if (!this.isConnected) return;
-      this.#markdown = new MarkdownView(this.#body);
+      if (signal.aborted) return; // removed (or moved) meanwhile: that run is the one
+      this.#markdown ??= new MarkdownView(this.#body);
     }
-    // What the server rendered, unless this element ran before (it was moved).
+    let offset;
     if (this.#status === null) {
+      // The first run: what the server rendered.
       this.#text = this.#body.textContent;
       this.#status = this.getAttribute("status") || "pending";
       this.#error = this.getAttribute("error");
+      offset = Number(this.getAttribute("offset") ?? codePoints(this.#text));
+    } else {
+      // Put back after a removal: on from what it shows.
+      offset = codePoints(this.#text);
     }
-    this.#controller = new AbortController();
-    this.#run(this.#controller.signal).catch((reason) => {
-      if (this.#controller?.signal.aborted) return;
+    this.#run(signal, offset).catch((reason) => {
+      if (signal.aborted) return;
       this.#error = reason.message;
       this.#showStatus();
+      this.#ended();
     });
   }
 
@@ -88,11 +100,11 @@ export class StreamTextElement extends HTMLElement {
     this.#controller = null;
   }
 
-  async #run(signal) {
-    const offset = Number(this.getAttribute("offset") ?? codePoints(this.#text));
+  async #run(signal, offset) {
     // HTML turns "\r\n" into "\n": where the page's text is not the stream's, read it.
     if (codePoints(this.#text) !== offset) {
       const body = await readBody(this.#urls().body, 0);
+      if (signal.aborted) return;
       this.#text = [...body.text].slice(0, offset).join("");
     }
     this.#show();
@@ -124,6 +136,8 @@ export class StreamTextElement extends HTMLElement {
   }
 
   #ended() {
+    if (this.#endSent) return;
+    this.#endSent = true;
     this.dispatchEvent(new CustomEvent("stream-end", {
       bubbles: true, detail: { status: this.#status, error: this.#error, text: this.#text },
     }));

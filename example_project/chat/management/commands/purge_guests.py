@@ -12,10 +12,11 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
-from django.db.models import Exists, OuterRef
-from django.db.models.functions import Coalesce
+from django.db.models import Exists, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from example_project.chat.models import Message
 from streaming_app.models import LIVE_STATUSES, Stream
 from streaming_app.streams import timeout
 
@@ -39,10 +40,21 @@ class Command(BaseCommand):
         live = Stream.objects.filter(owner=OuterRef("pk"), status__in=LIVE_STATUSES).exclude(
             pk__in=Stream.objects.stale(timeout()).values("pk")
         )
+        # A guest logs in once, when made: their last prompt says when they were here.
+        last_prompt = (
+            Message.objects.filter(chat__owner=OuterRef("pk"))
+            .order_by("-created_at")
+            .values("created_at")[:1]
+        )
         guests = (
             get_user_model()
             .objects.filter(username__startswith=GUEST_PREFIX, is_staff=False)
-            .alias(seen=Coalesce("last_login", "date_joined"))
+            .alias(
+                seen=Greatest(
+                    Coalesce("last_login", "date_joined"),
+                    Coalesce(Subquery(last_prompt), "date_joined"),
+                )
+            )
             .filter(seen__lt=cutoff)
             .exclude(Exists(live))
         )
