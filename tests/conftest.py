@@ -122,6 +122,9 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A page a test serves through playwright's routing counts as a public one, whose
+    # websockets to 127.0.0.1 Chromium would block as local network access.
+    "--disable-features=LocalNetworkAccessChecks",
 ]
 
 

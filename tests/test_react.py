@@ -63,7 +63,7 @@ def shown(page: Any) -> tuple[str, str]:
 def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
     daphne_factory, chromium, react_page, browser_factory
 ):
-    server = daphne_factory(DEMO_MODEL_DELAY="0.03")
+    server = daphne_factory(DEMO_MODEL_DELAY="0.05")
     prompt = "React to this"
     expected = demo_answer([{"role": "user", "content": prompt}])
 
@@ -72,6 +72,7 @@ def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
     drives: list[str] = []
     failed: list[str] = []
     owner.on("request", lambda r: drives.append(r.url) if r.method == "POST" else None)
+    sse: list[str] = []
     owner.on("requestfailed", lambda r: failed.append(r.url) if r.method == "POST" else None)
     page = owner.new_page()
     page.goto("/")  # the CSRF cookie
@@ -96,8 +97,21 @@ def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
     # A second browser (not the owner) opens it mid-reply and watches.
     viewer = chromium.new_context(base_url=server.url)
     serve_test_page(viewer, react_page)
+    for context in (owner, viewer):
+        context.on("request", lambda r: sse.append(r.url) if "/events/" in r.url else None)
     watching = viewer.new_page()
     watching.goto(f"/react-test/?stream={chat['stream_id']}")
+
+    # A component unmounted mid-reply lets its stream go: its websocket closes.
+    leaving = viewer.new_page()
+    with leaving.expect_websocket() as opened:
+        leaving.goto(f"/react-test/?stream={chat['stream_id']}")
+    socket = opened.value
+    leaving.wait_for_function("document.getElementById('text').textContent.length > 0")
+    assert leaving.locator("#status").text_content() == "streaming"
+    leaving.evaluate("window.__unmount()")
+    socket.wait_for_event("close", timeout=5_000)
+    assert page.locator("#status").text_content() == "streaming", "it closed at the end"
 
     # The owner reloads mid-reply: the drive is taken (409), so it resumes by watching.
     partial, status = shown(page)
@@ -112,5 +126,6 @@ def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
     assert shown(page) == (expected, "done")
     assert shown(watching) == (expected, "done")
     assert page.locator("#error").text_content() == ""
+    assert sse == [], "the pages fell back to Server-Sent Events: websockets were refused"
     body = browser_factory(server.url).body(chat["stream_id"])
     assert (body["status"], body["text"]) == ("done", expected)

@@ -26,7 +26,9 @@ function Reply({ streamId, driveUrl }) {
 }
 
 const params = new URLSearchParams(location.search);
-createRoot(document.getElementById("root")).render(
+const root = createRoot(document.getElementById("root"));
+window.__unmount = () => root.unmount();
+root.render(
   <StrictMode>
     <Reply streamId={params.get("stream")} driveUrl={params.get("drive")} />
   </StrictMode>,
