@@ -375,6 +375,7 @@ def test_the_element_stops_when_removed_and_follows_when_swapped_in(daphne_facto
         """(html) => {
           const doc = new DOMParser().parseFromString(html, "text/html");
           const fresh = doc.querySelector("stream-text");
+          fresh.removeAttribute("markdown");  // the plain-text path, piece by piece
           const holder = document.getElementById("messages");
           holder.insertAdjacentHTML("beforeend", fresh.outerHTML);
         }""",
@@ -383,6 +384,7 @@ def test_the_element_stops_when_removed_and_follows_when_swapped_in(daphne_facto
     wait_for_status(page, "done")
     expected = demo_answer([{"role": "user", "content": "Swap me in"}])
     assert reply_texts(page) == [expected]
+    assert page.locator("stream-text .stream-text-body").text_content() == expected
     assert len(opened) == 2
 
     # A finished element moved elsewhere keeps its text and ends once.

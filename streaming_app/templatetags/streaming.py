@@ -50,7 +50,7 @@ def stream_text(
             stream = load_stream(user, stream, "read")
         except Stream.DoesNotExist:
             raise Http404("no such stream") from None
-    body = body_of(expire_if_stale(stream) if not stream.is_finished else stream)
+    body = body_of(expire_if_stale(stream))  # no query for a finished one
     pk = str(stream.pk)
     return render_to_string(
         "streaming_app/stream_text.html",

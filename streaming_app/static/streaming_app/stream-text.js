@@ -119,8 +119,11 @@ export class StreamTextElement extends HTMLElement {
       headers: this.#headers(),
       signal,
       onText: (text, piece) => {
+        // Usually the piece extends what is shown; after a failed drive the stored
+        // text replaces it.
+        const extended = text.length === this.#text.length + piece.length;
         this.#text = text;
-        this.#show();
+        this.#show(extended ? piece : null);
         this.dispatchEvent(new CustomEvent("stream-text", { bubbles: true, detail: { piece } }));
       },
       onStatus: (status, error) => {
@@ -143,9 +146,15 @@ export class StreamTextElement extends HTMLElement {
     }));
   }
 
-  #show() {
+  #show(piece = null) {
     if (!this.#markdown) {
-      this.#body.textContent = this.#text;
+      const node = this.#body.firstChild;
+      if (piece !== null && node && node === this.#body.lastChild
+          && node.nodeType === Node.TEXT_NODE) {
+        node.appendData(piece); // not the whole text again for every piece
+      } else {
+        this.#body.textContent = this.#text;
+      }
       return;
     }
     // Markdown is rendered at most once a frame, however fast pieces arrive.
