@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -12,7 +13,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from .exceptions import InvalidOffset
 from .hub import Hub, Viewer, close_code, hub, status_message, text_message, to_json, viewer_key
-from .streams import parse_offset, parse_stream_id
+from .parts import Entry
+from .streams import parse_flag, parse_offset, parse_stream_id
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +30,18 @@ def query_offset(query_string: bytes) -> int:
 class WebsocketFrames:
     """The protocol's messages as websocket text frames."""
 
-    def text(self, offset: int, text: str) -> str:
-        return to_json(text_message(offset, text))
+    def __init__(self, *, parts: bool = False) -> None:
+        self.parts = parts
+
+    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
+        return to_json(text_message(offset, text, parts if self.parts else ()))
 
     def status(self, status: str, error: str | None, at: int) -> str:
         return to_json(status_message(status, error))
 
 
 FRAMES = WebsocketFrames()
+FRAMES_WITH_PARTS = WebsocketFrames(parts=True)
 
 # Close codes (docs/protocol.md): 4400 bad request, 4403 forbidden, 4404 unknown stream,
 # 4429 too many viewers, 4503 the database is away (come back and resume). Servers may
@@ -67,7 +73,9 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         session = self.scope.get("session")
         user = self.scope.get("user")
         client = self.scope.get("client") or [None]
-        viewer = Viewer(user, viewer_key(user, session and session.session_key, client[0]), FRAMES)
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        frames = FRAMES_WITH_PARTS if parse_flag((query.get("parts") or [""])[-1]) else FRAMES
+        viewer = Viewer(user, viewer_key(user, session and session.session_key, client[0]), frames)
         try:
             stream_id = parse_stream_id(self.scope["url_route"]["kwargs"]["stream_id"])
             offset = query_offset(self.scope.get("query_string", b""))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import conf
 
@@ -69,6 +69,10 @@ class Batch:
     text: str
     # Set when this flush also ends the stream.
     terminal: tuple[str, str | None] | None = None
+    # The whole part map after this batch, when it has grown (streaming_app.parts),
+    # and how many of its entries had committed before.
+    parts: tuple[dict[str, Any], ...] | None = None
+    parts_from: int = 0
 
     @property
     def end(self) -> int:
@@ -84,8 +88,14 @@ class Buffer:
     seal.
     """
 
-    def __init__(self, policy: FlushPolicy, now: float) -> None:
+    def __init__(
+        self, policy: FlushPolicy, now: float, parts: list[dict[str, Any]] | None = None
+    ) -> None:
         self.policy = policy
+        #: The stream's part map, appended to by its writer (empty: a plain stream).
+        self.parts: list[dict[str, Any]] = parts if parts is not None else []
+        #: Entries of the part map committed.
+        self.committed_parts = 0
         self.sealed: Batch | None = None
         #: Characters committed: the stream's length in the database.
         self.committed_length = 0
@@ -96,6 +106,11 @@ class Buffer:
         self._at_boundary = False
         self._seq = 0
         self._refused: Batch | None = None
+
+    @property
+    def has_waiting(self) -> bool:
+        """Whether anything waits to be sealed: text, or part-map entries."""
+        return bool(self._pieces) or self._refused is not None
 
     @property
     def waiting(self) -> int:
@@ -152,13 +167,19 @@ class Buffer:
         self._pieces.clear()
         self._buffered = 0
         self._at_boundary = False
+        # The map covers every text appended: its entries come before their text.
+        parts = tuple(self.parts) if len(self.parts) > self.committed_parts else None
         if self._refused is not None:
             # Never written (the database said so): it starts where it did, with more.
             start = self._refused
             self._refused = None
-            batch = Batch(start.seq, start.offset, start.text + text, terminal)
+            batch = Batch(
+                start.seq, start.offset, start.text + text, terminal, parts, self.committed_parts
+            )
         else:
-            batch = Batch(self._seq, self.committed_length, text, terminal)
+            batch = Batch(
+                self._seq, self.committed_length, text, terminal, parts, self.committed_parts
+            )
         self.sealed = batch
         return batch
 
@@ -168,6 +189,8 @@ class Buffer:
         batch, self.sealed = self.sealed, None
         self._seq = batch.seq + (1 if batch.text else 0)
         self.committed_length = batch.end
+        if batch.parts is not None:
+            self.committed_parts = len(batch.parts)
         self.last_flush = now
         return batch
 

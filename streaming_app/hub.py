@@ -25,7 +25,7 @@ import logging
 import uuid
 import weakref
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from django.core.exceptions import PermissionDenied
 from . import conf
 from .exceptions import InvalidOffset, Overloaded
 from .models import Status, Stream, is_finished
+from .parts import Entry, around, merge
 from .permissions import has_permission, load_stream
 from .publish import CANCEL, RECHECK, UPDATE, Message, control_group, group_name, set_local_hub
 from .publish import published_after as _published_after
@@ -46,8 +47,16 @@ logger = logging.getLogger(__name__)
 # The protocol's messages (docs/protocol.md) --------------------------------------------
 
 
-def text_message(offset: int, text: str) -> Message:
-    return {"type": "text", "offset": offset, "text": text}
+def text_message(offset: int, text: str, parts: Sequence[Entry] = ()) -> Message:
+    """A text message; with ``parts`` (a part-aware viewer of a stream with parts),
+    the entries of the part map that this text needs (``parts_from``: the first's
+    number)."""
+    message: Message = {"type": "text", "offset": offset, "text": text}
+    if parts:
+        first, entries = around(parts, offset, offset + len(text))
+        message["parts_from"] = first
+        message["parts"] = entries
+    return message
 
 
 def status_message(status: str, error: str | None) -> Message:
@@ -62,8 +71,13 @@ def to_json(message: Message) -> str:
 class Frames(Protocol):
     """How a transport puts the protocol's messages on its wire."""
 
-    def text(self, offset: int, text: str) -> str:
-        """A text message: ``text`` starts at code point ``offset``."""
+    #: Whether its viewers hear of the part map (streaming_app.parts).
+    parts: bool
+
+    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
+        """A text message: ``text`` starts at code point ``offset``; ``parts`` is the
+        stream's part map as far as it is known (streaming_app.parts), for the
+        transports that carry it."""
         ...
 
     def status(self, status: str, error: str | None, at: int) -> str:
@@ -188,6 +202,7 @@ class _Resync:
     length: int
     text: str
     allowed: dict[str, bool]
+    parts: tuple[Entry, ...] = ()
 
 
 def _read_for_viewers(stream_id: uuid.UUID, start: int, users: dict[str, Any]) -> _Resync | None:
@@ -203,6 +218,7 @@ def _read_for_viewers(stream_id: uuid.UUID, start: int, users: dict[str, Any]) -
         length=stream.length,
         text=read_text(stream_id, start, max(start, stream.length)),
         allowed={key: has_permission(user, stream, "read") for key, user in users.items()},
+        parts=tuple(stream.parts or ()),
     )
 
 
@@ -237,21 +253,33 @@ class Feed:
         self.closed = False
         self.heard = asyncio.get_running_loop().time()
         self.subscribed = asyncio.get_running_loop().create_future()
+        #: The stream's part map as far as the feed knows (streaming_app.parts).
+        self.parts: list[Entry] = []
         self._tail = ""
         self._tail_start = 0
-        self._early: list[tuple[int, str, str, str | None]] = []
+        self._early: list[tuple[int, str, str, str | None, Sequence[Entry], int]] = []
         self._resync_lock = asyncio.Lock()
         self._watchdog = hub.spawn(self._watch())
 
     # Deltas ----------------------------------------------------------------------------
 
-    def apply(self, offset: int, text: str, status: str, error: str | None) -> None:
-        """A committed delta: ``text`` from ``offset``, then ``status``."""
+    def apply(
+        self,
+        offset: int,
+        text: str,
+        status: str,
+        error: str | None,
+        parts: Sequence[Entry] = (),
+        parts_from: int = 0,
+    ) -> None:
+        """A committed delta: ``text`` from ``offset``, the entries of the part map
+        from number ``parts_from`` that came with it, then ``status``."""
         self.heard = asyncio.get_running_loop().time()
         if self.end is None:
-            self._early.append((offset, text, status, error))
+            self._early.append((offset, text, status, error, parts, parts_from))
             return
-        if offset > self.end:
+        known = len(self.parts)
+        if offset > self.end or not merge(self.parts, parts_from, parts):
             self.resync_soon()  # a message was dropped: the gap is in the database
             return
         end = offset + len(text)
@@ -261,22 +289,14 @@ class Feed:
             if len(self._tail) > self.TAIL_CHARS:
                 cut = len(self._tail) - self.TAIL_CHARS
                 self._tail, self._tail_start = self._tail[cut:], self._tail_start + cut
-            shared: dict[int, str] = {}
-            for viewer in self.viewers:
-                if not viewer.joined or viewer.behind:
-                    continue
-                if viewer.sent == start:
-                    frames = id(viewer.frames)
-                    if frames not in shared:
-                        shared[frames] = viewer.frames.text(start, text[start - offset :])
-                    viewer.offer(shared[frames], sent=end)
-                elif start < viewer.sent < end:
-                    viewer.offer(
-                        viewer.frames.text(viewer.sent, text[viewer.sent - offset :]), sent=end
-                    )
+            self._offer_text(start, end, text[start - offset :])
+        elif len(self.parts) > known:
+            # Only the map grew (a tool's result, the finish): the viewers at the end
+            # hear of it as an empty text.
+            self._offer_text(self.end, self.end, "")
         if _rank(status) > _rank(self.status):
             self.status, self.error = status, error
-            shared = {}
+            shared: dict[int, str] = {}
             for viewer in self.viewers:
                 if viewer.joined and not viewer.behind and _rank(viewer.status) < _rank(status):
                     frames = id(viewer.frames)
@@ -290,11 +310,37 @@ class Feed:
             if is_finished(status):
                 self._finish()
 
+    def _offer_text(self, start: int, end: int, text: str) -> None:
+        """Hand the viewers caught up to ``start`` or beyond the text up to ``end``."""
+        shared: dict[int, str] = {}
+        for viewer in self.viewers:
+            if not viewer.joined or viewer.behind or not (text or viewer.frames.parts):
+                continue
+            if viewer.sent == start:
+                frames = id(viewer.frames)
+                if frames not in shared:
+                    shared[frames] = viewer.frames.text(start, text, self.parts)
+                viewer.offer(shared[frames], sent=end)
+            elif start < viewer.sent < end:
+                viewer.offer(
+                    viewer.frames.text(viewer.sent, text[viewer.sent - start :], self.parts),
+                    sent=end,
+                )
+
+    def _learn_parts(self, parts: Sequence[Entry]) -> None:
+        """A read's whole part map: the feed's, if it knows less."""
+        if len(parts) > len(self.parts):
+            self.parts = list(parts)
+
     def admit(self, viewer: Viewer, body: StreamBody) -> None:
         """A viewer whose snapshot ``body`` was read after the feed subscribed: send it
         the snapshot, then whatever the feed has heard since."""
+        self._learn_parts(body.parts)
         viewer.begin(body.offset)
-        viewer.offer(viewer.frames.text(body.offset, body.text), sent=body.offset + len(body.text))
+        viewer.offer(
+            viewer.frames.text(body.offset, body.text, body.parts),
+            sent=body.offset + len(body.text),
+        )
         viewer.offer(viewer.frames.status(body.status, body.error, viewer.sent), status=body.status)
         viewer.joined = True
         if is_finished(body.status):
@@ -320,7 +366,9 @@ class Feed:
             return False
         if viewer.sent < self.end:
             at = viewer.sent - self._tail_start
-            viewer.offer(viewer.frames.text(viewer.sent, self._tail[at:]), sent=self.end)
+            viewer.offer(
+                viewer.frames.text(viewer.sent, self._tail[at:], self.parts), sent=self.end
+            )
         if self.status is not None and _rank(self.status) > _rank(viewer.status):
             viewer.offer(
                 viewer.frames.status(self.status, self.error, viewer.sent), status=self.status
@@ -342,7 +390,11 @@ class Feed:
             viewer.end(close_code(exc))
             return
         viewer.behind = False
-        viewer.offer(viewer.frames.text(body.offset, body.text), sent=body.offset + len(body.text))
+        self._learn_parts(body.parts)
+        viewer.offer(
+            viewer.frames.text(body.offset, body.text, body.parts),
+            sent=body.offset + len(body.text),
+        )
         if _rank(body.status) > _rank(viewer.status):
             viewer.offer(
                 viewer.frames.status(body.status, body.error, viewer.sent), status=body.status
@@ -397,7 +449,7 @@ class Feed:
                     viewer.end(4403)
                     self.remove(viewer)
             self.hub.ensure_groups()
-            self.apply(start, found.text, found.status, found.error)
+            self.apply(start, found.text, found.status, found.error, found.parts, 0)
 
     # Membership ------------------------------------------------------------------------
 
@@ -536,6 +588,8 @@ class Hub:
                         str(message["text"]),
                         str(message["status"]),
                         message.get("error"),
+                        list(message.get("parts") or ()),
+                        int(message.get("parts_from") or 0),
                     )
             elif kind == CANCEL:
                 run = self.runs.get(stream_id)

@@ -114,6 +114,10 @@ class Stream(models.Model):
     )
     error = models.TextField(blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
+    # The part map of a stream whose source sent parts (reasoning, tool calls...):
+    # which body offsets belong to which part (streaming_app.parts). Empty for a plain
+    # text stream.
+    parts = models.JSONField(default=list, blank=True, editable=False)
     # Committed length of the body, in Unicode code points.
     length = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

@@ -4,7 +4,7 @@ that run it.
 One call of :func:`write` is one transaction, whatever the number of streams in it:
 it locks their rows, decides for each whether its batch may be written (the writer's
 claim, its offset, a cancel, someone else's end), advances the streams that may, and
-inserts their chunks, three statements in all. A batch retried after an ambiguous
+inserts their chunks, three statements in all (four when part maps grew). A batch retried after an ambiguous
 failure (a commit whose answer was lost) is recognised by its stream's length and not
 written twice.
 """
@@ -125,6 +125,7 @@ def write(writes: Sequence[Write]) -> dict[uuid.UUID, Outcome]:
                 if pk not in found:
                     outcomes[pk] = Outcome.BUSY if pk in held else Outcome.ENDED
         lengths: dict[uuid.UUID, int] = {}
+        maps: dict[uuid.UUID, list[Any]] = {}
         touched: list[uuid.UUID] = []
         ending: dict[uuid.UUID, Batch] = {}
         chunks: dict[uuid.UUID, Chunk] = {}
@@ -138,6 +139,8 @@ def write(writes: Sequence[Write]) -> dict[uuid.UUID, Outcome]:
             if batch is None:
                 touched.append(item.stream_id)
                 continue
+            if batch.parts is not None:
+                maps[item.stream_id] = list(batch.parts)
             if batch.terminal:
                 ending[item.stream_id] = batch
             else:
@@ -150,6 +153,10 @@ def write(writes: Sequence[Write]) -> dict[uuid.UUID, Outcome]:
             Stream.objects.filter(pk__in=[*lengths, *touched]).update(
                 length=_case(lengths, "length"), updated_at=now
             )
+        if maps:
+            # Streams with parts only, when their map grew: plain streams' flushes stay
+            # the statements they were.
+            Stream.objects.filter(pk__in=list(maps)).update(parts=_case(maps, "parts"))
         if ending:
             terminals = {pk: b.terminal for pk, b in ending.items() if b.terminal}
             Stream.objects.filter(pk__in=list(ending)).update(

@@ -65,13 +65,17 @@ class Update:
     text: str
     status: str
     error: str | None
+    #: Entries of the stream's part map that committed with this change, the first
+    #: being entry number ``parts_from`` (streaming_app.parts).
+    parts: tuple[dict[str, Any], ...] = ()
+    parts_from: int = 0
 
     @property
     def finished(self) -> bool:
         return is_finished(self.status)
 
     def message(self) -> Message:
-        return {
+        message = {
             "type": UPDATE,
             "stream": self.stream_id.hex,
             "offset": self.offset,
@@ -79,6 +83,10 @@ class Update:
             "status": self.status,
             "error": self.error,
         }
+        if self.parts:
+            message["parts"] = list(self.parts)
+            message["parts_from"] = self.parts_from
+        return message
 
 
 class LocalHub(Protocol):
@@ -133,6 +141,7 @@ async def _signal(update: Update) -> None:
         "text": update.text,
         "status": update.status,
         "error": update.error,
+        "parts": list(update.parts),
     }
     for signal in (stream_committed, stream_finished) if update.finished else (stream_committed,):
         if signal.has_listeners(Stream):

@@ -24,17 +24,21 @@ from .errors import public_message
 from .exceptions import LimitExceeded, RunStopped
 from .flush import FlushPolicy, Terminal
 from .models import Status, Stream, storable
+from .parts import Entry, Part
 from .persist import CancelRequested, in_writer_thread
 from .signals import stream_run_started
 from .writer import StreamWriter, open_writer
 
 logger = logging.getLogger(__name__)
 
-Append = Callable[[str], Awaitable[None]]
+Append = Callable[[str | Part], Awaitable[None]]
 #: What a stream's text comes from: an async iterable of text pieces (an ``openai``
 #: stream mapped to its deltas, an async generator), or an async callable that receives
-#: ``append`` and awaits it once per piece, as in the Convex component.
-Source = AsyncIterable[str] | Callable[[Append], Awaitable[Any]]
+#: ``append`` and awaits it once per piece, as in the Convex component. Pieces are
+#: ``str``, or parts (reasoning, tool calls, a finish) from :mod:`streaming_app.parts`.
+Source = AsyncIterable[str | Part] | Callable[[Append], Awaitable[Any]]
+#: Called with each piece's text as it is appended ("" when only the part map grew:
+#: the run's :attr:`StreamRun.parts` says what).
 Tap = Callable[[str], None]
 
 # Runs are referenced here until they end: the event loop keeps only weak references
@@ -70,6 +74,9 @@ class StreamRun:
         self.policy = policy
         #: The terminal status, once the run has ended.
         self.status: str | None = None
+        #: The stream's part map as its source goes (streaming_app.parts): entries
+        #: are only appended, each before its text reaches the tap.
+        self.parts: list[Entry] = []
         self._reason: BaseException | None = None
         self._generation: asyncio.Task[None] | None = None
         self._task: asyncio.Task[str] | None = None
@@ -117,6 +124,7 @@ class StreamRun:
 
     async def _main(self) -> str:
         writer = open_writer(self.stream_id, self.policy)
+        self.parts = writer.parts.entries
         writer.on_stop(lambda: self.stop(writer.stopped or RunStopped()))
         limit = conf.get("MAX_DURATION")
         timer = (
@@ -176,17 +184,23 @@ class StreamRun:
         limit = conf.get("MAX_LENGTH")
         max_length = None if limit is None else int(limit)
 
-        async def append(piece: str) -> None:
-            if not isinstance(piece, str):
-                raise TypeError(f"a stream's pieces must be str, not {type(piece).__name__}")
-            text = storable(piece)
-            if not text:
+        entries = writer.parts.entries
+
+        async def append(piece: str | Part) -> None:
+            if type(piece) is str and not entries:
+                text = storable(piece)  # a plain stream: the hot path
+                grew = False
+            else:
+                known = len(entries)
+                text = writer.parts.add(piece, writer.length)
+                grew = len(entries) > known
+            if not text and not grew:
                 return
             over = max_length is not None and writer.length + len(text) > max_length
             if over:
                 assert max_length is not None
                 text = text[: max_length - writer.length]
-            if text:
+            if text or grew:
                 if self.tap is not None:
                     self.tap(text)
                 writer.append(text)

@@ -9,7 +9,9 @@ from django.dispatch import Signal
 #: sees text and statuses that a crash cannot take back: each flush, the claim, the
 #: end. Keyword arguments: ``stream_id`` (UUID), ``offset`` (int: where ``text``
 #: starts, in code points), ``text`` (str, possibly empty), ``status`` (str), ``error``
-#: (str or None: the public message). Sent in the process that committed the change.
+#: (str or None: the public message), ``parts`` (list: the entries of the part map that
+#: committed with it, streaming_app.parts; empty for a plain stream). Sent in the
+#: process that committed the change.
 stream_committed = Signal()
 
 #: Sent once per stream, after the commit that gave it a terminal status (``done``,

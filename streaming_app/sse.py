@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from . import conf
 from .hub import Hub, Viewer, hub, status_message, text_message, to_json, viewer_key
-from .streams import parse_stream_id
+from .parts import Entry
+from .streams import parse_flag, parse_stream_id
 from .views import STREAM_ERRORS, JsonView, error_for, request_user
 
 
@@ -25,14 +26,22 @@ def sse_event(kind: str, event_id: int, data: str) -> str:
 class EventFrames:
     """The protocol's messages as Server-Sent Events."""
 
-    def text(self, offset: int, text: str) -> str:
-        return sse_event("text", offset + len(text), to_json(text_message(offset, text)))
+    def __init__(self, *, parts: bool = False) -> None:
+        self.parts = parts
+
+    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
+        return sse_event(
+            "text",
+            offset + len(text),
+            to_json(text_message(offset, text, parts if self.parts else ())),
+        )
 
     def status(self, status: str, error: str | None, at: int) -> str:
         return sse_event("status", at, to_json(status_message(status, error)))
 
 
 EVENTS = EventFrames()
+EVENTS_WITH_PARTS = EventFrames(parts=True)
 
 
 def _leave_soon(loop: asyncio.AbstractEventLoop, followed: Hub, viewer: Viewer) -> None:
@@ -56,7 +65,7 @@ class StreamEventsView(JsonView):
         viewer = Viewer(
             user,
             viewer_key(user, session and session.session_key, request.META.get("REMOTE_ADDR")),
-            EVENTS,
+            EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS,
         )
         followed = hub()
         try:

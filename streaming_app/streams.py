@@ -42,14 +42,21 @@ class StreamBody:
     offset: int
     length: int
     error: str | None
+    #: The stream's whole part map (streaming_app.parts); empty for a plain stream.
+    parts: tuple[dict[str, Any], ...] = ()
 
     @property
     def is_finished(self) -> bool:
         return is_finished(self.status)
 
     def as_dict(self) -> dict[str, Any]:
+        """The body endpoint's JSON; ``parts`` only for a stream that has some."""
         data = asdict(self)
         data["id"] = str(self.id)
+        if self.parts:
+            data["parts"] = list(self.parts)
+        else:
+            del data["parts"]
         return data
 
 
@@ -61,6 +68,11 @@ def parse_stream_id(value: StreamId) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise Stream.DoesNotExist(f"no stream {value!r}") from None
+
+
+def parse_flag(value: str | None) -> bool:
+    """A yes/no query parameter (``?parts=1``): ``1`` or ``true`` is yes."""
+    return (value or "").lower() in ("1", "true")
 
 
 def parse_offset(value: Any) -> int:
@@ -216,6 +228,7 @@ def body_of(stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False)
         offset=start,
         length=stream.length,
         error=stream.error or None,
+        parts=tuple(stream.parts or ()),
     )
 
 

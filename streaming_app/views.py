@@ -19,6 +19,7 @@ from django.views import View
 from . import conf
 from .exceptions import InvalidOffset, Overloaded, StreamNotPending
 from .flush import FlushPolicy
+from .hub import text_message, to_json
 from .models import Stream
 from .permissions import Action, load_stream
 from .publish import published_after
@@ -30,6 +31,7 @@ from .streams import (
     cancel_stream,
     claim_stream,
     expire_if_stale,
+    parse_flag,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,19 @@ def _claim(user: Any, stream_id: StreamId) -> Stream:
                 connection.close()
 
 
+def part_lines(run: StreamRun, push: Callable[[str], None]) -> Callable[[str], None]:
+    """A tap that pushes each piece as a line of JSON: the websocket's text message,
+    with the entries of the part map that the piece needs."""
+    offset = 0
+
+    def tap(text: str) -> None:
+        nonlocal offset
+        push(to_json(text_message(offset, text, run.parts)) + "\n")
+        offset += len(text)
+
+    return tap
+
+
 class DriverFeed:
     """The driving browser's response body: each piece the moment it is produced.
 
@@ -149,7 +164,7 @@ class DriverFeed:
         self._hung_up = False
 
     def push(self, piece: str) -> None:
-        if self._hung_up:
+        if self._hung_up or not piece:
             return
         self._backlog += len(piece)
         if self._backlog > self._max_backlog:
@@ -220,6 +235,7 @@ async def astream_response(
     *,
     content_type: str = "text/plain; charset=utf-8",
     policy: FlushPolicy | None = None,
+    parts: bool | None = None,
 ) -> HttpResponseBase:
     """Drive a stream: return the response that streams its text as it is generated.
 
@@ -235,6 +251,10 @@ async def astream_response(
     up (see ``CANCEL_ON_DISCONNECT``), and the database never holds the response up.
     Once claimed, the stream holds no database connection of the request's. Needs an
     ASGI server (daphne, uvicorn).
+
+    With ``parts`` (by default: the request's ``?parts=1``) the body is the websocket's
+    text messages, with the part map, one JSON object per line (NDJSON; see
+    docs/protocol.md), for a client that shows reasoning and tool calls apart.
     """
     global _claiming
     user = await request_user(request)
@@ -250,7 +270,13 @@ async def astream_response(
 
     run = StreamRun(stream.pk, generate, policy=policy)
     feed = DriverFeed(run)
-    run.tap = feed.push
+    if parts is None:
+        parts = parse_flag(request.GET.get("parts"))
+    if parts:
+        run.tap = part_lines(run, feed.push)
+        content_type = "application/x-ndjson; charset=utf-8"
+    else:
+        run.tap = feed.push
     run.start(on_end=feed.end)
     response = StreamingHttpResponse(feed, content_type=content_type)
     response["Cache-Control"] = "no-cache, no-transform"

@@ -33,6 +33,7 @@ from .errors import public_message
 from .exceptions import DatabaseOutage, WriteFailed
 from .flush import Batch, Buffer, FlushPolicy, Terminal
 from .models import Status
+from .parts import PartMap
 from .persist import RETRYABLE, CancelRequested, Outcome, StreamEnded, Write, in_writer_thread
 from .persist import write as write_in_transaction
 from .publish import Update, publish
@@ -63,7 +64,9 @@ class StreamWriter:
     def __init__(self, committer: Committer, stream_id: uuid.UUID, policy: FlushPolicy) -> None:
         now = time.monotonic()
         self.stream_id = stream_id
-        self.buffer = Buffer(policy, now)
+        #: The stream's part map (streaming_app.parts); empty for a plain stream.
+        self.parts = PartMap()
+        self.buffer = Buffer(policy, now, self.parts.entries)
         self.stopped: BaseException | None = None
         self.closing: Terminal | None = None
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
@@ -98,7 +101,8 @@ class StreamWriter:
         self._on_stop.append(callback)
 
     def append(self, text: str) -> None:
-        """Add a piece; never waits. Ignored once closing, or after a refused write."""
+        """Add a piece ("" when only the part map grew); never waits. Ignored once
+        closing, or after a refused write."""
         if self.closing is not None or self._failed:
             return
         if self.buffer.append(text, time.monotonic()):
@@ -159,7 +163,7 @@ class StreamWriter:
         if self.stopped is not None:
             return float("inf")  # its run is stopping: nothing until it closes
         due = self.buffer.due_at()
-        if not self.buffer.waiting:
+        if not self.buffer.has_waiting:
             due = min(due, self.last_write + self.heartbeat)
         return due
 
@@ -169,7 +173,7 @@ class StreamWriter:
         if self.buffer.sealed is None:
             if self.closing is not None:
                 self.buffer.seal(self.closing)
-            elif self.buffer.waiting:
+            elif self.buffer.has_waiting:
                 self.buffer.seal()
         if self.attempted_at is None:
             self.attempted_at = now
@@ -185,7 +189,7 @@ class StreamWriter:
         if due > now:
             return None
         # A full buffer is due at once (-inf): overdue since its oldest text came.
-        return max(due, self.buffer.oldest) if self.buffer.waiting else due
+        return max(due, self.buffer.oldest) if self.buffer.has_waiting else due
 
     def check(self, now: float) -> None:
         """Declare an outage, or give up a last write, as time passes."""
@@ -237,7 +241,10 @@ class StreamWriter:
         if batch.terminal:
             self._finish(True)
         status, error = batch.terminal or (Status.STREAMING, None)
-        return Update(self.stream_id, batch.offset, batch.text, status, error)
+        parts = batch.parts[batch.parts_from :] if batch.parts else ()
+        return Update(
+            self.stream_id, batch.offset, batch.text, status, error, parts, batch.parts_from
+        )
 
     def _refused(self, batch: Batch | None, exc: BaseException) -> Update | None:
         """The database refused the write, for a reason other than the connection."""

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.test import AsyncRequestFactory
@@ -19,6 +19,8 @@ from streaming_app.run import Source, StreamRun
 from streaming_app.signals import stream_committed
 from streaming_app.streams import aclaim_stream, acreate_stream, claim_stream, create_stream
 from streaming_app.views import astream_response
+
+T = TypeVar("T")
 
 
 def written(text_pieces: list[str], *, status: str = Status.STREAMING, owner: Any = None) -> Stream:
@@ -43,7 +45,7 @@ async def thinking(first: str, pause: float, last: str) -> AsyncIterator[str]:
     yield last
 
 
-async def paced(pieces: Iterable[str], delay: float = 0.0) -> AsyncIterator[str]:
+async def paced(pieces: Iterable[T], delay: float = 0.0) -> AsyncIterator[T]:
     """Yield pieces, giving the event loop a turn (or ``delay`` seconds) between them,
     as a network source would."""
     for piece in pieces:

@@ -181,6 +181,7 @@ async def test_stream_finished_is_sent_once_when_a_run_ends():
             "text": finished.heard[0]["text"],
             "status": "done",
             "error": None,
+            "parts": [],
         }
     ]
     final = finished.heard[0]
