@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime, timedelta
 
@@ -10,6 +9,10 @@ from django.db.models import Q
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.utils import timezone
+
+from .parts import storable
+
+__all__ = ["Chunk", "Status", "Stream", "is_finished", "stale_cutoff", "storable"]
 
 
 class Status(models.TextChoices):
@@ -30,18 +33,6 @@ TERMINAL_STATUSES = (Status.DONE, Status.ERROR, Status.TIMEOUT, Status.CANCELLED
 def is_finished(status: str) -> bool:
     """Whether ``status`` is terminal: the one definition of "finished"."""
     return status in TERMINAL_STATUSES
-
-
-# What neither a database nor UTF-8 can hold: NUL (PostgreSQL text) and lone surrogates.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """``text`` with NUL and lone surrogates replaced by U+FFFD, keeping its length, so
-    that every database (and UTF-8) can hold it and offsets agree everywhere."""
-    if _UNSTORABLE.search(text) is None:  # nearly always: no copy
-        return text
-    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def stale_cutoff(timeout: float, now: datetime | None = None) -> datetime:

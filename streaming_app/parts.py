@@ -23,14 +23,26 @@ a reader resumes every part exactly by resuming the body (docs/protocol.md).
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import storable
-
 Entry = dict[str, Any]
+
+# What neither a database nor UTF-8 can hold: NUL (PostgreSQL text) and lone surrogates.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD, keeping its length, so
+    that every database (and UTF-8) can hold it and offsets agree everywhere. (Here,
+    without Django, so that sources can import this module before settings.)"""
+    if _UNSTORABLE.search(text) is None:  # nearly always: no copy
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
 
 TEXT = "text"
 REASONING = "reasoning"
@@ -139,8 +151,9 @@ class PartMap:
             call_id = storable(str(part.id))
             if not call_id:
                 raise ValueError("a tool call needs an id")
-            name = self._names.setdefault(call_id, storable(str(part.name or "")))
-            if self._open != (TOOL_CALL, call_id):
+            name = self._names.get(call_id) or storable(str(part.name or ""))
+            self._names[call_id] = name
+            if self._open != (TOOL_CALL, call_id) or (name and not self._named(call_id)):
                 self._start({"at": at, "type": TOOL_CALL, "id": call_id, "name": name}, at)
                 self._open = (TOOL_CALL, call_id)
             return storable(str(part.arguments or ""))
@@ -166,6 +179,11 @@ class PartMap:
             )
         self._open = None
         return ""
+
+    def _named(self, call_id: str) -> bool:
+        """Whether an entry of call ``call_id`` carries its name (a server may name a
+        call after its first delta: a new entry then names it)."""
+        return any(e.get("id") == call_id and e.get("name") for e in self.entries)
 
     def _start(self, entry: Entry, at: int) -> None:
         if not self.entries and at > 0:
@@ -235,15 +253,10 @@ def assemble(text: str, entries: Sequence[Entry], offset: int = 0) -> list[dict[
                 "usage": entry.get("usage") or {},
             }
         elif kind == TOOL_CALL:
-            parts.setdefault(
-                key,
-                {
-                    "type": TOOL_CALL,
-                    "id": entry["id"],
-                    "name": entry.get("name", ""),
-                    "arguments": "",
-                },
+            call = parts.setdefault(
+                key, {"type": TOOL_CALL, "id": entry["id"], "name": "", "arguments": ""}
             )
+            call["name"] = call["name"] or entry.get("name", "")
         else:
             parts.setdefault(key, {"type": kind, "text": ""})
     for span in spans(entries, offset, end):

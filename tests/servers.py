@@ -215,6 +215,9 @@ class FakeOpenAI:
     It records every request body, so that a test can check what the model was sent.
     """
 
+    #: The paths it streams on (any other answers 404).
+    paths: tuple[str, ...] = ("/v1/chat/completions",)
+
     def __init__(
         self,
         pieces: list[str],
@@ -261,7 +264,7 @@ class FakeOpenAI:
                 }
                 body = json.loads(await reader.readexactly(int(headers.get("content-length", 0))))
                 self.requests.append({"path": path, "body": body})
-                if method != "POST" or path != "/v1/chat/completions" or not body.get("stream"):
+                if method != "POST" or path not in self.paths or not body.get("stream"):
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     await writer.drain()
                     continue
@@ -329,6 +332,29 @@ class FakeOpenAI:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class ScriptedOpenAI(FakeOpenAI):
+    """A FakeOpenAI that sends a script on Chat Completions and the Responses API: the
+    body's text in the ``chunks`` given, each written on its own (``delay`` apart), so
+    that a test chooses where the network splits the events. It counts the connections
+    that have ended (``disconnects``), to see a client close one."""
+
+    paths = ("/v1/chat/completions", "/v1/responses")
+
+    def __init__(self, chunks: list[str], **kwargs: Any) -> None:
+        self.chunks = chunks
+        self.disconnects = 0
+        super().__init__([], **kwargs)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await super().handle(reader, writer)
+        finally:
+            self.disconnects += 1
+
+    def events(self, model: str) -> Iterator[str]:
+        return iter(self.chunks)
 
 
 async def closing(ws: Any) -> AsyncIterator[Any]:

@@ -11,10 +11,11 @@ from django.test import Client, override_settings
 
 from streaming_app.flush import FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
+from streaming_app.parts import Finish, Reasoning, ToolCall, ToolResult
 from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream
 
-from .helpers import written
+from .helpers import paced, run_to_end, written
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,3 +71,26 @@ async def test_deleting_a_live_stream_in_the_admin_stops_its_generator_at_once()
     await asyncio.wait_for(run.wait(), 5)
     assert not await Stream.objects.filter(pk=stream.pk).aexists()
     assert not await Chunk.objects.filter(stream_id=stream.pk).aexists()
+
+
+async def test_the_admin_shows_a_stream_with_parts_part_by_part():
+    source = paced(
+        [
+            Reasoning("<b>thinking</b>"),
+            ToolCall("c1", "weather", '{"city":"Oslo"}'),
+            ToolResult("c1", {"temp": -3}),
+            "It is cold.",
+            Finish("stop", {"output_tokens": 7}),
+        ]
+    )
+    stream_id, _ = await run_to_end(source)
+    page = await sync_to_async(
+        lambda: admin_client().get(f"/admin/streaming_app/stream/{stream_id}/change/")
+    )()
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "&lt;b&gt;thinking&lt;/b&gt;" in html and "<b>thinking" not in html
+    assert (
+        html.index("reasoning") < html.index("tool call weather (c1)") < html.index("It is cold.")
+    )
+    assert "{&quot;temp&quot;: -3}" in html and "finish: stop" in html

@@ -315,3 +315,14 @@ async def test_a_part_aware_driver_gets_every_piece_with_its_part_as_ndjson():
         "finish",
     ]
     assert assemble(text, entries)[0] == {"type": "text", "text": "Plain first. "}
+
+
+def test_a_call_named_after_its_first_delta_gets_its_name():
+    part_map = PartMap()
+    part_map.add(ToolCall("c", "", '{"a"'), 0)
+    part_map.add(ToolCall("c", "lookup", ":1}"), 4)
+    part_map.add(ToolCall("c", "lookup", ""), 7)
+    assert [e.get("name") for e in part_map.entries] == ["", "lookup"]
+    assert assemble('{"a":1}', part_map.entries) == [
+        {"type": "tool-call", "id": "c", "name": "lookup", "arguments": '{"a":1}'}
+    ]

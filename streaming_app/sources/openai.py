@@ -1,20 +1,32 @@
-"""The text of an ``openai`` Chat Completions stream, without a model object per chunk.
+"""``openai`` streams, read without a model object per chunk.
 
 The SDK makes the request: authentication, base URL, retries, timeouts, and an HTTP
 error raised as its ``APIStatusError`` before any text. The body, Server-Sent Events,
 is read here: one ``json.loads`` per event instead of a pydantic model per chunk, and
 what arrived in one read of the network goes on as one piece (never waiting for more),
 which is most of a passthrough's cost per token (docs/benchmarks.md).
+
+:func:`chat_completion_text` gives a Chat Completion's text alone (a plain stream);
+:func:`chat_completion_parts` and :func:`response_parts` give its reasoning, text, tool
+calls and finish as :mod:`streaming_app.parts` objects, from Chat Completions and from
+the Responses API.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import openai
+
+from ..parts import Finish, Part, Reasoning, ToolCall
+
+Event = dict[str, Any]
+#: An event's error as (message, body), or None for an event that is not one.
+Failure = Callable[[Event], tuple[str, Any] | None]
 
 
 def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -33,22 +45,85 @@ def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseExce
 
 _TIMEOUTS, _TRANSPORT = _http_errors()
 
+_STREAM_ERROR = "An error occurred during streaming"
 
-def _content(event: bytes, request: Any) -> str:
-    """The text of one event's data (choice 0's delta), or raise its error."""
-    data = json.loads(event)
-    if not isinstance(data, dict):
+
+async def _event_reads(context: Any, failure: Failure) -> AsyncGenerator[list[Event], None]:
+    """The events of a streamed response (``context``, the SDK's
+    ``with_streaming_response.create(...)``), as the decoded JSON objects of their data:
+    one list per read of the network (never empty), until ``[DONE]`` or the body's end.
+
+    An event ``failure`` calls an error is raised as ``openai.APIError``, after the
+    events before it; timeouts and transport errors as ``APITimeoutError`` and
+    ``APIConnectionError``. Closing the iterator closes the connection.
+    """
+    async with context as response:
+        request = response.http_response.request
+        buffer = b""
+        try:
+            async for chunk in response.iter_bytes():
+                buffer += chunk
+                # Events end with a blank line; a partial one waits for the next read.
+                *raw_events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+                events: list[Event] = []
+                for raw in raw_events:
+                    # Its data lines, joined (comments, event names and ids are not data).
+                    data = b"\n".join(
+                        line[5:].removeprefix(b" ")
+                        for line in raw.split(b"\n")
+                        if line.startswith(b"data:")
+                    )
+                    if not data:
+                        continue
+                    if data == b"[DONE]":
+                        if events:
+                            yield events
+                        return
+                    event = json.loads(data)
+                    if not isinstance(event, dict):
+                        continue
+                    error = failure(event)
+                    if error is not None:
+                        if events:
+                            yield events
+                        message, body = error
+                        raise openai.APIError(message, request=request, body=body)
+                    events.append(event)
+                if events:
+                    yield events
+        except _TIMEOUTS as exc:
+            raise openai.APITimeoutError(request=request) from exc
+        except _TRANSPORT as exc:
+            raise openai.APIConnectionError(request=request) from exc
+
+
+def _message(error: Any) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message or _STREAM_ERROR)
+
+
+def _chat_failure(event: Event) -> tuple[str, Any] | None:
+    """A Chat Completions error event: ``{"error": {"message": ...}}``."""
+    error = event.get("error")
+    if not error:
+        return None
+    return _message(error), error
+
+
+def _choice(event: Event) -> dict[str, Any] | None:
+    """Choice 0 of a Chat Completions chunk (the one that is streamed)."""
+    for choice in event.get("choices") or ():
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
+def _content(event: Event) -> str:
+    """The text of one chunk (choice 0's delta)."""
+    choice = _choice(event)
+    if choice is None:
         return ""
-    if data.get("error"):
-        error = data["error"]
-        message = error.get("message") if isinstance(error, dict) else None
-        raise openai.APIError(
-            str(message or "An error occurred during streaming"), request=request, body=error
-        )
-    for choice in data.get("choices") or ():
-        if choice.get("index", 0) == 0:
-            return str((choice.get("delta") or {}).get("content") or "")
-    return ""
+    return str((choice.get("delta") or {}).get("content") or "")
 
 
 async def chat_completion_text(client: openai.AsyncOpenAI, **create: Any) -> AsyncIterator[str]:
@@ -61,32 +136,266 @@ async def chat_completion_text(client: openai.AsyncOpenAI, **create: Any) -> Asy
     stops coming. Closing the iterator (a cancelled stream) closes the connection.
     """
     context = client.chat.completions.with_streaming_response.create(stream=True, **create)
-    async with context as response:
-        buffer = b""
-        try:
-            async for chunk in response.iter_bytes():
-                buffer += chunk
-                # Events end with a blank line; a partial one waits for the next read.
-                *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
-                pieces: list[str] = []
-                for event in events:
-                    # Its data lines, joined (comments, event names and ids are not text).
-                    data = b"\n".join(
-                        line[5:].removeprefix(b" ")
-                        for line in event.split(b"\n")
-                        if line.startswith(b"data:")
-                    )
-                    if not data:
-                        continue
-                    if data == b"[DONE]":
-                        if pieces:
-                            yield "".join(pieces)
-                        return
-                    pieces.append(_content(data, response.http_response.request))
-                text = "".join(pieces)
-                if text:
-                    yield text
-        except _TIMEOUTS as exc:
-            raise openai.APITimeoutError(request=response.http_response.request) from exc
-        except _TRANSPORT as exc:
-            raise openai.APIConnectionError(request=response.http_response.request) from exc
+    async with aclosing(_event_reads(context, _chat_failure)) as reads:
+        async for events in reads:
+            text = "".join([_content(event) for event in events])
+            if text:
+                yield text
+
+
+# Parts -----------------------------------------------------------------------------------
+
+
+class _Reader:
+    """What one API's events say, as parts: :meth:`read` for each event, :meth:`end`
+    when the body has ended (cleanly)."""
+
+    def read(self, event: Event) -> list[str | Part]:
+        raise NotImplementedError
+
+    def end(self) -> list[str | Part]:
+        return []
+
+
+def _merged(parts: list[str | Part]) -> list[str | Part]:
+    """``parts`` with each run of deltas of the same kind (text, reasoning, one tool
+    call's arguments) made one, in order."""
+    out: list[str | Part] = []
+    for part in parts:
+        last = out[-1] if out else None
+        if isinstance(part, str) and isinstance(last, str):
+            out[-1] = last + part
+        elif isinstance(part, Reasoning) and isinstance(last, Reasoning):
+            out[-1] = Reasoning(last.text + part.text)
+        elif isinstance(part, ToolCall) and isinstance(last, ToolCall) and part.id == last.id:
+            out[-1] = ToolCall(last.id, last.name or part.name, last.arguments + part.arguments)
+        else:
+            out.append(part)
+    return out
+
+
+async def _parts(
+    context: Callable[[], Any], failure: Failure, reader: _Reader
+) -> AsyncIterator[str | Part]:
+    """The parts ``reader`` reads in the events of ``context()``'s response: those of one
+    read of the network merged, then those of the body's end."""
+    async with aclosing(_event_reads(context(), failure)) as reads:
+        async for events in reads:
+            parts: list[str | Part] = []
+            for event in events:
+                parts += reader.read(event)
+            for part in _merged(parts):
+                yield part
+    for part in reader.end():
+        yield part
+
+
+def _tokens(usage: Any, **names: str) -> dict[str, Any]:
+    """``usage``'s counts under the AI SDK's names (``names``: ours → theirs), those it
+    has, and ``reasoning_tokens`` from its output details when it has them."""
+    if not isinstance(usage, dict):
+        return {}
+    mapped = {
+        ours: usage[theirs] for ours, theirs in names.items() if usage.get(theirs) is not None
+    }
+    inputs, outputs = mapped.get("input_tokens"), mapped.get("output_tokens")
+    if "total_tokens" not in mapped and isinstance(inputs, int) and isinstance(outputs, int):
+        mapped["total_tokens"] = inputs + outputs
+    for details in ("completion_tokens_details", "output_tokens_details"):
+        found = usage.get(details)
+        if isinstance(found, dict) and found.get("reasoning_tokens") is not None:
+            mapped["reasoning_tokens"] = found["reasoning_tokens"]
+    return mapped
+
+
+_CHAT_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool-calls",
+    "function_call": "tool-calls",
+    "content_filter": "content-filter",
+}
+
+
+class _ChatReader(_Reader):
+    def __init__(self) -> None:
+        self.calls: dict[Any, str] = {}  # a tool call's index → its id
+        self.reason: str | None = None
+        self.usage: dict[str, Any] = {}
+
+    def read(self, event: Event) -> list[str | Part]:
+        if event.get("usage"):  # the last chunk's (with empty choices)
+            self.usage = _tokens(
+                event["usage"],
+                input_tokens="prompt_tokens",
+                output_tokens="completion_tokens",
+                total_tokens="total_tokens",
+            )
+        choice = _choice(event)
+        if choice is None:
+            return []
+        if choice.get("finish_reason"):
+            self.reason = str(choice["finish_reason"])
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return []
+        parts: list[str | Part] = []
+        # OpenAI-compatible servers name it reasoning_content (DeepSeek) or reasoning
+        # (OpenRouter, vLLM); one that sends both sends the same text twice.
+        thought = delta.get("reasoning_content") or delta.get("reasoning")
+        if thought and isinstance(thought, str):
+            parts.append(Reasoning(thought))
+        content = delta.get("content")
+        if content and isinstance(content, str):
+            parts.append(content)
+        for call in delta.get("tool_calls") or ():
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index", 0)
+            if call.get("id"):  # a call's first delta (a new id at an index: a new call)
+                self.calls[index] = str(call["id"])
+            call_id = self.calls.setdefault(index, f"call_{index}")
+            function = call.get("function") or {}
+            name = str(function.get("name") or "")
+            arguments = str(function.get("arguments") or "")
+            if name or arguments or call.get("id"):
+                parts.append(ToolCall(call_id, name, arguments))
+        return parts
+
+    def end(self) -> list[str | Part]:
+        return [Finish(_CHAT_REASONS.get(self.reason or "", "other"), self.usage)]
+
+
+def chat_completion_parts(client: openai.AsyncOpenAI, **create: Any) -> AsyncIterator[str | Part]:
+    """A streamed Chat Completion's reasoning, text, tool calls and finish, as they arrive.
+
+    ``create`` are the keyword arguments of ``client.chat.completions.create``;
+    ``stream=True`` is added, and ``stream_options={"include_usage": True}`` unless
+    given. Yields :class:`~streaming_app.parts.Reasoning` for ``delta.reasoning_content``
+    (or ``delta.reasoning``, as OpenRouter and vLLM send it), ``str`` for
+    ``delta.content``, :class:`~streaming_app.parts.ToolCall` for ``delta.tool_calls``
+    (each with its call's id; a call's first with its name), and at the end one
+    :class:`~streaming_app.parts.Finish`: the finish reason as the AI SDK names it
+    (``stop``, ``length``, ``tool-calls``, ``content-filter``, ``other``) and the usage
+    as ``input_tokens``, ``output_tokens``, ``total_tokens`` (and ``reasoning_tokens``).
+    Deltas of one kind that arrived in one read of the network come as one, in order.
+    Raises as :func:`chat_completion_text` does; closing the iterator closes the
+    connection.
+    """
+    create.setdefault("stream_options", {"include_usage": True})
+    return _parts(
+        lambda: client.chat.completions.with_streaming_response.create(stream=True, **create),
+        _chat_failure,
+        _ChatReader(),
+    )
+
+
+def _responses_failure(event: Event) -> tuple[str, Any] | None:
+    """A Responses API error: an ``error`` event, ``response.failed``, or an event with
+    an ``error`` (as the SDK raises them)."""
+    kind = event.get("type")
+    if kind == "error":
+        error = event["error"] if isinstance(event.get("error"), dict) else event
+        return _message(error), error
+    if kind == "response.failed":
+        response = event.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+        return _message(error), error
+    return _chat_failure(event)
+
+
+_INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content-filter"}
+
+
+class _ResponseReader(_Reader):
+    def __init__(self) -> None:
+        # A function call item's id, and its output index, → its call id.
+        self.calls: dict[tuple[str, Any], str] = {}
+        self.sent: dict[str, int] = {}  # a call id → the length of its arguments so far
+
+    def call(self, event: Event, item_id: Any) -> str | None:
+        return self.calls.get(("item", item_id)) or self.calls.get(
+            ("output", event.get("output_index"))
+        )
+
+    def arguments(self, call_id: str, arguments: str, *, whole: bool) -> list[str | Part]:
+        """A call's arguments delta, or (``whole``) what its whole arguments have more
+        than its deltas gave (for a server that sends no deltas)."""
+        sent = self.sent.get(call_id, 0)
+        if whole:
+            arguments = arguments[sent:]
+        self.sent[call_id] = sent + len(arguments)
+        return [ToolCall(call_id, "", arguments)] if arguments else []
+
+    def read(self, event: Event) -> list[str | Part]:
+        kind = event.get("type")
+        if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            return [Reasoning(str(event["delta"]))] if event.get("delta") else []
+        if kind == "response.output_text.delta":
+            return [str(event["delta"])] if event.get("delta") else []
+        item = event.get("item")
+        is_call = isinstance(item, dict) and item.get("type") == "function_call"
+        if kind == "response.output_item.added" and isinstance(item, dict) and is_call:
+            call_id = str(item.get("call_id") or item.get("id") or "")
+            call_id = call_id or f"call_{event.get('output_index', len(self.calls))}"
+            if item.get("id"):
+                self.calls["item", item["id"]] = call_id
+            if event.get("output_index") is not None:
+                self.calls["output", event["output_index"]] = call_id
+            arguments = str(item.get("arguments") or "")
+            self.sent[call_id] = len(arguments)
+            return [ToolCall(call_id, str(item.get("name") or ""), arguments)]
+        if kind == "response.function_call_arguments.delta":
+            found = self.call(event, event.get("item_id"))
+            if found is not None:
+                return self.arguments(found, str(event.get("delta") or ""), whole=False)
+        elif kind == "response.function_call_arguments.done":
+            found = self.call(event, event.get("item_id"))
+            if found is not None:
+                return self.arguments(found, str(event.get("arguments") or ""), whole=True)
+        elif kind == "response.output_item.done" and isinstance(item, dict) and is_call:
+            found = self.call(event, item.get("id"))
+            if found is not None:
+                return self.arguments(found, str(item.get("arguments") or ""), whole=True)
+        elif kind in ("response.completed", "response.incomplete"):
+            response = event.get("response")
+            response = response if isinstance(response, dict) else {}
+            called = "tool-calls" if self.calls else None
+            if kind == "response.completed":
+                reason = called or "stop"
+            else:
+                details = response.get("incomplete_details")
+                why = details.get("reason") if isinstance(details, dict) else None
+                reason = _INCOMPLETE_REASONS.get(str(why), called or "other")
+            usage = _tokens(
+                response.get("usage"),
+                input_tokens="input_tokens",
+                output_tokens="output_tokens",
+                total_tokens="total_tokens",
+            )
+            return [Finish(reason, usage)]
+        return []
+
+
+def response_parts(client: openai.AsyncOpenAI, **create: Any) -> AsyncIterator[str | Part]:
+    """A streamed Responses API response's reasoning, text, tool calls and finish.
+
+    ``create`` are the keyword arguments of ``client.responses.create`` (``model``,
+    ``input``, ...); ``stream=True`` is added. Yields
+    :class:`~streaming_app.parts.Reasoning` for reasoning summary (and reasoning text)
+    deltas, ``str`` for output text deltas, :class:`~streaming_app.parts.ToolCall` for
+    function calls (their ``call_id`` and name when the item is added, then their
+    arguments' deltas), and one :class:`~streaming_app.parts.Finish` on
+    ``response.completed`` (``stop``, or ``tool-calls`` after a function call) or
+    ``response.incomplete`` (``length`` for ``max_output_tokens``), with the usage as
+    ``input_tokens``, ``output_tokens``, ``total_tokens`` (and ``reasoning_tokens``).
+    Deltas of one kind that arrived in one read of the network come as one, in order.
+    An ``error`` or ``response.failed`` event raises ``openai.APIError`` with its
+    message; otherwise raises as :func:`chat_completion_text` does, and closing the
+    iterator closes the connection.
+    """
+    return _parts(
+        lambda: client.responses.with_streaming_response.create(stream=True, **create),
+        _responses_failure,
+        _ResponseReader(),
+    )
