@@ -72,8 +72,10 @@ class StreamRun:
         self.source = source
         self.tap = tap
         self.policy = policy
-        #: The terminal status, once the run has ended.
+        #: The terminal status, once the run has ended, and its public error message
+        #: (for ``error``; None when someone else ended the stream: read the row).
         self.status: str | None = None
+        self.error: str | None = None
         #: The stream's part map as its source goes (streaming_app.parts): entries
         #: are only appended, each before its text reaches the tap.
         self.parts: list[Entry] = []
@@ -156,8 +158,9 @@ class StreamRun:
                 self._on_end()
         terminal = self._terminal(writer)
         committed = await writer.close(terminal)
-        self.status = terminal.status
+        self.status, self.error = terminal.status, terminal.error
         if writer.ended_elsewhere:
+            self.error = None
             self.status = await in_writer_thread(_status_of)(self.stream_id) or ""
         elif not committed:
             logger.warning("stream %s ended %s, not yet written", self.stream_id, self.status)

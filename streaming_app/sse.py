@@ -44,7 +44,9 @@ EVENTS = EventFrames()
 EVENTS_WITH_PARTS = EventFrames(parts=True)
 
 
-def _leave_soon(loop: asyncio.AbstractEventLoop, followed: Hub, viewer: Viewer) -> None:
+def leave_soon(loop: asyncio.AbstractEventLoop, followed: Hub, viewer: Viewer) -> None:
+    """Let ``viewer`` go from ``followed`` on ``loop``, from any thread (a response
+    collected without having been iterated)."""
     with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to leave
         loop.call_soon_threadsafe(followed.leave, viewer)
 
@@ -79,7 +81,7 @@ class StreamEventsView(JsonView):
         events = self.events(followed, viewer)
         # Should the response never be iterated (the client gone before its first byte),
         # its generator's `finally` would not run: the viewer is let go when it is.
-        weakref.finalize(events, _leave_soon, asyncio.get_running_loop(), followed, viewer)
+        weakref.finalize(events, leave_soon, asyncio.get_running_loop(), followed, viewer)
         response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache, no-transform"
         response["X-Accel-Buffering"] = "no"

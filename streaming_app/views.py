@@ -145,6 +145,22 @@ def part_lines(run: StreamRun, push: Callable[[str], None]) -> Callable[[str], N
     return tap
 
 
+async def aclaim_to_drive(user: Any, stream_id: StreamId) -> Stream:
+    """Admit a drive and claim the stream for ``user``: what every driving response
+    does before it starts a :class:`~streaming_app.run.StreamRun`. Raises one of
+    :data:`STREAM_ERRORS` (:func:`error_for` answers it): 404, 403, 409, 503 over this
+    process's ``MAX_LIVE_STREAMS``, 429 over the user's ``MAX_LIVE_STREAMS_PER_USER``
+    (the stream stays ``pending`` for the retry). The claimed stream holds none of the
+    request's database connections."""
+    global _claiming
+    _admit()
+    _claiming += 1
+    try:
+        return await published_after(_claim)(user, stream_id)
+    finally:
+        _claiming -= 1
+
+
 class DriverFeed:
     """The driving browser's response body: each piece the moment it is produced.
 
@@ -256,15 +272,9 @@ async def astream_response(
     text messages, with the part map, one JSON object per line (NDJSON; see
     docs/protocol.md), for a client that shows reasoning and tool calls apart.
     """
-    global _claiming
     user = await request_user(request)
     try:
-        _admit()
-        _claiming += 1
-        try:
-            stream = await published_after(_claim)(user, stream_id)
-        finally:
-            _claiming -= 1
+        stream = await aclaim_to_drive(user, stream_id)
     except STREAM_ERRORS as exc:
         return error_for(exc)
 

@@ -7,53 +7,25 @@ file, installed once with ``npm ci``); the test page is bundled at test time.
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from example_project.chat.llm import demo_answer
+from example_project.chat.llm import demo_body
 
-from .conftest import require
+from .bundles import bundle, serve_page
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow, pytest.mark.browser]
-
-HERE = Path(__file__).parent / "browser"
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>useStream</title></head>
-<body><div id="root"></div><script type="module" src="/react-test/page.js"></script></body></html>"""
 
 
 @pytest.fixture(scope="session")
 def react_page(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The test page's bundle (React, react-dom and the hook), as JavaScript."""
-    require(shutil.which("npm") is not None, "needs Node.js and npm for the React test page")
-    installed = HERE / "node_modules" / ".package-lock.json"
-    lock = HERE / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
-            check=True,
-            timeout=300,
-        )
-    out = tmp_path_factory.mktemp("react") / "page.js"
-    subprocess.run(["node", str(HERE / "build.mjs"), str(out)], check=True, timeout=120)
-    return out.read_text()
+    return bundle("react-page.jsx", tmp_path_factory.mktemp("react") / "page.js")
 
 
-def serve_test_page(context: Any, bundle: str) -> None:
-    """/react-test/ on the server's own origin (its cookies, its CSRF token)."""
-    context.route(
-        "**/react-test/page.js",
-        lambda route: route.fulfill(body=bundle, content_type="text/javascript"),
-    )
-    context.route(
-        re.compile(r"/react-test/(\?.*)?$"),
-        lambda route: route.fulfill(body=PAGE, content_type="text/html"),
-    )
+def serve_test_page(context: Any, script: str) -> None:
+    serve_page(context, "react-test", "useStream", script)
 
 
 def shown(page: Any) -> tuple[str, str]:
@@ -65,7 +37,7 @@ def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
 ):
     server = daphne_factory(DEMO_MODEL_DELAY="0.05")
     prompt = "React to this"
-    expected = demo_answer([{"role": "user", "content": prompt}])
+    expected = demo_body([{"role": "user", "content": prompt}])
 
     owner = chromium.new_context(base_url=server.url)
     serve_test_page(owner, react_page)
