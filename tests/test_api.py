@@ -7,11 +7,13 @@ import json
 import uuid
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient, Client, override_settings
 
-from example_project.chat.llm import demo_answer
+from example_project.chat.llm import demo_answer, demo_body
 from example_project.chat.models import Chat
+from example_project.chat.views import conversation
 from streaming_app.models import Status, Stream
 
 from .helpers import wait_finished
@@ -159,7 +161,7 @@ async def test_driving_streams_the_demo_answer_and_a_second_drive_is_409():
     assert response["Content-Type"] == "text/plain; charset=utf-8"
     assert response["X-Accel-Buffering"] == "no"
     text = await read_all(response)
-    assert text == demo_answer([{"role": "user", "content": "Hi!"}])
+    assert text == demo_body([{"role": "user", "content": "Hi!"}])
     again = await client.post(chat["drive_url"])
     assert again.status_code == 409
     assert again.json()["error"].startswith("the stream is already")
@@ -179,7 +181,7 @@ async def test_the_model_gets_the_whole_conversation():
     )
     assert follow.status_code == 201
     second = await read_all(await client.post(follow.json()["drive_url"]))
-    assert second == demo_answer(
+    assert second == demo_body(
         [
             {"role": "user", "content": "First"},
             {"role": "assistant", "content": first},
@@ -202,7 +204,7 @@ async def test_cancel_on_disconnect_stops_generation_when_the_driver_hangs_up():
     stream = await wait_finished(uuid.UUID(chat["stream_id"]))
     assert stream.status == Status.CANCELLED
     assert (
-        len(first.decode()) <= stream.length < len(demo_answer([{"role": "user", "content": "Go"}]))
+        len(first.decode()) <= stream.length < len(demo_body([{"role": "user", "content": "Go"}]))
     )
 
 
@@ -263,3 +265,27 @@ async def test_the_model_gets_the_newest_turns_that_fit_the_context_size():
     with override_settings(CHAT_MAX_CONTEXT_CHARS=2500):
         reply = await read_all(await client.post(chat["drive_url"]))
     assert "(message 3 of this chat)" in reply, "the newest prompt and two earlier turns"
+
+
+async def test_the_model_is_sent_earlier_answers_not_their_reasoning():
+    client = AsyncClient()
+    chat = (
+        await client.post("/api/chats/", {"prompt": "First"}, content_type="application/json")
+    ).json()
+    first = await read_all(await client.post(chat["drive_url"]))
+    await wait_finished(uuid.UUID(chat["stream_id"]))
+    asked = [{"role": "user", "content": "First"}]
+    assert first == demo_body(asked), "the body holds the reasoning, then the answer"
+    follow = await client.post(
+        f"/api/chats/{chat['id']}/messages/", {"prompt": "Second"}, content_type="application/json"
+    )
+
+    def sent() -> list[dict[str, str]]:
+        found = Chat.objects.get(pk=chat["id"])
+        return conversation(found, found.messages.get(pk=follow.json()["message_id"]))
+
+    assert await sync_to_async(sent)() == [
+        *asked,
+        {"role": "assistant", "content": demo_answer(asked)},
+        {"role": "user", "content": "Second"},
+    ]

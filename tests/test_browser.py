@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from example_project.chat.llm import demo_answer
+from example_project.chat.llm import demo_answer, demo_body, demo_reasoning
+
+from .servers import ScriptedOpenAI
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow, pytest.mark.browser]
 
 
+def asked(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
 def reply_texts(page: Any) -> list[str]:
-    """The text of each reply on the page, as its <stream-text> element holds it."""
+    """The whole body of each reply on the page (its reasoning, then its answer), as its
+    <stream-text> element holds it."""
     return list(page.eval_on_selector_all("stream-text", "els => els.map(e => e.text)"))
+
+
+def reply_answers(page: Any) -> list[str]:
+    """The answer of each reply on the page: the text of its text parts (the Markdown
+    source of what it shows below the reasoning)."""
+    return list(
+        page.eval_on_selector_all(
+            "stream-text",
+            """els => els.map(e => e.parts.filter(p => p.type === "text")
+                                        .map(p => p.text).join(""))""",
+        )
+    )
+
+
+def shown_reasoning(page: Any) -> list[str]:
+    """The reasoning each reply shows, folded above its answer, as a user who unfolds it
+    reads it."""
+    return list(
+        page.eval_on_selector_all(
+            "stream-text .stream-reasoning-text", "els => els.map(e => e.textContent)"
+        )
+    )
 
 
 def reply_status(page: Any) -> str | None:
@@ -48,7 +79,8 @@ def test_a_visitor_watches_another_visitors_reply_live(daphne_factory, chromium,
 
     watcher = chromium.new_context(base_url=server.url).new_page()
     watcher.goto(chat_url)
-    expected = demo_answer([{"role": "user", "content": "Show me streaming"}])
+    expected = demo_answer(asked("Show me streaming"))
+    body = demo_body(asked("Show me streaming"))
     seen: list[int] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -59,11 +91,16 @@ def test_a_visitor_watches_another_visitors_reply_live(daphne_factory, chromium,
                 break
         time.sleep(0.05)
     assert reply_status(watcher) == "done"
-    # Both pages show exactly the answer; the watcher saw it grow, not just appear.
-    assert reply_texts(watcher) == [expected]
+    # Both pages show exactly the answer, below the reasoning; the watcher saw it grow,
+    # not just appear.
+    assert reply_answers(watcher) == [expected]
+    assert reply_texts(watcher) == [body]
     wait_for_status(asker, "done", timeout=10_000)
-    assert reply_texts(asker) == [expected]
-    partial = sorted({n for n in seen if 0 < n < len(expected)})
+    assert reply_answers(asker) == [expected]
+    assert reply_texts(asker) == [body]
+    for page in (watcher, asker):
+        assert shown_reasoning(page) == [demo_reasoning(asked("Show me streaming"))]
+    partial = sorted({n for n in seen if 0 < n < len(body)})
     assert len(partial) >= 3, f"the watcher did not see the reply grow: {partial}"
     assert watcher.locator("#ask").is_hidden(), "a watcher may not write in someone's chat"
 
@@ -72,7 +109,7 @@ def test_a_visitor_watches_another_visitors_reply_live(daphne_factory, chromium,
         .http.get(chat_url.replace("/chats/", "/api/chats/"))
         .json()["messages"][0]["stream_id"]
     )
-    assert browser_factory(server.url).body(stream_id)["text"] == expected
+    assert browser_factory(server.url).body(stream_id)["text"] == body
 
 
 def test_closing_the_tab_mid_reply_loses_nothing(daphne_factory, chromium):
@@ -86,8 +123,8 @@ def test_closing_the_tab_mid_reply_loses_nothing(daphne_factory, chromium):
     again = context.new_page()
     again.goto(chat_url)
     wait_for_status(again, "done")
-    expected = demo_answer([{"role": "user", "content": "Keep going without me"}])
-    assert reply_texts(again) == [expected]
+    assert reply_answers(again) == [demo_answer(asked("Keep going without me"))]
+    assert reply_texts(again) == [demo_body(asked("Keep going without me"))]
 
 
 def test_the_stop_button_cancels_the_reply_and_keeps_what_was_written(
@@ -99,12 +136,177 @@ def test_the_stop_button_cancels_the_reply_and_keeps_what_was_written(
     page.click("button.stop")
     wait_for_status(page, "cancelled", timeout=10_000)
     shown = reply_texts(page)[0]
-    expected = demo_answer([{"role": "user", "content": "Stop me halfway"}])
-    assert 30 < len(shown) < len(expected)
+    assert 30 < len(shown) < len(demo_body(asked("Stop me halfway")))
     chat = browser_factory(server.url).http.get(page.url.replace("/chats/", "/api/chats/")).json()
     body = browser_factory(server.url).body(chat["messages"][0]["stream_id"])
     assert (body["status"], body["text"]) == ("cancelled", shown)
     page.locator("button.stop").wait_for(state="detached", timeout=5_000)
+
+
+def answer_begun(page: Any, characters: int = 0) -> None:
+    """Wait until the page's reply shows more than ``characters`` of its answer."""
+    page.wait_for_function(
+        """(n) => (document.querySelector("stream-text")?.parts ?? [])
+                   .filter((p) => p.type === "text")
+                   .reduce((sum, p) => sum + p.text.length, 0) > n""",
+        arg=characters,
+    )
+
+
+def reasoning_folded_above_the_answer(page: Any) -> None:
+    """The reply shows its reasoning in a closed <details> (its text hidden until a user
+    opens it), above the answer."""
+    reasoning = page.locator("stream-text details.stream-reasoning")
+    assert reasoning.count() == 1
+    assert reasoning.locator("summary").inner_text() == "Reasoning"
+    assert not reasoning.evaluate("d => d.open"), "the reasoning is not folded"
+    assert not reasoning.locator(".stream-reasoning-text").is_visible()
+    answer = page.locator("stream-text .stream-text-part")
+    assert answer.count() == 1 and answer.is_visible()
+    above = reasoning.bounding_box()
+    below = answer.bounding_box()
+    assert above and below and above["y"] + above["height"] <= below["y"]
+
+
+def test_the_reasoning_is_shown_folded_above_the_answer_live_to_the_owner_and_a_viewer(
+    daphne_factory, chromium, browser_factory
+):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.03")
+    prompt = "Think before you answer"
+    reasoning, answer = demo_reasoning(asked(prompt)), demo_answer(asked(prompt))
+    owner = ask(chromium.new_context(base_url=server.url), prompt)
+    answer_begun(owner)
+    assert reply_status(owner) == "streaming"
+    reasoning_folded_above_the_answer(owner)
+    assert shown_reasoning(owner) == [reasoning]
+
+    # A viewer who comes in mid-reply gets the page rendered with the reasoning and the
+    # answer so far, and follows on from there.
+    viewer = chromium.new_context(base_url=server.url).new_page()
+    viewer.goto(owner.url)
+    answer_begun(viewer, 40)
+    assert reply_status(viewer) == "streaming", "the viewer came too late to follow live"
+    reasoning_folded_above_the_answer(viewer)
+    assert shown_reasoning(viewer) == [reasoning]
+
+    for page in (owner, viewer):
+        wait_for_status(page, "done")
+        reasoning_folded_above_the_answer(page)
+        assert reply_answers(page) == [answer]
+        assert reply_texts(page) == [reasoning + answer]
+        assert page.locator("stream-text .stream-text-part h2").inner_text() == "What happens now"
+        # A user unfolds it and reads the reasoning, as text.
+        page.click("stream-text details.stream-reasoning summary")
+        shown = page.locator("stream-text .stream-reasoning-text")
+        assert shown.is_visible() and shown.inner_text() == reasoning
+    chat = browser_factory(server.url).http.get(owner.url.replace("/chats/", "/api/chats/"))
+    body = browser_factory(server.url).body(chat.json()["messages"][0]["stream_id"])
+    assert body["text"] == reasoning + answer
+    assert [entry["type"] for entry in body["parts"]] == ["reasoning", "text"]
+
+
+def test_a_reload_mid_reply_resumes_every_part_exactly(daphne_factory, chromium):
+    server = daphne_factory(DEMO_MODEL_DELAY="0.03")
+    prompt = "Reload me"
+    reasoning, answer = demo_reasoning(asked(prompt)), demo_answer(asked(prompt))
+    page = ask(chromium.new_context(base_url=server.url), prompt)
+    answer_begun(page, 30)
+    page.reload()
+    # The owner's page now watches from the offset it was rendered at.
+    assert reply_status(page) == "streaming", "reloaded after the reply had ended"
+    reasoning_folded_above_the_answer(page)
+    answer_begun(page, 30)
+    before = reply_answers(page)[0]
+    assert len(before) < len(answer) and answer.startswith(before)
+    wait_for_status(page, "done")
+    reasoning_folded_above_the_answer(page)
+    assert shown_reasoning(page) == [reasoning]
+    assert reply_answers(page) == [answer]
+    assert reply_texts(page) == [reasoning + answer]
+
+
+def completion_chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    """One event of a streamed Chat Completion, as OpenAI sends it."""
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+
+
+def test_a_tool_call_is_shown_folded_with_its_name_and_arguments_as_text(daphne_factory, chromium):
+    thought = "Look it <b>up</b> first."
+    arguments = '{"q": "<img src=/injected-1 onerror=alert(1)>"}'
+    model = ScriptedOpenAI(
+        [
+            completion_chunk({"role": "assistant", "reasoning_content": thought[:10]}),
+            completion_chunk({"reasoning_content": thought[10:]}),
+            completion_chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "web<search>", "arguments": arguments[:12]},
+                        }
+                    ]
+                }
+            ),
+            completion_chunk(
+                {"tool_calls": [{"index": 0, "function": {"arguments": arguments[12:]}}]}
+            ),
+            completion_chunk({"content": "Found <i>it</i>."}),
+            completion_chunk({}, "tool_calls"),
+            "data: [DONE]\n\n",
+        ],
+        delay=0.2,
+    )
+    try:
+        server = daphne_factory(
+            OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=model.base_url, OPENAI_MODEL="m"
+        )
+        context = chromium.new_context(base_url=server.url)
+        dialogs: list[str] = []
+        requests: list[str] = []
+        context.on("request", lambda request: requests.append(request.url))
+        context.on("dialog", lambda dialog: refuse(dialog, dialogs))
+        page = ask(context, "Search for it")
+        # Live: the call shows while the reply is still being written.
+        call = page.locator("stream-text details.stream-tool-call")
+        call.wait_for(state="attached")
+        assert reply_status(page) == "streaming"
+        wait_for_status(page, "done")
+        viewer = context.new_page()
+        viewer.goto(page.url)
+        wait_for_status(viewer, "done")
+        without_js = chromium.new_context(base_url=server.url, java_script_enabled=False)
+        rendered = without_js.new_page()
+        rendered.goto(page.url)
+
+        for shown in (page, viewer, rendered):
+            blocks = shown.eval_on_selector_all(
+                "stream-text .stream-text-body > *", "els => els.map(e => e.className)"
+            )
+            assert blocks == ["stream-reasoning", "stream-tool-call", "stream-text-part"]
+            call = shown.locator("stream-text details.stream-tool-call")
+            assert call.get_attribute("open") is None, "the call is not folded"
+            assert call.locator("summary").inner_text() == "Tool web<search>"
+            assert not call.locator(".stream-tool-arguments").is_visible()
+            call.locator("summary").click()
+            assert call.locator(".stream-tool-arguments").inner_text() == arguments
+            assert shown.locator("stream-text .stream-reasoning-text").text_content() == thought
+            assert shown.locator("stream-text .stream-text-part").inner_text() == "Found <i>it</i>."
+            assert shown.locator("stream-text img, stream-text b, stream-text i").count() == 0
+        assert page.evaluate("document.querySelector('stream-text').parts") == [
+            {"type": "reasoning", "text": thought},
+            {"type": "tool-call", "id": "call_1", "name": "web<search>", "arguments": arguments},
+            {"type": "text", "text": "Found <i>it</i>."},
+            {"type": "finish", "reason": "tool-calls", "usage": {}},
+        ]
+        time.sleep(0.3)
+        assert dialogs == []
+        assert not [url for url in requests if "/injected" in url]
+    finally:
+        model.close()
 
 
 def finished_chat(browser_factory: Any, server: Any, prompt: str) -> tuple[str, str]:
@@ -123,13 +325,20 @@ def test_the_template_tag_shows_the_committed_text_without_javascript(
     server = daphne_factory(DEMO_MODEL_DELAY="0")
     prompt = "Line one\r\nline two <b>not bold</b> & more"
     url, text = finished_chat(browser_factory, server, prompt)
-    assert "\r\n" in text
+    assert "\r\n" in text and text == demo_body(asked(prompt))
 
     page = chromium.new_context(base_url=server.url, java_script_enabled=False).new_page()
     page.goto(url)
-    # The server rendered the text itself (HTML turns "\r\n" into "\n" in the page).
-    shown = page.locator("stream-text .stream-text-body").text_content()
-    assert shown == text.replace("\r\n", "\n")
+    # The server rendered each part itself (HTML turns "\r\n" into "\n" in the page):
+    # the reasoning folded, above the answer.
+    reasoning = page.locator("stream-text details.stream-reasoning")
+    assert reasoning.locator("summary").text_content() == "Reasoning"
+    assert reasoning.get_attribute("open") is None
+    assert not reasoning.locator(".stream-reasoning-text").is_visible()
+    shown = reasoning.locator(".stream-reasoning-text").text_content()
+    assert shown == demo_reasoning(asked(prompt)).replace("\r\n", "\n")
+    shown = page.locator("stream-text .stream-text-part").text_content()
+    assert shown == demo_answer(asked(prompt)).replace("\r\n", "\n")
     assert page.locator("stream-text .stream-text-status").text_content() == "done"
     assert page.locator("stream-text b").count() == 0, "the model's HTML was parsed"
 
@@ -165,8 +374,8 @@ def test_a_code_fence_split_over_many_pieces_renders_as_one_block_without_flicke
     assert marked >= 5
     wait_for_status(page, "done")
 
-    expected = demo_answer([{"role": "user", "content": "Show me some code"}])
-    assert reply_texts(page) == [expected]
+    expected = demo_answer(asked("Show me some code"))
+    assert reply_answers(page) == [expected]
     assert page.locator("stream-text pre").count() == 1
     code = page.locator("stream-text pre code").text_content()
     assert code == expected.split("```python\n")[1].split("```")[0]
@@ -203,6 +412,8 @@ def test_html_the_model_writes_never_runs(daphne_factory, chromium, browser_fact
 
     for shown in (page, viewer):
         assert injection in reply_texts(shown)[0], "the reply is not the model's text"
+        # The reasoning quotes the injection too: as text.
+        assert shown_reasoning(shown)[0].startswith(f"The visitor asks “{injection[:60]}…”")
         html = shown.locator("stream-text .stream-text-body").inner_html()
         assert "onerror" not in shown.evaluate(
             "[...document.querySelectorAll('stream-text *')]"
@@ -227,8 +438,10 @@ def test_html_the_model_writes_never_runs(daphne_factory, chromium, browser_fact
     assert not [url for url in requests if "/injected" in url]
 
 
+# Where the driving response is cut: in the reasoning, or in the answer.
+@pytest.mark.parametrize("cut_after", [150, 3000], ids=["in-the-reasoning", "in-the-answer"])
 def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
-    daphne_factory, chromium, browser_factory
+    daphne_factory, chromium, browser_factory, cut_after
 ):
     server = daphne_factory(DEMO_MODEL_DELAY="0.02")
     context = chromium.new_context(base_url=server.url)
@@ -238,7 +451,8 @@ def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
         const realFetch = window.fetch;
         window.fetch = async (url, init) => {
           const response = await realFetch(url, init);
-          if (!(init?.method === "POST" && String(url).endsWith("/stream/"))) return response;
+          const path = new URL(url, location.href).pathname;
+          if (!(init?.method === "POST" && path.endsWith("/stream/"))) return response;
           const reader = response.body.getReader();
           let seen = 0;
           const body = new ReadableStream({
@@ -247,8 +461,9 @@ def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
               if (done) return controller.close();
               controller.enqueue(value);
               seen += value.length;
-              if (seen > 150) {
+              if (seen > CUT_AFTER) {
                 window.__cutAt = seen;
+                window.__shownAtCut = document.querySelector("stream-text").text.length;
                 reader.cancel();
                 controller.error(new TypeError("network error"));
               }
@@ -256,20 +471,27 @@ def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
           });
           return new Response(body, { status: response.status, headers: response.headers });
         };
-        """
+        """.replace("CUT_AFTER", str(cut_after))
     )
     page = ask(context, "Cut me off")
     wait_for_status(page, "done")
-    expected = demo_answer([{"role": "user", "content": "Cut me off"}])
+    reasoning, answer = demo_reasoning(asked("Cut me off")), demo_answer(asked("Cut me off"))
     assert page.evaluate("window.__cutAt") is not None, "the drive was never cut"
-    assert page.evaluate("window.__cutAt") < len(expected.encode())
-    assert reply_texts(page) == [expected]
+    shown_at_cut = page.evaluate("window.__shownAtCut")
+    if cut_after < 1000:
+        assert 0 < shown_at_cut < len(reasoning), "not cut in the reasoning"
+    else:
+        assert len(reasoning) < shown_at_cut < len(reasoning + answer), "not cut in the answer"
+    # Watching went on from the exact offset, in the right part: no gap, no repeat.
+    assert reply_answers(page) == [answer]
+    assert shown_reasoning(page) == [reasoning]
+    assert reply_texts(page) == [reasoning + answer]
     stream_id = (
         browser_factory(server.url)
         .http.get(page.url.replace("/chats/", "/api/chats/"))
         .json()["messages"][0]["stream_id"]
     )
-    assert browser_factory(server.url).body(stream_id)["text"] == expected
+    assert browser_factory(server.url).body(stream_id)["text"] == reasoning + answer
 
 
 def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
@@ -292,14 +514,14 @@ def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
     answers: list[int] = []
     context.on(
         "response",
-        lambda r: answers.append(r.status) if r.url.endswith("/stream/") else None,
+        lambda r: answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None,
     )
     page = ask(context, "Wait your turn")
     wait_for_status(page, "done")
     holder.join()
     assert answers[0] == 503, answers
     assert answers[-1] == 200, answers
-    assert reply_texts(page) == [demo_answer([{"role": "user", "content": "Wait your turn"}])]
+    assert reply_answers(page) == [demo_answer(asked("Wait your turn"))]
 
 
 # A network that does not carry websockets: every socket fails before it opens.
@@ -336,8 +558,9 @@ def test_a_viewer_without_websockets_follows_over_server_sent_events(daphne_fact
     written_at_least(watcher, 20)
     assert reply_status(watcher) == "streaming", "the watcher came too late to follow live"
     wait_for_status(watcher, "done")
-    expected = demo_answer([{"role": "user", "content": "No sockets here"}])
-    assert reply_texts(watcher) == [expected]
+    assert reply_answers(watcher) == [demo_answer(asked("No sockets here"))]
+    assert shown_reasoning(watcher) == [demo_reasoning(asked("No sockets here"))]
+    assert reply_texts(watcher) == [demo_body(asked("No sockets here"))]
     assert watcher.evaluate("window.__sockets") >= 2
     assert events, "the watcher never opened the stream's events"
 
@@ -382,9 +605,11 @@ def test_the_element_stops_when_removed_and_follows_when_swapped_in(daphne_facto
         fragment,
     )
     wait_for_status(page, "done")
-    expected = demo_answer([{"role": "user", "content": "Swap me in"}])
+    expected = demo_body(asked("Swap me in"))
     assert reply_texts(page) == [expected]
-    assert page.locator("stream-text .stream-text-body").text_content() == expected
+    shown = page.locator("stream-text .stream-text-part").text_content()
+    assert shown == demo_answer(asked("Swap me in"))
+    assert shown_reasoning(page) == [demo_reasoning(asked("Swap me in"))]
     assert len(opened) == 2
 
     # A finished element moved elsewhere keeps its text and ends once.

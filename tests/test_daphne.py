@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from example_project.chat.llm import demo_answer
+from example_project.chat.llm import demo_body
 
 from .servers import Browser, Daphne, FakeOpenAI, Uvicorn
 
@@ -32,7 +32,7 @@ def test_the_drive_endpoint_streams_the_offline_model_piece_by_piece(
     browser = browser_factory(server.url)
     chat = browser.new_chat("What is streaming?")
     arrivals: list[bytes] = []
-    expected = demo_answer(conversation("What is streaming?"))
+    expected = demo_body(conversation("What is streaming?"))
     with (
         httpx.Client(base_url=server.url, cookies=browser.http.cookies, timeout=30) as http,
         http.stream("POST", chat["drive_url"], headers=browser.headers()) as response,
@@ -97,7 +97,7 @@ def test_hanging_up_does_not_stop_generation(daphne_factory, browser_factory, ki
     server = daphne_factory(kind, DEMO_MODEL_DELAY="0.02")
     browser = browser_factory(server.url)
     chat = browser.new_chat("Tell me everything")
-    expected = demo_answer(conversation("Tell me everything"))
+    expected = demo_body(conversation("Tell me everything"))
     received = b""
     with (
         httpx.Client(base_url=server.url, cookies=browser.http.cookies, timeout=30) as http,
@@ -138,7 +138,7 @@ def test_of_many_simultaneous_drivers_on_two_servers_exactly_one_streams(
     codes = sorted(code for code, _ in outcomes)
     assert codes == [200] + [409] * 23, codes
     winner = next(text for code, text in outcomes if code == 200)
-    expected = demo_answer(conversation("Race!"))
+    expected = demo_body(conversation("Race!"))
     assert winner == expected
     assert all("the stream is already" in text for code, text in outcomes if code == 409)
     assert browser.wait_finished(chat["stream_id"])["text"] == expected
@@ -165,7 +165,7 @@ def test_ten_live_streams_on_a_pool_of_two_connections(daphne_factory):
 
     outcomes = asyncio.run(drive_all())
     for i, ((code, text), browser, chat) in enumerate(zip(outcomes, browsers, chats, strict=True)):
-        expected = demo_answer(conversation(f"Question {i}"))
+        expected = demo_body(conversation(f"Question {i}"))
         assert (code, text) == (200, expected)
         body = browser.wait_finished(chat["stream_id"])
         assert (body["status"], body["text"]) == ("done", expected), "persisted"

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from example_project.chat.llm import demo_answer
+from example_project.chat.llm import demo_body
 
 from .conftest import require
 from .servers import (
@@ -42,7 +42,7 @@ FAST_CHECKS = {"RESYNC_INTERVAL": 0.5, "PUBLISH_TIMEOUT": 0.5, "COMPACT_FINISHED
 
 
 def answer(prompt: str) -> str:
-    return demo_answer([{"role": "user", "content": prompt}])
+    return demo_body([{"role": "user", "content": prompt}])
 
 
 @pytest.fixture

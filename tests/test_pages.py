@@ -3,7 +3,10 @@ JavaScript shows, who is offered to drive, guests made only by a prompt and purg
 
 from __future__ import annotations
 
+import asyncio
+import html
 import json
+import re
 from datetime import timedelta
 from io import StringIO
 
@@ -18,9 +21,10 @@ from django.utils import timezone
 
 from example_project.chat.models import Chat, Message
 from streaming_app.models import Status, Stream
-from streaming_app.streams import claim_stream, create_stream
+from streaming_app.parts import Finish, Part, Reasoning, ToolCall, ToolResult
+from streaming_app.streams import claim_stream, create_stream, get_stream_body
 
-from .helpers import written
+from .helpers import paced, run_to_end, written
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,6 +90,51 @@ def test_the_tag_refuses_who_may_not_read_and_names_an_unknown_stream():
     with pytest.raises(Http404):
         render("00000000-0000-0000-0000-000000000000", owner)
     assert "secret" in render(str(stream.pk), owner)
+
+
+def test_the_tag_renders_each_part_reasoning_and_tool_calls_folded_and_escaped():
+    reasoning = 'Is <b>this</b> bold? </details><script>alert("r")</script> & so on'
+    arguments = '{"q": "<img src=x onerror=alert(1)>"}'
+    pieces: list[str | Part] = [
+        Reasoning(reasoning[:20]),
+        Reasoning(reasoning[20:]),
+        ToolCall("call_1", "search<i>", arguments[:9]),
+        ToolCall("call_1", "", arguments[9:]),
+        ToolResult("call_1", {"hits": ["<iframe src=/x>"], "n": 1}),
+        "The <b>answer</b> & ",
+        "the rest.",
+        Finish("stop", {"output_tokens": 12}),
+    ]
+    stream_id, status = asyncio.run(run_to_end(paced(pieces)))
+    assert status == "done"
+    body = get_stream_body(stream_id)
+    page = render(str(stream_id), markdown=True)
+
+    # Nothing the model wrote became markup: every tag of the element is the template's.
+    tags = re.findall(r"<([a-z-]+)", page.split("</stream-text>")[0])
+    assert set(tags) == {"stream-text", "div", "details", "summary", "code"}, tags
+    assert page.count("<details") == 2 and "<details open" not in page, "they start folded"
+    reasoning_at = page.index('<details class="stream-reasoning" data-part="0">')
+    text_at = page.index('<div class="stream-text-part" data-part="2"')
+    assert reasoning_at < text_at, "the reasoning comes above the answer"
+    # Each part shows its own text, escaped, as text.
+    assert "<summary>Reasoning</summary>" in page
+    shown = f'<div class="stream-reasoning-text" style="white-space: pre-wrap">{html.escape(reasoning)}<'
+    assert shown in page
+    assert '<code class="stream-tool-name">search&lt;i&gt;</code>' in page
+    assert f">{html.escape(arguments)}</div>" in page
+    # (PostgreSQL's jsonb keeps no key order: the result as the database gives it back.)
+    result = next(e["result"] for e in body.parts if e["type"] == "tool-result")
+    assert result == {"hits": ["<iframe src=/x>"], "n": 1}
+    assert html.escape(json.dumps(result, indent=2)) in page
+    assert ">The &lt;b&gt;answer&lt;/b&gt; &amp; the rest.</div>" in page
+    # The element gets the part map of the text it shows, to follow on from there.
+    part_map = re.search(r' part-map="([^"]*)"', page)
+    assert part_map and json.loads(html.unescape(part_map.group(1))) == list(body.parts)
+    assert f'offset="{len(body.text)}"' in page
+
+    plain = render(finished("no parts here"))
+    assert "part-map" not in plain and "<details" not in plain
 
 
 def post_prompt(client: Client, prompt: str) -> dict:

@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from streaming_app.models import LIVE_STATUSES, Stream
+from streaming_app.parts import TEXT, assemble, spans
 from streaming_app.streams import create_stream, get_stream_body
 from streaming_app.views import JsonView, astream_response, error_response, request_user
 
@@ -114,6 +115,23 @@ def start_message(chat: Chat, prompt: str) -> Message:
     return Message.objects.create(chat=chat, prompt=prompt, stream=stream)
 
 
+def answer_of(stream_id: uuid.UUID) -> str:
+    """A reply's answer: the text parts of its body (its reasoning is not the answer)."""
+    body = get_stream_body(stream_id)
+    return "".join(part["text"] for part in assemble(body.text, body.parts) if part["type"] == TEXT)
+
+
+def answer_length(stream: Stream) -> int:
+    """How long a reply's answer is, from its row alone (its part map)."""
+    if not stream.parts:
+        return stream.length
+    return sum(
+        span.end - span.start
+        for span in spans(stream.parts, 0, stream.length)
+        if span.entry["type"] == TEXT
+    )
+
+
 def conversation(chat: Chat, newest: Message) -> Messages:
     """What the model is sent: the newest prompt, after as many earlier turns as fit in
     ``CHAT_MAX_CONTEXT_CHARS``, newest first. Earlier turns are not read at all, so a
@@ -122,13 +140,13 @@ def conversation(chat: Chat, newest: Message) -> Messages:
     turns: list[Messages] = []
     earlier = chat.messages.exclude(pk=newest.pk).select_related("stream").reverse()
     for message in earlier[:100]:
-        reply = message.stream.length if message.stream else 0
+        reply = answer_length(message.stream) if message.stream else 0
         budget -= len(message.prompt) + reply
         if budget < 0:
             break
         turn = [{"role": "user", "content": message.prompt}]
         if message.stream_id is not None and reply:
-            turn.append({"role": "assistant", "content": get_stream_body(message.stream_id).text})
+            turn.append({"role": "assistant", "content": answer_of(message.stream_id)})
         turns.append(turn)
     return [m for turn in reversed(turns) for m in turn] + [
         {"role": "user", "content": newest.prompt}
@@ -226,7 +244,8 @@ class MessagesView(JsonView):
 
 
 class DriveView(JsonView):
-    """Generate the reply to the chat's newest message, streamed as plain text."""
+    """Generate the reply to the chat's newest message, streamed as plain text (or,
+    with ``?parts=1``, as the protocol's messages with the part map: docs/protocol.md)."""
 
     async def post(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
         user = await request_user(request)

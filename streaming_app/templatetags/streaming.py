@@ -3,6 +3,9 @@ on the server, in a ``<stream-text>`` element that follows it live in the browse
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django import template
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -11,10 +14,28 @@ from django.urls import reverse
 from django.utils.safestring import SafeString
 
 from ..models import Stream
+from ..parts import TOOL_CALL, Entry, assemble
 from ..permissions import has_permission, load_stream
 from ..streams import body_of, expire_if_stale
 
 register = template.Library()
+
+
+def result_text(result: Any) -> str:
+    """A tool's result as the page shows it: a string as it is, anything else as JSON
+    (as ``JSON.stringify(result, null, 2)`` shows it in the browser)."""
+    if isinstance(result, str):
+        return result
+    return json.dumps(result, ensure_ascii=False, indent=2)
+
+
+def shown_parts(text: str, entries: tuple[Entry, ...]) -> list[dict[str, Any]]:
+    """The parts of a body as the template shows them (a tool call's result as text)."""
+    parts = assemble(text, entries)
+    for part in parts:
+        if part["type"] == TOOL_CALL and "result" in part:
+            part["result_text"] = result_text(part["result"])
+    return parts
 
 
 @register.simple_tag(takes_context=True)
@@ -30,7 +51,9 @@ def stream_text(
 
     The committed text is inside it, so that a page without JavaScript shows it; with
     ``streaming_app/stream-text.js`` (included) the element follows the stream from
-    there. ``markdown=True`` renders the text as Markdown in the browser, safely.
+    there. ``markdown=True`` renders the text as Markdown in the browser, safely. A
+    stream with parts (streaming_app.parts) shows each: reasoning and tool calls in
+    closed ``<details>`` (as text), its text parts as the text of a plain stream.
     ``drive_url`` is the view that drives the stream: the element drives it when it is
     still pending. ``socket_url`` is the stream's websocket path, if the project routes
     ``streaming_app.routing`` elsewhere than ``ws/streams/<id>/``.
@@ -56,6 +79,8 @@ def stream_text(
         "streaming_app/stream_text.html",
         {
             "body": body,
+            "parts": shown_parts(body.text, body.parts) if body.parts else None,
+            "part_map": json.dumps(list(body.parts), ensure_ascii=False) if body.parts else "",
             "markdown": markdown,
             "drive_url": drive_url if body.status == "pending" else None,
             "body_url": reverse("streaming_app:body", args=[pk]),

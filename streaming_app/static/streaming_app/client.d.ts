@@ -33,6 +33,46 @@ export interface Mount {
 
 export function streamUrls(streamId: string, mount?: Mount & Partial<StreamUrls>): StreamUrls;
 
+/** An entry of a stream's part map: from body offset `at` on, the text belongs to a
+ * new span of a part (docs/protocol.md). Entries only ever grow, in order of `at`. */
+export type PartEntry =
+  | { at: number; type: "reasoning" | "text" }
+  | { at: number; type: "tool-call"; id: string; name: string }
+  | { at: number; type: "tool-result"; id: string; result: unknown }
+  | { at: number; type: "finish"; reason: string; usage: Record<string, unknown> };
+
+/** A part of a stream, as assemble() gives it. */
+export type Part =
+  | { type: "reasoning" | "text"; text: string }
+  | { type: "tool-call"; id: string; name: string; arguments: string; result?: unknown }
+  | { type: "finish"; reason: string; usage: Record<string, unknown> };
+
+/** The key of the part that entry `index` of `map` belongs to ("call:<id>" for a tool
+ * call or its result, else "<type>:<index>"). */
+export function partKey(map: readonly PartEntry[], index: number): string;
+
+/** The parts of a body's `text` (from body offset `offset`) and its part map, in the
+ * order they started, as `streaming_app.parts.assemble` gives them. A plain stream
+ * (no map) is one text part; no text and no map, none. */
+export function assemble(text: string, map: readonly PartEntry[] | null | undefined, offset?: number): Part[];
+
+/** Parts as the map and the text arrive: merge() entries, then append() their text;
+ * `parts` is what assemble() gives for the text appended so far. */
+export class PartsBuilder {
+  constructor(offset?: number);
+  readonly offset: number;
+  /** The body offset the text appended reaches. */
+  readonly length: number;
+  readonly map: PartEntry[];
+  readonly parts: Part[];
+  /** Put `entries` (the first being entry number `first`) into the map; false if
+   * entries before `first` are missing. */
+  merge(first: number, entries: readonly PartEntry[]): boolean;
+  append(text: string): void;
+  /** The parts, copied. */
+  snapshot(): Part[];
+}
+
 export interface StreamBody {
   id: string;
   status: Status;
@@ -40,15 +80,25 @@ export interface StreamBody {
   offset: number;
   length: number;
   error: string | null;
+  /** The whole part map, for a stream that has one. */
+  parts?: PartEntry[];
 }
 
 export type OnText = (text: string, piece: string) => void;
 export type OnStatus = (status: Status, error: string | null) => void;
+/** Entries of the part map (the first being entry number `first`), before the text
+ * they came with reaches onText. */
+export type OnMap = (first: number, entries: PartEntry[]) => void;
+/** The parts of the whole text so far, and the part map. */
+export type OnParts = (parts: Part[], map: PartEntry[]) => void;
 
 export interface Ended {
   text: string;
   status: Status | null;
   error: string | null;
+  /** With `parts: true`: the parts of the text, and the part map. */
+  parts?: Part[];
+  map?: PartEntry[];
 }
 
 export function drive(
@@ -62,6 +112,10 @@ export function drive(
     signal?: AbortSignal;
     /** How many times a 429 or 503 is waited out (Retry-After) before giving up. */
     retries?: number;
+    /** Ask for the part map (?parts=1, NDJSON); onText then also gets "" when a
+     * message brought only entries. */
+    parts?: boolean;
+    onMap?: OnMap;
   },
 ): Promise<string>;
 
@@ -78,6 +132,10 @@ export function watch(
     eventsUrl?: string;
     /** The stream's body URL: tells why an SSE connection was refused. */
     bodyUrl?: string;
+    /** Ask for the part map (?parts=1); onText then also gets "" when a message
+     * brought only entries. */
+    parts?: boolean;
+    onMap?: OnMap;
   },
 ): { done: Promise<Ended>; close(): void };
 
@@ -95,6 +153,11 @@ export interface FollowOptions {
   /** Prefixes (`api`, `ws`) or whole URLs (`body`, `events`, `cancel`, `socket`). */
   urls?: Mount & Partial<StreamUrls>;
   retries?: number;
+  /** Follow the part map too (reasoning, tool calls, text): onParts gets the parts. */
+  parts?: boolean;
+  /** The part map of `text` (the template tag renders it); read if not given. */
+  partMap?: PartEntry[];
+  onParts?: OnParts;
 }
 
 /** Drive or watch one stream to its end; resolves with its text and final status. */

@@ -45,15 +45,170 @@ export function backoff(attempt, { base = 500, cap = 15000 } = {}) {
   return Math.random() * Math.min(cap, base * 2 ** attempt);
 }
 
+// Parts (docs/protocol.md, streaming_app/parts.py): a stream's body is one text; a
+// stream with parts also has a part map, entries {at, type, ...} that only ever grow,
+// each saying that from body offset `at` on the text belongs to a new span of a part.
+
+const WITH_TEXT = new Set(["text", "reasoning", "tool-call"]);
+
+// The part entry `index` of `map` belongs to: a tool call's id, else the entry itself.
+export function partKey(map, index) {
+  const entry = map[index];
+  return entry.type === "tool-call" || entry.type === "tool-result"
+    ? `call:${entry.id}`
+    : `${entry.type}:${index}`;
+}
+
+function lastAtOrBefore(map, offset) {
+  let lo = 0;
+  let hi = map.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (map[mid].at <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo - 1;
+}
+
+// A body's parts as its part map and its text arrive: merge() entries (by their number
+// in the map), then append() the text they describe; `parts` is then what assemble()
+// gives for the text appended, from body offset `offset` on. Each piece costs its own
+// length, not the whole text's.
+export class PartsBuilder {
+  #byKey = new Map();
+  #text = [];
+
+  constructor(offset = 0) {
+    this.offset = offset;
+    this.length = offset; // the body offset the text appended reaches
+    this.map = [];
+    this.parts = [];
+  }
+
+  // Put `entries` (the first being entry number `first`) into the map; false if
+  // entries before `first` are missing (a gap: nothing is merged).
+  merge(first, entries) {
+    if (first > this.map.length) return false;
+    let redo = false;
+    for (let index = first; index < first + entries.length; index++) {
+      if (index < this.map.length) continue; // known: map entries never change
+      const entry = entries[index - first];
+      // Text already appended past an entry's start went to the span before it. Only
+      // the first entry of a stream that began as plain text may (its text is the
+      // plain text so far); anything else means the text came before its map.
+      if (this.#text.length && entry.at < this.length
+          && !(index === 0 && entry.type === "text" && entry.at === 0)) redo = true;
+      this.map.push(entry);
+      this.#open(index);
+    }
+    if (redo) this.#rebuild();
+    return true;
+  }
+
+  append(text) {
+    if (!text) return;
+    this.#text.push(text);
+    this.#distribute(text);
+  }
+
+  // The parts, copied (a caller may keep them: later pieces do not change them).
+  snapshot() {
+    return this.parts.map((part) => ({ ...part }));
+  }
+
+  #part(key, make) {
+    let part = this.#byKey.get(key);
+    if (!part) {
+      part = make();
+      this.#byKey.set(key, part);
+      this.parts.push(part);
+    }
+    return part;
+  }
+
+  #open(index) {
+    const entry = this.map[index];
+    const key = partKey(this.map, index);
+    if (entry.type === "tool-result") {
+      const call = this.#part(key, () => ({ type: "tool-call", id: entry.id, name: "", arguments: "" }));
+      call.result = entry.result ?? null;
+    } else if (entry.type === "finish") {
+      this.#part(`finish:${index}`, () => ({
+        type: "finish", reason: entry.reason ?? null, usage: entry.usage || {},
+      }));
+    } else if (entry.type === "tool-call") {
+      const call = this.#part(key, () => ({ type: "tool-call", id: entry.id, name: "", arguments: "" }));
+      call.name = call.name || entry.name || ""; // named by the first entry that names it
+    } else {
+      this.#part(key, () => ({ type: entry.type, text: "" }));
+    }
+  }
+
+  #distribute(text) {
+    const chars = [...text];
+    if (!this.map.length) {
+      // A plain stream (so far): one text part, which a first entry
+      // {"at": 0, "type": "text"} ("text:0") would go on with.
+      this.#part("text:0", () => ({ type: "text", text: "" })).text += text;
+      this.length += chars.length;
+      return;
+    }
+    for (let i = 0; i < chars.length;) {
+      const index = lastAtOrBefore(this.map, this.length);
+      const next = index + 1 < this.map.length ? this.map[index + 1].at : Infinity;
+      const taken = Math.min(chars.length - i, next - this.length);
+      const entry = this.map[index];
+      if (entry && WITH_TEXT.has(entry.type)) {
+        const part = this.#byKey.get(partKey(this.map, index));
+        const piece = chars.slice(i, i + taken).join("");
+        if (entry.type === "tool-call") part.arguments += piece;
+        else part.text += piece;
+      }
+      i += taken;
+      this.length += taken;
+    }
+  }
+
+  #rebuild() {
+    this.#byKey.clear();
+    this.parts = [];
+    this.length = this.offset;
+    for (let index = 0; index < this.map.length; index++) this.#open(index);
+    for (const text of this.#text) this.#distribute(text);
+  }
+}
+
+// The parts of a body (`text` from body offset `offset`) and its part map, as
+// streaming_app.parts.assemble gives them, in the order they started:
+// {type: "reasoning"|"text", text}, {type: "tool-call", id, name, arguments, result?},
+// {type: "finish", reason, usage}. A plain stream (no map) is one text part.
+export function assemble(text, map, offset = 0) {
+  const builder = new PartsBuilder(offset);
+  builder.merge(0, map || []);
+  builder.append(text);
+  return builder.parts;
+}
+
+// `url` with `parameter` ("parts=1") added to its query.
+function withParameter(url, parameter) {
+  return `${url}${url.includes("?") ? "&" : "?"}${parameter}`;
+}
+
 // Drive a stream: POST to a driving endpoint and hand each piece to onText as it
 // arrives. Resolves with the whole text once the response ends. A server at its limit
 // of live streams (503) or a user at theirs (429) says when to come back (Retry-After):
 // the stream stays pending, and the drive is tried again then, `retries` times at most.
 // onStart() is called once the server has accepted the drive (the stream is streaming).
-export async function drive(url, { onText, onStart, headers = {}, body, signal, retries = 5 } = {}) {
+// With `parts`, it asks for the part map too (?parts=1: one JSON message a line):
+// onMap(first, entries) gets the entries each piece comes with, before onText gets the
+// piece ("" when only entries came). A view that answers plain text anyway is read as
+// plain text.
+export async function drive(url, {
+  onText, onStart, onMap, parts = false, headers = {}, body, signal, retries = 5,
+} = {}) {
   let response;
   for (let attempt = 0; ; attempt++) {
-    response = await fetch(url, {
+    response = await fetch(parts ? withParameter(url, "parts=1") : url, {
       method: "POST",
       headers,
       body,
@@ -69,6 +224,24 @@ export async function drive(url, { onText, onStart, headers = {}, body, signal, 
   if (onStart) onStart();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
+  if (parts && /^application\/x-ndjson\b/.test(response.headers.get("Content-Type") || "")) {
+    let line = ""; // a line can be split across reads
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return text;
+      line += value;
+      let end;
+      while ((end = line.indexOf("\n")) >= 0) {
+        const message = line.slice(0, end).trim();
+        line = line.slice(end + 1);
+        if (!message) continue;
+        const { text: piece = "", parts: entries, parts_from: first = 0 } = JSON.parse(message);
+        if (entries && onMap) onMap(first, entries);
+        text += piece;
+        if (onText) onText(text, piece);
+      }
+    }
+  }
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return text;
@@ -78,7 +251,8 @@ export async function drive(url, { onText, onStart, headers = {}, body, signal, 
 }
 
 // Read a stream's committed body from a code point offset:
-// {id, status, text, offset, length, error}.
+// {id, status, text, offset, length, error}, and `parts` (its whole part map) for a
+// stream that has one.
 export async function readBody(url, offset = 0) {
   const response = await fetch(`${url}?offset=${offset}`, { credentials: "same-origin" });
   if (!response.ok) throw await errorOf(response);
@@ -116,11 +290,16 @@ export function streamUrls(streamId, { api = "/api/streams/", ws = "/ws/streams/
 // exactly where it was; where websockets cannot open at all and `eventsUrl` is given,
 // it goes on over Server-Sent Events (`bodyUrl` then tells it why one was refused).
 // onText(text, piece) gets the text from `offset` so far; onStatus(status, error) each
-// status. Returns {done, close}: `done` resolves with {text, status, error} when the
+// status. With `parts` it asks for the part map too (?parts=1): onMap(first, entries)
+// gets the entries each message comes with, before onText gets its text (with piece
+// "" when the message brought entries and no new text). Returns {done, close}: `done` resolves with {text, status, error} when the
 // stream has ended (or close() was called), or rejects with a StreamError if the
 // server refused (4400, 4403, 4404 or the HTTP equivalent), or with the signal's
 // reason once `signal` aborts.
-export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bodyUrl } = {}) {
+export function watch(url, {
+  offset = 0, onText, onStatus, onMap, parts = false, signal, eventsUrl, bodyUrl,
+} = {}) {
+  const query = () => `?offset=${length}${parts ? "&parts=1" : ""}`;
   let text = "";
   let length = offset;
   let status = null;
@@ -157,9 +336,14 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
       if (onStatus) onStatus(status, error);
       return;
     }
+    const entries = parts ? message.parts : undefined;
+    if (entries && onMap) onMap(message.parts_from ?? 0, entries);
     const chars = [...message.text];
     // Append what starts at our length; keep only the new part of an overlap.
-    if (message.offset > length || message.offset + chars.length <= length) return;
+    if (message.offset > length || message.offset + chars.length <= length) {
+      if (entries && onText) onText(text, "");
+      return;
+    }
     const piece = chars.slice(length - message.offset).join("");
     text += piece;
     length += chars.length - (length - message.offset);
@@ -176,7 +360,7 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
     if (stopped) return;
     let opened = false;
     try {
-      socket = new WebSocket(`${url}?offset=${length}`);
+      socket = new WebSocket(`${url}${query()}`);
     } catch {
       if (eventsUrl) return followEvents();
       return fail(new StreamError(0, "this browser cannot open a websocket"));
@@ -208,7 +392,7 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
   // stream had ended), the body says why.
   function followEvents() {
     if (stopped) return;
-    source = new EventSource(`${eventsUrl}?offset=${length}`, { withCredentials: true });
+    source = new EventSource(`${eventsUrl}${query()}`, { withCredentials: true });
     source.onopen = () => { attempt = 0; };
     source.addEventListener("text", (event) => take(JSON.parse(event.data)));
     source.addEventListener("status", (event) => {
@@ -220,7 +404,7 @@ export function watch(url, { offset = 0, onText, onStatus, signal, eventsUrl, bo
       if (!bodyUrl) return later(followEvents);
       readBody(bodyUrl, length).then((body) => {
         if (stopped) return;
-        take({ type: "text", offset: body.offset, text: body.text });
+        take({ type: "text", offset: body.offset, text: body.text, parts_from: 0, parts: body.parts });
         if (TERMINAL.has(body.status)) {
           take({ type: "status", status: body.status, error: body.error });
           finish();
@@ -266,8 +450,12 @@ const WATCH_INSTEAD = new Set([403, 409]);
 // "done"). `text` is what the page shows already (the committed text from 0, as the
 // template tag renders it); `urls` is where the app is mounted (see streamUrls).
 // onText(text, piece) gets the whole text so far; onStatus(status, error) each status.
-// Resolves with {text, status, error}; rejects with a StreamError (refused, unknown,
-// busy past `retries`) or with the signal's reason once `signal` aborts.
+// With `parts: true` it follows the part map too, through every drive, watch and
+// resume: onParts(parts, map) gets the parts (see assemble()) and the map whenever
+// either changes (`partMap` is the map of `text`: without it, it is read). Resolves
+// with {text, status, error} (and `parts`, `map` with `parts: true`); rejects with a
+// StreamError (refused, unknown, busy past `retries`) or with the signal's reason once
+// `signal` aborts.
 export async function follow({
   streamId,
   driveUrl,
@@ -277,16 +465,58 @@ export async function follow({
   signal,
   onText,
   onStatus,
+  onParts,
+  parts = false,
+  partMap,
   urls,
   retries,
 } = {}) {
   const at = streamUrls(streamId, urls);
   let whole = text;
-  const append = (piece) => {
-    if (!piece) return;
-    whole += piece;
-    if (onText) onText(whole, piece);
+  // The parts of `whole`; a map entry that arrived since they were last given out.
+  let builder = null;
+  let grew = false;
+  const startParts = (map) => {
+    const length = codePoints(whole);
+    builder = new PartsBuilder();
+    // Entries only ever grow in order of `at`: those of the text so far are a prefix.
+    builder.merge(0, (map || []).filter((entry) => entry.at <= length));
+    builder.append(whole);
   };
+  const giveParts = () => {
+    grew = false;
+    if (onParts) onParts(builder.snapshot(), [...builder.map]);
+  };
+  if (parts) {
+    if (!partMap && whole) partMap = (await readBody(at.body, codePoints(whole))).parts;
+    startParts(partMap);
+  }
+  const merge = (first, entries) => {
+    const known = builder.map.length;
+    if (!builder.merge(first, entries)) return false;
+    if (builder.map.length > known) grew = true;
+    return true;
+  };
+  const append = (piece) => {
+    if (piece) {
+      whole += piece;
+      builder?.append(piece);
+      if (onText) onText(whole, piece);
+    }
+    if (builder && (piece || grew)) giveParts();
+  };
+  // What is stored replaces what the page has (after a drive whose pieces never
+  // committed, or a map that cannot be followed).
+  const replace = (stored) => {
+    whole = stored.text;
+    if (builder) startParts(stored.parts);
+    if (onText) onText(whole, "");
+    if (builder) giveParts();
+  };
+  const ended = (status, error) => (builder
+    ? { text: whole, status, error, parts: builder.snapshot(), map: [...builder.map] }
+    : { text: whole, status, error });
+
   if (driveUrl && whole === "") {
     try {
       await drive(driveUrl, {
@@ -294,7 +524,9 @@ export async function follow({
         body,
         signal,
         retries,
+        parts,
         onStart: () => onStatus?.("streaming", null),
+        onMap: (first, entries) => merge(first, entries),
         onText: (_, piece) => append(piece),
       });
     } catch (reason) {
@@ -303,26 +535,41 @@ export async function follow({
       if (reason instanceof StreamError && !WATCH_INSTEAD.has(reason.status)) throw reason;
     }
   }
-  const watcher = watch(at.socket, {
-    offset: codePoints(whole),
-    eventsUrl: at.events,
-    bodyUrl: at.body,
-    signal,
-    onText: (_, piece) => append(piece),
-    onStatus,
-  });
-  try {
-    const { status, error } = await watcher.done;
-    return { text: whole, status, error };
-  } catch (reason) {
-    // Past the end of a finished stream (4400): the drive got pieces that never
-    // committed (the stream ended in error). What is stored is the answer.
-    if (!(reason instanceof StreamError && reason.status === 4400) || signal?.aborted) throw reason;
-    const stored = await readBody(at.body, 0);
-    whole = stored.text;
-    if (onText) onText(whole, "");
-    if (onStatus) onStatus(stored.status, stored.error);
-    return { text: whole, status: stored.status, error: stored.error };
+  for (let reread = false; ; reread = true) {
+    // Entries the map cannot take (some before them are missing: the server's map is
+    // not the one this text was shown with): read the whole body again, and go on.
+    let gap = false;
+    const watcher = watch(at.socket, {
+      offset: codePoints(whole),
+      eventsUrl: at.events,
+      bodyUrl: at.body,
+      signal,
+      parts: Boolean(builder),
+      onMap: (first, entries) => {
+        if (gap || merge(first, entries)) return;
+        gap = true;
+        watcher.close();
+      },
+      onText: (_, piece) => {
+        if (!gap) append(piece);
+      },
+      onStatus,
+    });
+    try {
+      const { status, error } = await watcher.done;
+      if (!gap) return ended(status, error);
+      if (reread) throw new StreamError(0, "the stream's part map does not follow on");
+      replace(await readBody(at.body, 0));
+    } catch (reason) {
+      // Past the end of a finished stream (4400): the drive got pieces that never
+      // committed (the stream ended in error). What is stored is the answer.
+      if (!(reason instanceof StreamError && reason.status === 4400) || signal?.aborted) throw reason;
+      const stored = await readBody(at.body, 0);
+      replace(stored);
+      if (onStatus) onStatus(stored.status, stored.error);
+      return ended(stored.status, stored.error);
+    }
+    if (signal?.aborted) throw signal.reason;
   }
 }
 

@@ -2,6 +2,7 @@
 // as a peer dependency (imported as "react": a bundler, or an import map, resolves it).
 //
 //   const { text, status, error, cancel } = useStream(streamId, { driveUrl, drive });
+//   const { parts } = useStream(streamId, { parts: true }); // reasoning, tool calls, text
 //
 // `drive: true` says this browser started the stream (it created it and is to
 // generate it): the hook then drives it through `driveUrl`, and watches it otherwise,
@@ -24,7 +25,7 @@ function subscribe(key, options, listener) {
     const controller = new AbortController();
     entry = {
       listeners: new Set(),
-      state: { text: "", status: null, error: null },
+      state: { text: "", parts: [], status: null, error: null },
       controller,
       timer: 0,
     };
@@ -38,9 +39,10 @@ function subscribe(key, options, listener) {
       ...options,
       signal: controller.signal,
       onText: (text) => publish({ text }),
+      onParts: options.parts ? (parts) => publish({ parts }) : undefined,
       onStatus: (status, error) => publish({ status, error }),
     }).then(
-      ({ text, status, error }) => publish({ text, status, error }),
+      ({ text, status, error, parts }) => publish({ text, status, error, ...(parts && { parts }) }),
       (reason) => {
         if (controller.signal.aborted) return;
         publish({ error: reason instanceof StreamError ? reason.message : String(reason) });
@@ -62,13 +64,15 @@ function subscribe(key, options, listener) {
   };
 }
 
-const NOTHING = { text: "", status: null, error: null };
+const NOTHING = { text: "", parts: [], status: null, error: null };
 
-export function useStream(streamId, { driveUrl = null, drive = false, headers, urls } = {}) {
+export function useStream(streamId, {
+  driveUrl = null, drive = false, parts = false, headers, urls,
+} = {}) {
   const options = useRef({ headers, urls });
   options.current = { headers, urls };
   const driving = drive && driveUrl ? driveUrl : null;
-  const key = streamId ? `${streamId}\n${driving ?? ""}` : null;
+  const key = streamId ? `${streamId}\n${driving ?? ""}\n${parts ? "parts" : ""}` : null;
   // The state of the stream it was for: another stream's never shows, not even for
   // the render before the effect below has run.
   const [state, setState] = useState({ key: null, ...NOTHING });
@@ -77,7 +81,7 @@ export function useStream(streamId, { driveUrl = null, drive = false, headers, u
     if (!key) return undefined;
     return subscribe(
       key,
-      { streamId, driveUrl: driving, ...options.current },
+      { streamId, driveUrl: driving, parts, ...options.current },
       (current) => setState({ key, ...current }),
     );
   }, [key]);
@@ -88,6 +92,6 @@ export function useStream(streamId, { driveUrl = null, drive = false, headers, u
     }),
     [streamId],
   );
-  const { text, status, error } = state.key === key && key ? state : NOTHING;
-  return { text, status, error, cancel };
+  const { text, status, error, parts: shown } = state.key === key && key ? state : NOTHING;
+  return { text, parts: shown, status, error, cancel };
 }
