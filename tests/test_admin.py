@@ -11,7 +11,7 @@ from django.test import Client, override_settings
 
 from streaming_app.flush import FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
-from streaming_app.parts import Finish, Reasoning, ToolCall, ToolResult
+from streaming_app.parts import Finish, Part, Reasoning, ToolCall, ToolResult
 from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream
 
@@ -74,16 +74,14 @@ async def test_deleting_a_live_stream_in_the_admin_stops_its_generator_at_once()
 
 
 async def test_the_admin_shows_a_stream_with_parts_part_by_part():
-    source = paced(
-        [
-            Reasoning("<b>thinking</b>"),
-            ToolCall("c1", "weather", '{"city":"Oslo"}'),
-            ToolResult("c1", {"temp": -3}),
-            "It is cold.",
-            Finish("stop", {"output_tokens": 7}),
-        ]
-    )
-    stream_id, _ = await run_to_end(source)
+    pieces: list[str | Part] = [
+        Reasoning("<b>thinking</b>"),
+        ToolCall("c1", "weather", '{"city":"Oslo"}'),
+        ToolResult("c1", {"temp": -3}),
+        "It is cold.",
+        Finish("stop", {"output_tokens": 7}),
+    ]
+    stream_id, _ = await run_to_end(paced(pieces))
     page = await sync_to_async(
         lambda: admin_client().get(f"/admin/streaming_app/stream/{stream_id}/change/")
     )()

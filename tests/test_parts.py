@@ -284,17 +284,15 @@ async def _until_closed(communicator) -> list[dict[str, Any]]:
 async def test_a_part_aware_driver_gets_every_piece_with_its_part_as_ndjson():
     stream = await acreate_stream()
     request = AsyncRequestFactory().post("/drive/?parts=1")
-    source = paced(
-        [
-            "Plain first. ",
-            Reasoning("Now think."),
-            ToolCall("c", "f", "{}"),
-            ToolResult("c", [1, 2]),
-            "Done.",
-            Finish("stop", {}),
-        ]
-    )
-    response = await astream_response(request, stream.pk, source, policy=SMALL)
+    pieces: list[str | Part] = [
+        "Plain first. ",
+        Reasoning("Now think."),
+        ToolCall("c", "f", "{}"),
+        ToolResult("c", [1, 2]),
+        "Done.",
+        Finish("stop", {}),
+    ]
+    response = await astream_response(request, stream.pk, paced(pieces), policy=SMALL)
     assert response["Content-Type"] == "application/x-ndjson; charset=utf-8"
     raw = b"".join([chunk async for chunk in response])  # type: ignore[attr-defined]
     text, entries = "", list[dict[str, Any]]()

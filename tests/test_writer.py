@@ -155,7 +155,7 @@ async def test_append_callable_source_as_in_the_convex_component():
     ("source", "message"),
     [
         (
-            lambda: paced(["ok ", b"bytes"]),  # type: ignore[list-item]
+            lambda: paced(["ok ", b"bytes"]),
             "TypeError: a stream's pieces must be str, not bytes",
         ),
         (lambda: 42, "TypeError: a stream's source must be an async iterable or an async callable"),
