@@ -458,7 +458,7 @@ class _Deltas:
         #: The stream's part map, as far as it is known.
         self.known: Sequence[Entry] = ()
 
-    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
+    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
         if len(parts) > len(self.known):
             self.known = parts  # append-only: the longest is the newest
         return f"t{offset}\n{text}"

@@ -33,8 +33,8 @@ class WebsocketFrames:
     def __init__(self, *, parts: bool = False) -> None:
         self.parts = parts
 
-    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
-        return to_json(text_message(offset, text, parts if self.parts else ()))
+    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
+        return to_json(text_message(offset, text, parts if self.parts else (), since))
 
     def status(self, status: str, error: str | None, at: int) -> str:
         return to_json(status_message(status, error))

@@ -96,6 +96,7 @@ class Buffer:
         self.parts: list[dict[str, Any]] = parts if parts is not None else []
         #: Entries of the part map committed.
         self.committed_parts = 0
+        self._parts_closed = False
         self.sealed: Batch | None = None
         #: Characters committed: the stream's length in the database.
         self.committed_length = 0
@@ -168,7 +169,8 @@ class Buffer:
         self._buffered = 0
         self._at_boundary = False
         # The map covers every text appended: its entries come before their text.
-        parts = tuple(self.parts) if len(self.parts) > self.committed_parts else None
+        grew = len(self.parts) > self.committed_parts and not self._parts_closed
+        parts = tuple(self.parts) if grew else None
         if self._refused is not None:
             # Never written (the database said so): it starts where it did, with more.
             start = self._refused
@@ -200,7 +202,10 @@ class Buffer:
         self._refused, self.sealed = self.sealed, None
 
     def discard(self) -> None:
-        """Drop everything not committed: the database cannot take it."""
+        """Drop everything not committed: the database cannot take it (the map's
+        entries for that text included; none are written after)."""
+        del self.parts[self.committed_parts :]
+        self._parts_closed = True
         self._pieces.clear()
         self._buffered = 0
         self._refused = None

@@ -35,7 +35,7 @@ from django.core.exceptions import PermissionDenied
 from . import conf
 from .exceptions import InvalidOffset, Overloaded
 from .models import Status, Stream, is_finished
-from .parts import Entry, around, merge
+from .parts import Entry, around, merge, reach
 from .permissions import has_permission, load_stream
 from .publish import CANCEL, RECHECK, UPDATE, Message, control_group, group_name, set_local_hub
 from .publish import published_after as _published_after
@@ -47,15 +47,24 @@ logger = logging.getLogger(__name__)
 # The protocol's messages (docs/protocol.md) --------------------------------------------
 
 
-def text_message(offset: int, text: str, parts: Sequence[Entry] = ()) -> Message:
+def text_message(
+    offset: int, text: str, parts: Sequence[Entry] = (), since: int | None = None
+) -> Message:
     """A text message; with ``parts`` (a part-aware viewer of a stream with parts),
     the entries of the part map that this text needs (``parts_from``: the first's
-    number)."""
+    number): those from entry ``since`` on, for a viewer that has the ones before;
+    without ``since`` (a snapshot, a catch-up), from the entry whose span holds
+    ``offset``."""
     message: Message = {"type": "text", "offset": offset, "text": text}
     if parts:
-        first, entries = around(parts, offset, offset + len(text))
-        message["parts_from"] = first
-        message["parts"] = entries
+        end = offset + len(text)
+        if since is None:
+            first, entries = around(parts, offset, end)
+        else:
+            first, entries = since, list(parts[since : reach(parts, end)])
+        if entries:
+            message["parts_from"] = first
+            message["parts"] = entries
     return message
 
 
@@ -74,10 +83,11 @@ class Frames(Protocol):
     #: Whether its viewers hear of the part map (streaming_app.parts).
     parts: bool
 
-    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
+    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
         """A text message: ``text`` starts at code point ``offset``; ``parts`` is the
         stream's part map as far as it is known (streaming_app.parts), for the
-        transports that carry it."""
+        transports that carry it, and ``since`` the number of its entries the viewer
+        has (None: a snapshot or catch-up; see :func:`text_message`)."""
         ...
 
     def status(self, status: str, error: str | None, at: int) -> str:
@@ -112,6 +122,8 @@ class Viewer:
         self.status: str | None = None
         self.joined = False
         self.behind = False
+        #: Entries of the part map handed to a part-aware viewer (its frames' ``parts``).
+        self.parts_sent = 0
         self.close_code: int | None = None
         self.feed: Feed | None = None
         self._queue: deque[tuple[str, int, str | None]] = deque()
@@ -148,6 +160,9 @@ class Viewer:
         self._queue.clear()
         self._chars = 0
         self.sent, self.status = self._written
+        # What the dropped frames held comes again with the catch-up (from the entry
+        # whose span holds where it resumes).
+        self.parts_sent = 0
         self.behind = True
         self._ready.set()
 
@@ -278,7 +293,6 @@ class Feed:
         if self.end is None:
             self._early.append((offset, text, status, error, parts, parts_from))
             return
-        known = len(self.parts)
         if offset > self.end or not merge(self.parts, parts_from, parts):
             self.resync_soon()  # a message was dropped: the gap is in the database
             return
@@ -290,10 +304,8 @@ class Feed:
                 cut = len(self._tail) - self.TAIL_CHARS
                 self._tail, self._tail_start = self._tail[cut:], self._tail_start + cut
             self._offer_text(start, end, text[start - offset :])
-        elif len(self.parts) > known:
-            # Only the map grew (a tool's result, the finish): the viewers at the end
-            # hear of it as an empty text.
-            self._offer_text(self.end, self.end, "")
+        if self.parts:
+            self._offer_entries()
         if _rank(status) > _rank(self.status):
             self.status, self.error = status, error
             shared: dict[int, str] = {}
@@ -311,21 +323,55 @@ class Feed:
                 self._finish()
 
     def _offer_text(self, start: int, end: int, text: str) -> None:
-        """Hand the viewers caught up to ``start`` or beyond the text up to ``end``."""
-        shared: dict[int, str] = {}
+        """Hand the viewers caught up to ``start`` or beyond the text up to ``end``
+        (and a part-aware one the entries of the map it lacks, up to ``end``)."""
+        shared: dict[tuple[int, int], str] = {}
+        upto = reach(self.parts, end)
         for viewer in self.viewers:
-            if not viewer.joined or viewer.behind or not (text or viewer.frames.parts):
+            if not viewer.joined or viewer.behind:
                 continue
+            since = viewer.parts_sent if viewer.frames.parts else 0
             if viewer.sent == start:
-                frames = id(viewer.frames)
-                if frames not in shared:
-                    shared[frames] = viewer.frames.text(start, text, self.parts)
-                viewer.offer(shared[frames], sent=end)
+                key = (id(viewer.frames), since)
+                if key not in shared:
+                    shared[key] = viewer.frames.text(start, text, self.parts, since)
+                viewer.offer(shared[key], sent=end)
             elif start < viewer.sent < end:
                 viewer.offer(
-                    viewer.frames.text(viewer.sent, text[viewer.sent - start :], self.parts),
+                    viewer.frames.text(viewer.sent, text[viewer.sent - start :], self.parts, since),
                     sent=end,
                 )
+            else:
+                continue
+            if viewer.frames.parts and not viewer.behind:  # (behind: cut loose by it)
+                viewer.parts_sent = max(viewer.parts_sent, upto)
+
+    def _offer_entries(self) -> None:
+        """Hand each part-aware viewer at the end the entries of the map that it lacks
+        and that carry no text of their own (a tool's result, the finish), as an
+        empty text."""
+        assert self.end is not None
+        upto = reach(self.parts, self.end)
+        shared: dict[tuple[int, int], str] = {}
+        for viewer in self.viewers:
+            if (
+                viewer.joined
+                and not viewer.behind
+                and viewer.frames.parts
+                and viewer.sent == self.end
+                and viewer.parts_sent < upto
+            ):
+                key = (id(viewer.frames), viewer.parts_sent)
+                if key not in shared:
+                    shared[key] = viewer.frames.text(self.end, "", self.parts, viewer.parts_sent)
+                viewer.offer(shared[key])
+                if not viewer.behind:
+                    viewer.parts_sent = upto
+
+    def _snapshot_sent(self, viewer: Viewer, parts: Sequence[Entry]) -> None:
+        """A part-aware viewer was handed a snapshot or catch-up up to ``viewer.sent``."""
+        if viewer.frames.parts and not viewer.behind:
+            viewer.parts_sent = max(viewer.parts_sent, reach(parts, viewer.sent))
 
     def _learn_parts(self, parts: Sequence[Entry]) -> None:
         """A read's whole part map: the feed's, if it knows less."""
@@ -341,6 +387,7 @@ class Feed:
             viewer.frames.text(body.offset, body.text, body.parts),
             sent=body.offset + len(body.text),
         )
+        self._snapshot_sent(viewer, body.parts)
         viewer.offer(viewer.frames.status(body.status, body.error, viewer.sent), status=body.status)
         viewer.joined = True
         if is_finished(body.status):
@@ -364,11 +411,14 @@ class Feed:
         assert self.end is not None
         if viewer.sent < self._tail_start:
             return False
-        if viewer.sent < self.end:
+        if viewer.sent < self.end or (
+            viewer.frames.parts and viewer.parts_sent < reach(self.parts, self.end)
+        ):
             at = viewer.sent - self._tail_start
             viewer.offer(
                 viewer.frames.text(viewer.sent, self._tail[at:], self.parts), sent=self.end
             )
+            self._snapshot_sent(viewer, self.parts)
         if self.status is not None and _rank(self.status) > _rank(viewer.status):
             viewer.offer(
                 viewer.frames.status(self.status, self.error, viewer.sent), status=self.status
@@ -395,6 +445,7 @@ class Feed:
             viewer.frames.text(body.offset, body.text, body.parts),
             sent=body.offset + len(body.text),
         )
+        self._snapshot_sent(viewer, body.parts)
         if _rank(body.status) > _rank(viewer.status):
             viewer.offer(
                 viewer.frames.status(body.status, body.error, viewer.sent), status=body.status

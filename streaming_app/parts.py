@@ -278,6 +278,11 @@ def around(entries: Sequence[Entry], start: int, end: int) -> tuple[int, list[En
     return first, list(entries[first : bisect_right(ats, end)])
 
 
+def reach(entries: Sequence[Entry], end: int) -> int:
+    """How many entries start at or before body offset ``end``."""
+    return bisect_right([int(entry["at"]) for entry in entries], end)
+
+
 def merge(known: list[Entry], first: int, entries: Iterable[Entry]) -> bool:
     """Put ``entries`` (the first being entry number ``first``) into ``known``; False
     if there is a gap (entries before ``first`` are missing)."""

@@ -29,11 +29,11 @@ class EventFrames:
     def __init__(self, *, parts: bool = False) -> None:
         self.parts = parts
 
-    def text(self, offset: int, text: str, parts: Sequence[Entry]) -> str:
+    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
         return sse_event(
             "text",
             offset + len(text),
-            to_json(text_message(offset, text, parts if self.parts else ())),
+            to_json(text_message(offset, text, parts if self.parts else (), since)),
         )
 
     def status(self, status: str, error: str | None, at: int) -> str:

@@ -134,12 +134,17 @@ def _claim(user: Any, stream_id: StreamId) -> Stream:
 
 def part_lines(run: StreamRun, push: Callable[[str], None]) -> Callable[[str], None]:
     """A tap that pushes each piece as a line of JSON: the websocket's text message,
-    with the entries of the part map that the piece needs."""
-    offset = 0
+    with the entries of the part map that are new since the last line (the driver
+    reads from the start: each entry comes once, with the first text it describes)."""
+    offset = sent = 0
 
     def tap(text: str) -> None:
-        nonlocal offset
-        push(to_json(text_message(offset, text, run.parts)) + "\n")
+        nonlocal offset, sent
+        message = text_message(offset, text)
+        if len(run.parts) > sent:
+            message["parts_from"], message["parts"] = sent, run.parts[sent:]
+            sent = len(run.parts)
+        push(to_json(message) + "\n")
         offset += len(text)
 
     return tap

@@ -618,6 +618,8 @@ def chat_body(chat_id: Any, *messages: dict[str, Any], **extra: Any) -> str:
         (chat_body(uuid.uuid4(), {"role": "user", "parts": "Hi"}), 400, "a list of parts"),
         (chat_body(uuid.uuid4(), user_message("   ")), 400, "no text"),
         (chat_body(uuid.uuid4(), user_message("a\x00b")), 400, "NUL"),
+        (chat_body(uuid.uuid4(), user_message("a\ud800b")), 400, "lone surrogate"),
+        ("[" * 100_000, 400, "the body is not valid JSON"),
         (chat_body(uuid.uuid4(), user_message("x" * 32_001)), 413, "limited to 32000"),
         (
             chat_body(uuid.uuid4(), user_message("Hi"), trigger="regenerate-message"),

@@ -69,6 +69,8 @@ def test_without_a_csrf_token_the_answer_is_403_json():
         ('{"prompt": 3}', '"prompt" is required and must be a string'),
         ('{"prompt": "   "}', '"prompt" must not be empty'),
         ('{"prompt": "a\\u0000b"}', "NUL"),
+        ('{"prompt": "a\\ud800b"}', "lone surrogate"),
+        ("[" * 100_000, "the body is not valid JSON"),  # too deep for json.loads
     ],
 )
 def test_bad_prompts_are_400_with_a_message(client, body, message):

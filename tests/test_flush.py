@@ -117,3 +117,20 @@ def test_following_the_policy_flushes_at_most_once_per_min_interval(arrivals):
             buffer.append(text, now)
     assert all(b - a >= 0.25 - 1e-9 for a, b in zip(flushes, flushes[1:], strict=False))
     assert buffer.due_at() == float("inf") or buffer.due_at() <= now + 0.5
+
+
+def test_a_discarded_batch_takes_its_part_entries_with_it():
+    entries: list[dict[str, object]] = []
+    buffer = Buffer(POLICY, now=0.0, parts=entries)
+    entries.append({"at": 0, "type": "reasoning"})
+    buffer.append("think", 0.0)
+    buffer.seal()
+    buffer.committed(0.1)
+    entries.append({"at": 5, "type": "tool-call", "id": "c", "name": "f"})
+    buffer.append("{}", 0.2)
+    assert buffer.seal().parts is not None
+    buffer.discard()  # the database refused it
+    assert entries == [{"at": 0, "type": "reasoning"}]
+    entries.append({"at": 5, "type": "text"})  # the run is still stopping
+    last = buffer.seal(Terminal("error", "refused"))
+    assert last.parts is None and last.text == ""

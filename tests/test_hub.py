@@ -107,9 +107,9 @@ async def test_a_delta_is_encoded_once_for_every_caught_up_viewer():
     encoded: list[tuple[int, str]] = []
     original = type(frames[0]).text
 
-    def counting(self: Any, offset: int, text: str, parts: Any) -> str:
+    def counting(self: Any, offset: int, text: str, parts: Any, since: Any = None) -> str:
         encoded.append((offset, text))
-        return original(self, offset, text, parts)
+        return original(self, offset, text, parts, since)
 
     type(frames[0]).text = counting  # type: ignore[method-assign]
     try:

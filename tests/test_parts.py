@@ -15,7 +15,9 @@ from django.test import AsyncRequestFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streaming_app.consumers import FRAMES_WITH_PARTS
 from streaming_app.flush import FlushPolicy
+from streaming_app.hub import Feed, Hub, Viewer
 from streaming_app.models import Stream
 from streaming_app.parts import (
     Finish,
@@ -29,7 +31,7 @@ from streaming_app.parts import (
     assemble,
     merge,
 )
-from streaming_app.streams import aclaim_stream, acreate_stream, get_stream_body
+from streaming_app.streams import StreamBody, aclaim_stream, acreate_stream, get_stream_body
 from streaming_app.views import astream_response
 
 from .helpers import assert_chunks_consistent, chunks_of, paced, run_to_end, wait_finished
@@ -324,3 +326,78 @@ def test_a_call_named_after_its_first_delta_gets_its_name():
     assert assemble('{"a":1}', part_map.entries) == [
         {"type": "tool-call", "id": "c", "name": "lookup", "arguments": '{"a":1}'}
     ]
+
+
+# The hub and part-aware viewers, at the edges ----------------------------------------
+
+CALL = {"at": 0, "type": "tool-call", "id": "c1", "name": "get"}
+RESULT = {"at": 2, "type": "tool-result", "id": "c1", "result": {"t": 1}}
+FIN = {"at": 2, "type": "finish", "reason": "stop", "usage": {}}
+
+
+def feed_with_viewer() -> tuple[Feed, Viewer]:
+    """A feed (no channel layer) and a part-aware viewer that has read '{}' of a call."""
+    stream_id = uuid.uuid4()
+    followed = Hub(None)
+    feed = followed.feeds[stream_id] = Feed(followed, stream_id)
+    viewer = part_aware_viewer(feed)
+    feed.admit(viewer, StreamBody(stream_id, "streaming", "{}", 0, 2, None, (CALL,)))
+    written(viewer)
+    return feed, viewer
+
+
+def part_aware_viewer(feed: Feed) -> Viewer:
+    viewer = Viewer(None, uuid.uuid4().hex, FRAMES_WITH_PARTS)
+    viewer.feed = feed
+    feed.viewers.add(viewer)
+    return viewer
+
+
+def written(viewer: Viewer) -> list[dict[str, Any]]:
+    """The frames queued for ``viewer``, as its transport writes them."""
+    frames = [json.loads(frame) for frame, _, _ in viewer._queue]
+    viewer._queue.clear()
+    viewer._chars = 0
+    viewer._written = (viewer.sent, viewer.status)
+    return frames
+
+
+def entries_heard(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The map of a viewer that had the call's entry, after ``frames``."""
+    known: list[dict[str, Any]] = [CALL]
+    for frame in frames:
+        if "parts" in frame:
+            assert merge(known, frame["parts_from"], frame["parts"]), "a gap"
+    return known
+
+
+async def test_entries_a_newer_snapshot_taught_the_feed_still_reach_every_viewer():
+    feed, first = feed_with_viewer()
+    # A second viewer's snapshot was read after the result and the finish committed,
+    # before their delta reached this process.
+    second = part_aware_viewer(feed)
+    feed.admit(second, StreamBody(feed.stream_id, "streaming", "", 2, 2, None, (CALL, RESULT, FIN)))
+    feed.apply(2, "", "streaming", None, [RESULT, FIN], 1)
+    feed.apply(2, "", "done", None)
+    frames = written(first)
+    assert entries_heard(frames)[1:] == [RESULT, FIN]
+    assert frames[-1] == {"type": "status", "status": "done", "error": None}
+
+
+async def test_entry_only_frames_carry_each_entry_once_and_survive_a_viewer_cut_loose():
+    feed, viewer = feed_with_viewer()
+    results = [
+        {"at": 2, "type": "tool-result", "id": f"c{i}", "result": "r" * 150_000} for i in range(4)
+    ]
+    feed.apply(2, "", "streaming", None, results[:1], 1)
+    assert len(json.dumps(written(viewer))) < 160_000, "one result, once"
+    # Three more before the viewer reads: past VIEWER_BUFFER_CHARS behind the first.
+    for i in (1, 2, 3):
+        feed.apply(2, "", "streaming", None, results[i : i + 1], 1 + i)
+    assert viewer.behind, "the test needs the viewer cut loose"
+    feed.apply(2, "", "done", None)
+    await feed.catch_up(viewer)
+    frames = written(viewer)
+    heard = {e["id"] for e in entries_heard(frames) if e["type"] == "tool-result"}
+    assert {"c1", "c2", "c3"} <= heard, "the entries dropped with its frames came again"
+    assert frames[-1]["status"] == "done"

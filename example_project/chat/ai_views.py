@@ -36,7 +36,7 @@ from streaming_app.views import JsonView, error_for
 
 from .llm import Messages, reply_pieces
 from .models import Chat, Message
-from .views import BadRequest, conversation, guest_user, own_chat, start_message
+from .views import BadRequest, check_text, conversation, guest_user, own_chat, start_message
 
 
 def parse_chat_id(value: Any) -> uuid.UUID:
@@ -55,8 +55,8 @@ def read_chat_request(request: HttpRequest) -> tuple[uuid.UUID, str]:
         data = json.loads(request.body)
     except RequestDataTooBig:
         raise BadRequest(413, "the request body is too large") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(400, f"the body is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(400, f"the body is not valid JSON: {exc!s:.200}") from None
     if not isinstance(data, dict):
         raise BadRequest(400, "the body must be a JSON object: {id, messages, trigger}")
     chat_id = parse_chat_id(data.get("id"))
@@ -84,8 +84,7 @@ def read_chat_request(request: HttpRequest) -> tuple[uuid.UUID, str]:
         raise BadRequest(400, "the last message has no text")
     if len(prompt) > limit:
         raise BadRequest(413, f"the prompt is limited to {limit} characters")
-    if "\x00" in prompt:
-        raise BadRequest(400, "the prompt must not contain NUL characters")
+    check_text(prompt, "the prompt")
     return chat_id, prompt
 
 

@@ -56,8 +56,8 @@ def read_prompt(request: HttpRequest) -> str:
         raise BadRequest(413, too_big) from None
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(400, f"the body is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(400, f"the body is not valid JSON: {exc!s:.200}") from None
     if not isinstance(data, dict):
         raise BadRequest(400, 'the body must be a JSON object: {"prompt": "..."}')
     prompt = data.get("prompt")
@@ -67,9 +67,19 @@ def read_prompt(request: HttpRequest) -> str:
         raise BadRequest(400, '"prompt" must not be empty')
     if len(prompt) > limit:
         raise BadRequest(413, too_big)
-    if "\x00" in prompt:
-        raise BadRequest(400, '"prompt" must not contain NUL characters')
+    check_text(prompt, '"prompt"')
     return prompt
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse what no database stores as it is: NUL, and lone surrogates (JSON lets a
+    client send ``"\\ud800"``, which is not a character)."""
+    if "\x00" in text:
+        raise BadRequest(400, f"{what} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(400, f"{what} must be valid Unicode (it has a lone surrogate)") from None
 
 
 def guest_user(request: HttpRequest) -> Any:
