@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from example_project.chat.llm import demo_body
+from example_project.chat.llm import demo_answer, demo_body, demo_reasoning
 
 from .bundles import bundle, serve_page
 
@@ -72,7 +72,7 @@ def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
     for context in (owner, viewer):
         context.on("request", lambda r: sse.append(r.url) if "/events/" in r.url else None)
     watching = viewer.new_page()
-    watching.goto(f"/react-test/?stream={chat['stream_id']}")
+    watching.goto(f"/react-test/?stream={chat['stream_id']}&parts")
 
     # A component unmounted mid-reply lets its stream go: its websocket closes.
     leaving = viewer.new_page()
@@ -97,6 +97,10 @@ def test_use_stream_drives_resumes_after_a_reload_and_is_watched_exactly(
     )
     assert shown(page) == (expected, "done")
     assert shown(watching) == (expected, "done")
+    # It asked for parts: the reasoning and the answer apart.
+    conversation = [{"role": "user", "content": prompt}]
+    assert watching.locator("#reasoning").text_content() == demo_reasoning(conversation)
+    assert watching.locator("#answer").text_content() == demo_answer(conversation)
     assert page.locator("#error").text_content() == ""
     assert sse == [], "the pages fell back to Server-Sent Events: websockets were refused"
     body = browser_factory(server.url).body(chat["stream_id"])
