@@ -274,6 +274,7 @@ class Feed:
         self._tail_start = 0
         self._early: list[tuple[int, str, str, str | None, Sequence[Entry], int]] = []
         self._resync_lock = asyncio.Lock()
+        self._resync_again = False
         self._watchdog = hub.spawn(self._watch())
 
     # Deltas ----------------------------------------------------------------------------
@@ -472,35 +473,47 @@ class Feed:
                 logger.exception("the watchdog of stream %s failed; it goes on", self.stream_id)
 
     def resync_soon(self) -> None:
-        if not self._resync_lock.locked():
+        if self._resync_lock.locked():
+            # The read under way may have been made before what showed the gap
+            # committed: read again when it is done.
+            self._resync_again = True
+        else:
             self.hub.spawn(self.resync())
 
     async def resync(self) -> None:
         """Read the stream once for all its viewers here: fill what was missed, learn
-        its status, and close the viewers the permission policy now refuses."""
+        its status, and close the viewers the permission policy now refuses. Again if
+        another gap showed while it read."""
         async with self._resync_lock:
-            joined = [viewer for viewer in self.viewers if viewer.joined]
-            if self.end is None or not joined:
-                return
-            start = self.end
-            try:
-                found = await read_for_viewers(
-                    self.stream_id, start, {viewer.key: viewer.user for viewer in joined}
-                )
-            except Exception as exc:
-                logger.warning("viewers of stream %s could not re-sync: %r", self.stream_id, exc)
-                return
-            if found is None:
-                for viewer in joined:
-                    viewer.end(4404)
-                self._finish()
-                return
+            while True:
+                self._resync_again = False
+                await self._resync_once()
+                if not self._resync_again or self.closed:
+                    return
+
+    async def _resync_once(self) -> None:
+        joined = [viewer for viewer in self.viewers if viewer.joined]
+        if self.end is None or not joined:
+            return
+        start = self.end
+        try:
+            found = await read_for_viewers(
+                self.stream_id, start, {viewer.key: viewer.user for viewer in joined}
+            )
+        except Exception as exc:
+            logger.warning("viewers of stream %s could not re-sync: %r", self.stream_id, exc)
+            return
+        if found is None:
             for viewer in joined:
-                if not found.allowed[viewer.key]:
-                    viewer.end(4403)
-                    self.remove(viewer)
-            self.hub.ensure_groups()
-            self.apply(start, found.text, found.status, found.error, found.parts, 0)
+                viewer.end(4404)
+            self._finish()
+            return
+        for viewer in joined:
+            if not found.allowed[viewer.key]:
+                viewer.end(4403)
+                self.remove(viewer)
+        self.hub.ensure_groups()
+        self.apply(start, found.text, found.status, found.error, found.parts, 0)
 
     # Membership ------------------------------------------------------------------------
 

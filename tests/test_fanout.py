@@ -16,6 +16,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient, override_settings
 
+from streaming_app import hub as hub_module
 from streaming_app.flush import Batch, FlushPolicy
 from streaming_app.models import Chunk, Status
 from streaming_app.persist import write_batch
@@ -326,6 +327,44 @@ async def test_viewers_end_exact_when_group_messages_are_dropped(layer, resync_i
     for result in results:
         assert (result["start"], result["text"]) == (0, "".join(PIECES))
         assert result["statuses"][-1] == "done" and result["code"] == 1000
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "tests.layers.CountingLayer"}},
+    STREAMING_APP={"RESYNC_INTERVAL": 60},
+)
+async def test_a_gap_shown_while_the_database_is_read_is_read_again(monkeypatch):
+    """A read of the database (after a gap) that began before the last commit, and a
+    gap shown by the terminal message while it runs: the feed reads again, at once,
+    rather than waiting RESYNC_INTERVAL (the cause of a flaky test_fanout run)."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    [viewer_task] = await watched(stream.pk, 1)
+    read_made, release = asyncio.Event(), asyncio.Event()
+    original = hub_module.read_for_viewers
+    reads: list[int] = []
+
+    async def slow_read(stream_id: uuid.UUID, start: int, users: dict[str, Any]) -> Any:
+        found = await original(stream_id, start, users)
+        reads.append(start)
+        if len(reads) == 1:  # the first read holds its (old) result back
+            read_made.set()
+            await release.wait()
+        return found
+
+    monkeypatch.setattr(hub_module, "read_for_viewers", slow_read)
+    writer = RemoteWriter(stream.pk)
+    await writer.write("One. ", publish=False)
+    writer.unpublished.clear()  # lost: the next message shows the gap
+    await writer.write("Two. ")
+    await asyncio.wait_for(read_made.wait(), 5)
+    await writer.write("Three.", publish=False)
+    writer.unpublished.clear()
+    await writer.write("", "done")  # a gap again, while the first read runs
+    release.set()
+    result = await asyncio.wait_for(viewer_task, 5)
+    assert (result["text"], result["statuses"][-1]) == ("One. Two. Three.", "done")
+    assert len(reads) == 2, reads
 
 
 # Server-Sent Events -------------------------------------------------------------------
