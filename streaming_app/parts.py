@@ -96,7 +96,6 @@ class Finish:
 
 
 Part = Text | Reasoning | ToolCall | ToolResult | Finish
-PART_TYPES = (Text, Reasoning, ToolCall, ToolResult, Finish)
 
 
 def clean(value: Any) -> Any:
@@ -132,6 +131,9 @@ class PartMap:
         # The span now open: its type and (for a tool call) id; None after a result.
         self._open: tuple[str, str | None] | None = None
         self._names: dict[str, str] = {}
+        # Calls with an entry that names them (a server may name a call after its
+        # first delta: a new entry then names it).
+        self._named: set[str] = set()
 
     def add(self, part: str | Part, at: int) -> str:
         if isinstance(part, str):
@@ -153,9 +155,11 @@ class PartMap:
                 raise ValueError("a tool call needs an id")
             name = self._names.get(call_id) or storable(str(part.name or ""))
             self._names[call_id] = name
-            if self._open != (TOOL_CALL, call_id) or (name and not self._named(call_id)):
+            if self._open != (TOOL_CALL, call_id) or (name and call_id not in self._named):
                 self._start({"at": at, "type": TOOL_CALL, "id": call_id, "name": name}, at)
                 self._open = (TOOL_CALL, call_id)
+                if name:
+                    self._named.add(call_id)
             return storable(str(part.arguments or ""))
         if isinstance(part, ToolResult):
             call_id = storable(str(part.id))
@@ -179,11 +183,6 @@ class PartMap:
             )
         self._open = None
         return ""
-
-    def _named(self, call_id: str) -> bool:
-        """Whether an entry of call ``call_id`` carries its name (a server may name a
-        call after its first delta: a new entry then names it)."""
-        return any(e.get("id") == call_id and e.get("name") for e in self.entries)
 
     def _start(self, entry: Entry, at: int) -> None:
         if not self.entries and at > 0:
