@@ -50,9 +50,10 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from . import conf
+from .clients import request_viewer_key
 from .errors import GENERIC
 from .flush import FlushPolicy
-from .hub import Hub, Viewer, hub, viewer_key
+from .hub import Hub, Viewer, hub
 from .models import Status, Stream, is_finished
 from .parts import FINISH, REASONING, TEXT, TOOL_CALL, TOOL_RESULT, Entry
 from .publish import published_after
@@ -493,13 +494,9 @@ async def aresume_response(
     if stream_id is None:
         return HttpResponse(status=204)
     user = await request_user(request)
-    session = getattr(request, "session", None)
     deltas = _Deltas()
-    viewer = Viewer(
-        user,
-        viewer_key(user, session and session.session_key, request.META.get("REMOTE_ADDR")),
-        deltas,
-    )
+    key = request_viewer_key(request, user)
+    viewer = Viewer(user, key.key, deltas, limit=key.limit)
     followed = hub()
     try:
         body = await followed.watch(viewer, parse_stream_id(stream_id), 0)

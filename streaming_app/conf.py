@@ -75,6 +75,11 @@ DEFAULTS: dict[str, Any] = {
     # Websocket and Server-Sent Events viewers one user (or anonymous session, or
     # address) may hold open on one process: past it, close 4429 or HTTP 429.
     "MAX_VIEWERS_PER_USER": 20,
+    # Anonymous viewers whose address is a proxy's (forwarding headers the server did
+    # not apply: its proxy settings are missing, docs/deployment.md#proxies) may hold
+    # this many open on one process, all of them together; a client that adds such
+    # headers itself is bounded by it too. None: no limit.
+    "MAX_VIEWERS_PER_PROXY": 500,
     # Characters of frames waiting to be written to one viewer: past it the viewer is
     # cut loose and catches up from the database when it reads again.
     "VIEWER_BUFFER_CHARS": 262_144,

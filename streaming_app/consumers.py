@@ -11,8 +11,9 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from .clients import scope_viewer_key
 from .exceptions import InvalidOffset
-from .hub import Hub, Viewer, close_code, hub, status_message, text_message, to_json, viewer_key
+from .hub import Hub, Viewer, close_code, hub, status_message, text_message, to_json
 from .parts import Entry
 from .streams import parse_flag, parse_offset, parse_stream_id
 
@@ -70,12 +71,11 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         # Accept first: daphne answers a close before accept with a bare HTTP 403, and
         # the close codes are how a viewer learns what was wrong.
         await self.accept()
-        session = self.scope.get("session")
         user = self.scope.get("user")
-        client = self.scope.get("client") or [None]
+        key = scope_viewer_key(self.scope)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         frames = FRAMES_WITH_PARTS if parse_flag((query.get("parts") or [""])[-1]) else FRAMES
-        viewer = Viewer(user, viewer_key(user, session and session.session_key, client[0]), frames)
+        viewer = Viewer(user, key.key, frames, limit=key.limit)
         try:
             stream_id = parse_stream_id(self.scope["url_route"]["kwargs"]["stream_id"])
             offset = query_offset(self.scope.get("query_string", b""))

@@ -108,14 +108,19 @@ def _rank(status: str | None) -> int:
 class Viewer:
     """One viewer of one stream: where it is, and the frames waiting to be written to it.
 
-    ``key`` identifies whose it is (a user, an anonymous session or an address) for
-    ``MAX_VIEWERS_PER_USER``. The transport iterates :meth:`batches` and writes each
-    frame; when the iteration ends it closes with :attr:`close_code`.
+    ``key`` identifies whose it is (a user, an anonymous session, an address: the
+    transport says, see :mod:`streaming_app.clients`); ``limit`` names the setting that
+    bounds how many viewers one key holds open on the process. The transport iterates
+    :meth:`batches` and writes each frame; when the iteration ends it closes with
+    :attr:`close_code`.
     """
 
-    def __init__(self, user: Any, key: str, frames: Frames) -> None:
+    def __init__(
+        self, user: Any, key: str, frames: Frames, *, limit: str = "MAX_VIEWERS_PER_USER"
+    ) -> None:
         self.user = user
         self.key = key
+        self.limit = limit
         self.frames = frames
         #: Offset the viewer's text reaches, and status, once the queued frames are written.
         self.sent = 0
@@ -586,7 +591,7 @@ class Hub:
         :class:`~streaming_app.exceptions.Overloaded` (too many viewers for its key),
         or a database error; the viewer is not registered then.
         """
-        limit = conf.get("MAX_VIEWERS_PER_USER")
+        limit = conf.get(viewer.limit)
         if limit is not None and self.viewers[viewer.key] >= int(limit):
             raise Overloaded(
                 f"too many open viewers (the limit is {limit})",
@@ -739,13 +744,3 @@ def hub() -> Hub:
 def track_run(sender: Any, *, run: StreamRun, **kwargs: Any) -> None:
     """Receiver of ``stream_run_started``."""
     hub().track_run(run)
-
-
-def viewer_key(user: Any, session_key: str | None, address: str | None) -> str:
-    """Whose a viewer is, for ``MAX_VIEWERS_PER_USER``: a user, else an anonymous
-    session, else an address."""
-    if user is not None and getattr(user, "is_authenticated", False):
-        return f"user:{user.pk}"
-    if session_key:
-        return f"session:{session_key}"
-    return f"address:{address or 'unknown'}"

@@ -12,7 +12,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from . import conf
-from .hub import Hub, Viewer, hub, status_message, text_message, to_json, viewer_key
+from .clients import request_viewer_key
+from .hub import Hub, Viewer, hub, status_message, text_message, to_json
 from .parts import Entry
 from .streams import parse_flag, parse_stream_id
 from .views import STREAM_ERRORS, JsonView, error_for, request_user
@@ -63,11 +64,12 @@ class StreamEventsView(JsonView):
         user = await request_user(request)
         resuming = "Last-Event-ID" in request.headers
         offset = request.headers.get("Last-Event-ID") or request.GET.get("offset", "0")
-        session = getattr(request, "session", None)
+        key = request_viewer_key(request, user)
         viewer = Viewer(
             user,
-            viewer_key(user, session and session.session_key, request.META.get("REMOTE_ADDR")),
+            key.key,
             EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS,
+            limit=key.limit,
         )
         followed = hub()
         try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -88,8 +88,8 @@ def daphne_factory(e2e_db: str) -> Iterator[Any]:
     database; all stop at the end."""
     started: list[Daphne] = []
 
-    def start(kind: type[Daphne] = Daphne, **env: str) -> Daphne:
-        server = kind(e2e_db, **env)
+    def start(kind: type[Daphne] = Daphne, options: Sequence[str] = (), **env: str) -> Daphne:
+        server = kind(e2e_db, options=options, **env)
         started.append(server)
         return server
 

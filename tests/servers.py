@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,17 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Ask it to stop (SIGTERM); kill it if it is still there 10 s later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @contextmanager
@@ -109,15 +120,17 @@ class Daphne:
         database_url: str,
         *,
         application: str = "example_project.asgi:application",
+        options: Sequence[str] = (),
         **env: str,
     ) -> None:
+        """``options``: more command-line flags for the server (its proxy settings, say)."""
         self.port = free_port()
         # Open for the server's lifetime; stop() closes it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"{self.name}-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.arguments(), application],
+            [sys.executable, "-m", *self.arguments(), *options, application],
             cwd=ROOT,
             env=server_env(database_url, **env),
             stdout=self.log,
@@ -140,12 +153,7 @@ class Daphne:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
         self.log.close()
         os.unlink(self.log.name)
 
@@ -404,30 +412,40 @@ async def ws_watch(
     }
 
 
+async def sse_messages(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The messages of a Server-Sent Events body (its text, as it arrives)."""
+    buffer = ""
+    async for chunk in chunks:
+        buffer += chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
+            if data:
+                yield json.loads(data[0])
+
+
 async def sse_watch(base_url: str, stream_id: str) -> dict[str, Any]:
     """Follow a stream's Server-Sent Events to their end."""
     text, statuses, arrivals, payload = "", [], [], 0
+
+    async def counted(response: httpx.Response) -> AsyncIterator[str]:
+        nonlocal payload
+        async for chunk in response.aiter_text():
+            payload += len(chunk.encode())
+            yield chunk
+
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=60) as http,
         http.stream("GET", f"/api/streams/{stream_id}/events/") as response,
     ):
         assert response.status_code == 200
-        buffer = ""
-        async for chunk in response.aiter_text():
-            payload += len(chunk.encode())
-            buffer += chunk
-            while "\n\n" in buffer:
-                block, buffer = buffer.split("\n\n", 1)
-                data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
-                if not data:
-                    continue
-                message = json.loads(data[0])
-                if message["type"] == "text":
-                    assert message["offset"] == len(text), "overlap or gap"
-                    text += message["text"]
-                    arrivals.append((time.monotonic(), len(text)))
-                else:
-                    statuses.append(message["status"])
+        async for message in sse_messages(counted(response)):
+            if message["type"] == "text":
+                assert message["offset"] == len(text), "overlap or gap"
+                text += message["text"]
+                arrivals.append((time.monotonic(), len(text)))
+            else:
+                statuses.append(message["status"])
     return {"text": text, "statuses": statuses, "arrivals": arrivals, "payload": payload}
 
 

@@ -26,6 +26,7 @@ def test_the_defaults_pass():
         ({"MIN_FLUSH_INTERVAL": -1}, "streaming_app.E003"),
         ({"MAX_BUFFER_CHARS": "4096"}, "streaming_app.E003"),
         ({"WRITER_THREADS": 0}, "streaming_app.E003"),
+        ({"MAX_VIEWERS_PER_PROXY": 0}, "streaming_app.E003"),
         ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E003"),
         ({"COMPACT_FINISHED": 1}, "streaming_app.E003"),
         ({"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1}, "streaming_app.E004"),

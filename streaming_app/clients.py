@@ -1,0 +1,140 @@
+"""Whose a viewer is, for the viewer limits: a user, an anonymous session, a client's
+address, or a proxy's address (docs/deployment.md#proxies).
+
+The transports (websocket, SSE, the AI SDK resume) make the key here from what their
+server handed them and give it to the hub, which counts keys and knows nothing of
+addresses or headers.
+
+An address is taken for a client's unless the request carries forwarding headers
+(``X-Forwarded-For``, ``X-Real-IP``, ``Forwarded``) that the server did not apply. When
+uvicorn or daphne trust a proxy, they replace the client address with one *from* the
+header, so an address that is not among the header's is the proxy's own: the server was
+not told to trust it. Anonymous viewers through such a proxy would all be one address,
+and the 21st reader of a shared link would be refused; they count against
+``MAX_VIEWERS_PER_PROXY`` together instead, and the first of them logs a warning that
+names the fix. A client that talks to the server directly and adds a made-up header of
+its own lands in that same bucket (its own address's): it cannot escape a bound by
+inventing addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from django.http import HttpRequest
+
+from . import conf
+
+logger = logging.getLogger(__name__)
+
+#: The headers a proxy tells a client's address in (lower case).
+FORWARDING_HEADERS = ("x-forwarded-for", "x-real-ip", "forwarded")
+
+
+class ViewerKey(NamedTuple):
+    """``key`` identifies whose a viewer is; ``limit`` names the setting that bounds how
+    many viewers one key holds open on a process."""
+
+    key: str
+    limit: str
+
+
+_warned = False
+
+
+def viewer_key(
+    user: Any, session_key: str | None, address: str | None, forwarding: Mapping[str, str]
+) -> ViewerKey:
+    """A user, else an anonymous session, else the client's address, else (forwarding
+    headers the server did not apply) the proxy's address.
+
+    ``forwarding`` holds the request's :data:`FORWARDING_HEADERS` (lower-case names,
+    repeated headers joined with commas)."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        return ViewerKey(f"user:{user.pk}", "MAX_VIEWERS_PER_USER")
+    if session_key:
+        return ViewerKey(f"session:{session_key}", "MAX_VIEWERS_PER_USER")
+    if not forwarding or _canonical(address or "") in forwarded_addresses(forwarding):
+        return ViewerKey(f"address:{address or 'unknown'}", "MAX_VIEWERS_PER_USER")
+    _warn(address, sorted(forwarding))
+    return ViewerKey(f"proxy:{address or 'unknown'}", "MAX_VIEWERS_PER_PROXY")
+
+
+def scope_viewer_key(scope: Mapping[str, Any]) -> ViewerKey:
+    """The key of a websocket's viewer, from its ASGI scope (after channels' auth
+    middleware, when there is one)."""
+    session = scope.get("session")
+    forwarding: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers") or ():
+        name = raw_name.decode("latin-1").lower()
+        if name in FORWARDING_HEADERS:
+            value = raw_value.decode("latin-1")
+            forwarding[name] = f"{forwarding[name]},{value}" if name in forwarding else value
+    client = scope.get("client") or [None]
+    return viewer_key(scope.get("user"), session and session.session_key, client[0], forwarding)
+
+
+def request_viewer_key(request: HttpRequest, user: Any) -> ViewerKey:
+    """The key of an HTTP viewer (SSE, the AI SDK resume)."""
+    session = getattr(request, "session", None)
+    forwarding = {
+        name: value for name in FORWARDING_HEADERS if (value := request.headers.get(name))
+    }
+    return viewer_key(
+        user, session and session.session_key, request.META.get("REMOTE_ADDR"), forwarding
+    )
+
+
+def forwarded_addresses(forwarding: Mapping[str, str]) -> set[str]:
+    """Every address the forwarding headers name, as a server would take it from them:
+    whole (daphne keeps a port), and its host alone (uvicorn drops the port)."""
+    found: set[str] = set()
+    for name, value in forwarding.items():
+        for element in value.split(","):
+            entries: Iterable[str] = [element]
+            if name == "forwarded":  # for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"
+                pairs = (pair.partition("=") for pair in element.split(";"))
+                entries = [v.strip().strip('"') for k, _, v in pairs if k.strip().lower() == "for"]
+            for entry in entries:
+                entry = entry.strip()
+                found.update((_canonical(entry), _canonical(_host(entry))))
+    found.discard("")
+    return found
+
+
+def _host(entry: str) -> str:
+    """``[v6]:port`` → ``v6``, ``v4:port`` → ``v4``; anything else as it is."""
+    if entry.startswith("["):
+        return entry[1:].partition("]")[0]
+    if entry.count(":") == 1:
+        return entry.partition(":")[0]
+    return entry
+
+
+def _canonical(address: str) -> str:
+    """One spelling per IP address (IPv6 has many); anything else as it is."""
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return address
+
+
+def _warn(address: str | None, headers: list[str]) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    logger.warning(
+        "A request from %s carries %s, which the server did not apply: %s is a proxy whose "
+        "headers are not trusted, or a client that made them up. Anonymous viewers from it "
+        "share MAX_VIEWERS_PER_PROXY (%s) on this process. Behind a proxy, tell the server "
+        "to trust it: uvicorn --forwarded-allow-ips=<the proxy's address>, daphne "
+        "--proxy-headers (docs/deployment.md#proxies). Logged once per process.",
+        address or "an unknown address",
+        " and ".join(headers),
+        address or "it",
+        conf.get("MAX_VIEWERS_PER_PROXY"),
+    )
