@@ -486,9 +486,12 @@ class Feed:
         if is_finished(body.status):
             viewer.end(1000)
         elif (
-            self.end is not None and viewer.sent < self.end and not self._catch_up_from_tail(viewer)
+            self.end is not None
+            and viewer.sent <= self.end
+            and not self._catch_up_from_tail(viewer)
         ):
-            # The feed moved on past its tail while the database was read: what the
+            # (At the end, the tail brings the status the feed heard while the
+            # database was read.) The feed moved on past its tail meanwhile: what the
             # viewer lacks is in the database again (left so, the viewer would be
             # passed by every delta and end with text missing).
             viewer.behind = True

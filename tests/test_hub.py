@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -50,6 +51,14 @@ async def settled() -> None:
     """Let the hub's membership tasks run."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], within: float = 5) -> None:
+    """Until ``condition()`` holds (what the hub hears through the layer, in its own task)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "it never happened"
+        await asyncio.sleep(0.005)
 
 
 # The in-process viewers all look alike to MAX_VIEWERS_PER_USER (no user, no address).
@@ -211,14 +220,19 @@ async def test_a_viewer_that_stops_reading_is_cut_loose_and_catches_up_exactly()
     await connection
 
 
+@pytest.mark.parametrize("meanwhile", ["more than the tail", "the end"])
 @override_settings(
     STREAMING_APP={**MANY_VIEWERS, "VIEWER_BUFFER_CHARS": 200, "RESYNC_INTERVAL": 60}
 )
-async def test_a_catch_up_that_the_feed_outruns_while_it_reads_reads_again(monkeypatch):
+async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it_reads(
+    monkeypatch, meanwhile
+):
     """A viewer cut loose catches up from the database; while that read is under way
-    the stream moves on past what the feed keeps (its tail). The read's end is then
-    before the tail: the viewer must read again, not be left between behind and
-    caught up (passed by every delta, it would end with text missing)."""
+    the stream moves on. Past what the feed keeps (its tail): the read's end is then
+    before the tail, and the viewer must read again, not be left between behind and
+    caught up (passed by every delta, it ended with text missing). Or only the end
+    commits (the read has all the text, not the status): the viewer must get the
+    status the feed heard meanwhile (it was closed without it)."""
     monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
@@ -230,14 +244,16 @@ async def test_a_catch_up_that_the_feed_outruns_while_it_reads_reads_again(monke
         await writer.write(f"Piece number {i} of the stream. ")
     assert viewer.behind
     original, reads = hub_module.read_snapshot, []
-    read_made, release = asyncio.Event(), asyncio.Event()
+    first_read, release, second_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def held_read(*args: Any) -> Any:
         body = await original(*args)
         reads.append(body.offset + len(body.text))
         if len(reads) == 1:  # the first read holds its result back
-            read_made.set()
+            first_read.set()
             await release.wait()
+        else:
+            second_read.set()  # (the catch-up ends in this step, without awaiting)
         return body
 
     monkeypatch.setattr(hub_module, "read_snapshot", held_read)
@@ -248,13 +264,20 @@ async def test_a_catch_up_that_the_feed_outruns_while_it_reads_reads_again(monke
             frames.extend(batch)
 
     reading = asyncio.create_task(read())
-    await asyncio.wait_for(read_made.wait(), 5)
-    for i in range(8, 12):
-        await writer.write(f"Piece number {i} of the stream. ")
-    assert reads[0] < feed._tail_start, "the feed did not move past the read: nothing proved"
-    release.set()
-    await writer.write("The end.")
-    await writer.write("", "done")
+    await asyncio.wait_for(first_read.wait(), 5)
+    if meanwhile == "the end":
+        await writer.write("", "done")
+        await until(lambda: feed.closed)  # the feed heard the end
+        assert reads[0] == writer.offset, "the read did not have all the text"
+        release.set()
+    else:
+        for i in range(8, 12):
+            await writer.write(f"Piece number {i} of the stream. ")
+        assert reads[0] < feed._tail_start, "the feed did not move past the read"
+        release.set()
+        await asyncio.wait_for(second_read.wait(), 5)
+        await writer.write("The end.")
+        await writer.write("", "done")
     await asyncio.wait_for(reading, 5)
     hub().leave(viewer)
     messages = [json.loads(frame) for frame in frames]
@@ -265,7 +288,7 @@ async def test_a_catch_up_that_the_feed_outruns_while_it_reads_reads_again(monke
             text = text[: message["offset"]] + message["text"]
     assert text == await sync_to_async(read_text)(stream.pk, 0, writer.offset)
     assert messages[-1] == {"type": "status", "status": "done", "error": None}
-    assert len(reads) == 2, reads
+    assert len(reads) == (1 if meanwhile == "the end" else 2), reads
 
 
 @override_settings(STREAMING_APP={"MAX_VIEWERS_PER_USER": 2, "RETRY_AFTER": 4})
