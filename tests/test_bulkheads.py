@@ -88,7 +88,7 @@ async def broken_viewer(
         return asyncio.create_task(watch(await viewer(stream_id, "parts=1")))
     if transport == "sse":
         monkeypatch.setattr(sse, "EVENTS_WITH_PARTS", BrokenEventFrames(fault))
-        response = await AsyncClient().get(f"/api/streams/{stream_id}/events/?parts=1")
+        response: Any = await AsyncClient().get(f"/api/streams/{stream_id}/events/?parts=1")
     else:
         monkeypatch.setattr(aisdk, "_Deltas", broken_deltas(fault))
         request = AsyncRequestFactory().get("/api/ai/chat/x/stream")
