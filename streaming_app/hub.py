@@ -19,13 +19,14 @@ the runs of this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import uuid
 import weakref
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -294,7 +295,20 @@ class Feed:
         parts_from: int = 0,
     ) -> None:
         """A committed delta: ``text`` from ``offset``, the entries of the part map
-        from number ``parts_from`` that came with it, then ``status``."""
+        from number ``parts_from`` that came with it, then ``status``. Never raises
+        (it runs in the committer's task): a bug here ends this feed (:meth:`fail`)."""
+        with self._contained("a delta"):
+            self._apply(offset, text, status, error, parts, parts_from)
+
+    def _apply(
+        self,
+        offset: int,
+        text: str,
+        status: str,
+        error: str | None,
+        parts: Sequence[Entry],
+        parts_from: int,
+    ) -> None:
         self.heard = asyncio.get_running_loop().time()
         if self.end is None:
             self._early.append((offset, text, status, error, parts, parts_from))
@@ -315,16 +329,17 @@ class Feed:
         if _rank(status) > _rank(self.status):
             self.status, self.error = status, error
             shared: dict[int, str] = {}
-            for viewer in self.viewers:
+            for viewer in list(self.viewers):
                 if viewer.joined and not viewer.behind and _rank(viewer.status) < _rank(status):
-                    frames = id(viewer.frames)
-                    if viewer.sent != self.end:
-                        frame = viewer.frames.status(status, error, viewer.sent)
-                    elif frames in shared:
-                        frame = shared[frames]
-                    else:
-                        frame = shared[frames] = viewer.frames.status(status, error, self.end)
-                    viewer.offer(frame, status=status)
+                    with self._alone(viewer):
+                        frames = id(viewer.frames)
+                        if viewer.sent != self.end:
+                            frame = viewer.frames.status(status, error, viewer.sent)
+                        elif frames in shared:
+                            frame = shared[frames]
+                        else:
+                            frame = shared[frames] = viewer.frames.status(status, error, self.end)
+                        viewer.offer(frame, status=status)
             if is_finished(status):
                 self._finish()
 
@@ -333,24 +348,21 @@ class Feed:
         (and a part-aware one the entries of the map it lacks, up to ``end``)."""
         shared: dict[tuple[int, int], str] = {}
         upto = reach(self.parts, end)
-        for viewer in self.viewers:
-            if not viewer.joined or viewer.behind:
+        for viewer in list(self.viewers):
+            if not viewer.joined or viewer.behind or not start <= viewer.sent < end:
                 continue
-            since = viewer.parts_sent if viewer.frames.parts else 0
-            if viewer.sent == start:
-                key = (id(viewer.frames), since)
-                if key not in shared:
-                    shared[key] = viewer.frames.text(start, text, self.parts, since)
-                viewer.offer(shared[key], sent=end)
-            elif start < viewer.sent < end:
-                viewer.offer(
-                    viewer.frames.text(viewer.sent, text[viewer.sent - start :], self.parts, since),
-                    sent=end,
-                )
-            else:
-                continue
-            if viewer.frames.parts and not viewer.behind:  # (behind: cut loose by it)
-                viewer.parts_sent = max(viewer.parts_sent, upto)
+            with self._alone(viewer):
+                since = viewer.parts_sent if viewer.frames.parts else 0
+                if viewer.sent == start:
+                    key = (id(viewer.frames), since)
+                    if key not in shared:
+                        shared[key] = viewer.frames.text(start, text, self.parts, since)
+                    viewer.offer(shared[key], sent=end)
+                else:
+                    rest = text[viewer.sent - start :]
+                    viewer.offer(viewer.frames.text(viewer.sent, rest, self.parts, since), sent=end)
+                if viewer.frames.parts and not viewer.behind:  # (behind: cut loose by it)
+                    viewer.parts_sent = max(viewer.parts_sent, upto)
 
     def _offer_entries(self) -> None:
         """Hand each part-aware viewer at the end the entries of the map that it lacks
@@ -359,7 +371,7 @@ class Feed:
         assert self.end is not None
         upto = reach(self.parts, self.end)
         shared: dict[tuple[int, int], str] = {}
-        for viewer in self.viewers:
+        for viewer in list(self.viewers):
             if (
                 viewer.joined
                 and not viewer.behind
@@ -367,12 +379,15 @@ class Feed:
                 and viewer.sent == self.end
                 and viewer.parts_sent < upto
             ):
-                key = (id(viewer.frames), viewer.parts_sent)
-                if key not in shared:
-                    shared[key] = viewer.frames.text(self.end, "", self.parts, viewer.parts_sent)
-                viewer.offer(shared[key])
-                if not viewer.behind:
-                    viewer.parts_sent = upto
+                with self._alone(viewer):
+                    key = (id(viewer.frames), viewer.parts_sent)
+                    if key not in shared:
+                        shared[key] = viewer.frames.text(
+                            self.end, "", self.parts, viewer.parts_sent
+                        )
+                    viewer.offer(shared[key])
+                    if not viewer.behind:
+                        viewer.parts_sent = upto
 
     def _snapshot_sent(self, viewer: Viewer, parts: Sequence[Entry]) -> None:
         """A part-aware viewer was handed a snapshot or catch-up up to ``viewer.sent``."""
@@ -386,15 +401,15 @@ class Feed:
 
     def admit(self, viewer: Viewer, body: StreamBody) -> None:
         """A viewer whose snapshot ``body`` was read after the feed subscribed: send it
-        the snapshot, then whatever the feed has heard since."""
-        self._learn_parts(body.parts)
+        the snapshot, then whatever the feed has heard since. Never raises: a fault in
+        the viewer's encoder closes that viewer (1011), one of the feed ends the feed."""
+        with self._contained("admitting a viewer"):
+            self._admit(viewer, body)
+
+    def _admit(self, viewer: Viewer, body: StreamBody) -> None:
         viewer.begin(body.offset)
-        viewer.offer(
-            viewer.frames.text(body.offset, body.text, body.parts),
-            sent=body.offset + len(body.text),
-        )
-        self._snapshot_sent(viewer, body.parts)
-        viewer.offer(viewer.frames.status(body.status, body.error, viewer.sent), status=body.status)
+        if not self._hand_body(viewer, body):
+            return
         viewer.joined = True
         if is_finished(body.status):
             viewer.end(1000)
@@ -413,28 +428,53 @@ class Feed:
         elif not self._catch_up_from_tail(viewer):
             viewer.behind = True  # older than the feed remembers: from the database
 
+    def _hand_body(self, viewer: Viewer, body: StreamBody) -> bool:
+        """Hand ``viewer`` what a read of the database gave it: the text, and the status
+        if it is news to the viewer. False if the viewer failed (it is closed)."""
+        self._learn_parts(body.parts)
+        with self._alone(viewer):
+            viewer.offer(
+                viewer.frames.text(body.offset, body.text, body.parts),
+                sent=body.offset + len(body.text),
+            )
+            self._snapshot_sent(viewer, body.parts)
+            if _rank(body.status) > _rank(viewer.status):
+                viewer.offer(
+                    viewer.frames.status(body.status, body.error, viewer.sent), status=body.status
+                )
+            return True
+        return False
+
     def _catch_up_from_tail(self, viewer: Viewer) -> bool:
+        """Bring ``viewer`` up to ``end`` from the tail; False if it is older than the
+        tail (only the database has what it lacks)."""
         assert self.end is not None
         if viewer.sent < self._tail_start:
             return False
-        if viewer.sent < self.end or (
-            viewer.frames.parts and viewer.parts_sent < reach(self.parts, self.end)
-        ):
-            at = viewer.sent - self._tail_start
-            viewer.offer(
-                viewer.frames.text(viewer.sent, self._tail[at:], self.parts), sent=self.end
-            )
-            self._snapshot_sent(viewer, self.parts)
-        if self.status is not None and _rank(self.status) > _rank(viewer.status):
-            viewer.offer(
-                viewer.frames.status(self.status, self.error, viewer.sent), status=self.status
-            )
-        if is_finished(self.status or ""):
-            viewer.end(1000)
+        with self._alone(viewer):
+            if viewer.sent < self.end or (
+                viewer.frames.parts and viewer.parts_sent < reach(self.parts, self.end)
+            ):
+                at = viewer.sent - self._tail_start
+                viewer.offer(
+                    viewer.frames.text(viewer.sent, self._tail[at:], self.parts), sent=self.end
+                )
+                self._snapshot_sent(viewer, self.parts)
+            if self.status is not None and _rank(self.status) > _rank(viewer.status):
+                viewer.offer(
+                    viewer.frames.status(self.status, self.error, viewer.sent), status=self.status
+                )
+            if is_finished(self.status or ""):
+                viewer.end(1000)
         return True
 
     async def catch_up(self, viewer: Viewer) -> None:
-        """Bring a viewer that was cut loose (or joined late) up to what has committed."""
+        """Bring a viewer that was cut loose (or joined late) up to what has committed.
+        Never raises (it runs in the viewer's transport): see :meth:`admit`."""
+        with self._contained("a catch-up"):
+            await self._catch_up(viewer)
+
+    async def _catch_up(self, viewer: Viewer) -> None:
         viewer.behind = False
         if self.end is not None and self._catch_up_from_tail(viewer):
             return
@@ -446,20 +486,58 @@ class Feed:
             viewer.end(close_code(exc))
             return
         viewer.behind = False
-        self._learn_parts(body.parts)
-        viewer.offer(
-            viewer.frames.text(body.offset, body.text, body.parts),
-            sent=body.offset + len(body.text),
-        )
-        self._snapshot_sent(viewer, body.parts)
-        if _rank(body.status) > _rank(viewer.status):
-            viewer.offer(
-                viewer.frames.status(body.status, body.error, viewer.sent), status=body.status
-            )
+        if not self._hand_body(viewer, body):
+            return
         if is_finished(body.status):
             viewer.end(1000)
-        elif self.end is not None and viewer.sent < self.end:
-            self._catch_up_from_tail(viewer)
+        elif (
+            self.end is not None
+            and viewer.sent <= self.end
+            and not self._catch_up_from_tail(viewer)
+        ):
+            # (At the end, the tail brings the status the feed heard while the
+            # database was read.) The feed moved on past its tail meanwhile: what the
+            # viewer lacks is in the database again (left so, the viewer would be
+            # passed by every delta and end with text missing).
+            viewer.behind = True
+
+    # Faults ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _alone(self, viewer: Viewer) -> Iterator[None]:
+        """A fault in ``viewer``'s encoder or queue closes that viewer (1011), alone:
+        the feed's other viewers go on."""
+        try:
+            yield
+        except Exception:
+            logger.exception("a viewer of stream %s failed; it is closed (1011)", self.stream_id)
+            viewer.end(1011)
+            self.remove(viewer)
+
+    @contextlib.contextmanager
+    def _contained(self, what: str) -> Iterator[None]:
+        """A bug in this feed ends it (:meth:`fail`) rather than its caller: the
+        committer, the layer's receiver, a viewer's transport, the watchdog."""
+        try:
+            yield
+        except Exception:
+            self.fail(what)
+
+    def fail(self, what: str) -> None:
+        """``what`` failed in this feed (a bug; called while handling it). What the
+        feed knows can no longer be trusted: rather than re-read into it, its viewers
+        here are closed (1011) and resume from their offsets, from the database, with a
+        new feed; this one stops. No other stream's viewers are touched."""
+        viewers, self.viewers = self.viewers, set()
+        logger.exception(
+            "%s failed in the feed of stream %s; its %d viewers here are closed (1011)",
+            what,
+            self.stream_id,
+            len(viewers),
+        )
+        for viewer in viewers:
+            viewer.end(1011)
+        self._finish()
 
     # The watchdog ----------------------------------------------------------------------
 
@@ -472,10 +550,7 @@ class Feed:
                 await asyncio.sleep(wait)
                 continue
             self.heard = loop.time()
-            try:
-                await self.resync()
-            except Exception:  # a bug: the viewers must not lose their watchdog for it
-                logger.exception("the watchdog of stream %s failed; it goes on", self.stream_id)
+            await self.resync()
 
     def resync_soon(self) -> None:
         if self._resync_lock.locked():
@@ -488,13 +563,14 @@ class Feed:
     async def resync(self) -> None:
         """Read the stream once for all its viewers here: fill what was missed, learn
         its status, and close the viewers the permission policy now refuses. Again if
-        another gap showed while it read."""
-        async with self._resync_lock:
-            while True:
-                self._resync_again = False
-                await self._resync_once()
-                if not self._resync_again or self.closed:
-                    return
+        another gap showed while it read. Never raises: a bug ends the feed."""
+        with self._contained("a re-sync"):
+            async with self._resync_lock:
+                while True:
+                    self._resync_again = False
+                    await self._resync_once()
+                    if not self._resync_again or self.closed:
+                        return
 
     async def _resync_once(self) -> None:
         joined = [viewer for viewer in self.viewers if viewer.joined]
@@ -554,6 +630,35 @@ def close_code(exc: BaseException) -> int:
     return 4503  # the database is away: come back and resume
 
 
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"not an offset: {value!r}")
+    return value
+
+
+def _delta(message: Message) -> tuple[int, str, str, str | None, list[Entry], int]:
+    """An update message's delta, as :meth:`Feed.apply` takes it. Raises KeyError,
+    ValueError or TypeError for a malformed one (from another process, or a bug)."""
+    text, status, error = message["text"], message["status"], message.get("error")
+    parts = message.get("parts") or []
+    if not (
+        isinstance(text, str)
+        and isinstance(status, str)
+        and (error is None or isinstance(error, str))
+        and isinstance(parts, list | tuple)
+        and all(isinstance(entry, dict) and isinstance(entry.get("at"), int) for entry in parts)
+    ):
+        raise TypeError("a field of the wrong type")
+    return (
+        _count(message["offset"]),
+        text,
+        status,
+        error,
+        list(parts),
+        _count(message.get("parts_from") or 0),
+    )
+
+
 # The hub ---------------------------------------------------------------------------------
 
 
@@ -574,11 +679,18 @@ class Hub:
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task of the hub's own, owing nothing to the request or consumer that
-        caused it (an empty context: no request thread, no connection)."""
+        caused it (an empty context: no request thread, no connection). One that
+        fails is logged with its traceback."""
         task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reap)
         return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        """A task of the hub ended; one that failed (a bug) is logged, not lost."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("a task of the hub failed: %r", task, exc_info=exc)
 
     # Viewers ---------------------------------------------------------------------------
 
@@ -645,31 +757,29 @@ class Hub:
     # Messages --------------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
-        """A message published in this process, or heard from the layer."""
+        """A message published in this process, or heard from the layer. Never raises
+        (it runs in the committer's task, or the layer's receiver): a malformed message
+        is logged and ignored, and a fault stays with the stream it is about."""
         try:
             stream_id = uuid.UUID(hex=str(message["stream"]))
             kind = message["type"]
-            if kind == UPDATE:
-                feed = self.feeds.get(stream_id)
-                if feed is not None:
-                    feed.apply(
-                        int(message["offset"]),
-                        str(message["text"]),
-                        str(message["status"]),
-                        message.get("error"),
-                        list(message.get("parts") or ()),
-                        int(message.get("parts_from") or 0),
-                    )
+            delta = _delta(message) if kind == UPDATE else None
+        except (KeyError, ValueError, TypeError):
+            logger.warning("ignored a malformed message: %.200r", message)
+            return
+        try:
+            feed = self.feeds.get(stream_id)
+            if kind == UPDATE and feed is not None:
+                assert delta is not None
+                feed.apply(*delta)
             elif kind == CANCEL:
                 run = self.runs.get(stream_id)
                 if run is not None:
                     run.cancel()
-            elif kind == RECHECK:
-                feed = self.feeds.get(stream_id)
-                if feed is not None:
-                    feed.resync_soon()
-        except (KeyError, ValueError, TypeError):
-            logger.warning("ignored a malformed message: %.200r", message)
+            elif kind == RECHECK and feed is not None:
+                feed.resync_soon()
+        except Exception:  # a bug, in this stream's feed or run: the others go on
+            logger.exception("a %s message of stream %s failed", kind, stream_id)
 
     async def _receive(self) -> None:
         assert self.layer is not None and self._channel is not None
@@ -687,15 +797,22 @@ class Hub:
                 self.ensure_groups()
                 continue
             failures = 0
-            if message.get("origin") != self.origin:  # else delivered already
-                self.deliver(message)
+            if not isinstance(message, dict) or message.get("origin") != self.origin:
+                self.deliver(message)  # (else delivered already)
 
     # Group memberships ------------------------------------------------------------------
 
     def _wanted(self) -> set[str]:
-        return {group_name(pk) for pk, feed in self.feeds.items() if not feed.closed} | {
-            control_group(pk) for pk in self.runs
-        }
+        """The groups to be in: the open feeds', the runs'. An id that cannot be named
+        (a bug elsewhere) is logged and left out; the others are still wanted."""
+        wanted: set[str] = set()
+        named = [(group_name, pk) for pk, feed in self.feeds.items() if not feed.closed]
+        for name, pk in [*named, *((control_group, pk) for pk in self.runs)]:
+            try:
+                wanted.add(name(uuid.UUID(str(pk))))
+            except ValueError:
+                logger.exception("stream %r cannot be followed on the channel layer", pk)
+        return wanted
 
     def ensure_groups(self) -> None:
         """Join and leave the layer's groups to match the feeds and runs (in a task)."""
@@ -703,6 +820,8 @@ class Hub:
 
     async def _sync_groups(self) -> None:
         async with self._groups_lock:
+            # The feeds this sync subscribes (whose snapshots may be read once it has).
+            covered = [feed for feed in self.feeds.values() if not feed.closed]
             wanted = self._wanted()
             try:
                 if self.layer is not None and (wanted - self._joined or self._joined - wanted):
@@ -720,8 +839,8 @@ class Hub:
                 # writer's next flush; the watchdogs try again.
                 logger.warning("could not join the channel layer's groups: %r", exc)
             finally:
-                for pk, feed in self.feeds.items():
-                    if not feed.subscribed.done() and group_name(pk) in wanted:
+                for feed in covered:
+                    if not feed.subscribed.done():
                         feed.subscribed.set_result(None)
 
 

@@ -113,7 +113,10 @@ def _deliver_locally(message: Message) -> Message:
     hub = _local_hubs.get(asyncio.get_running_loop())
     if hub is None:
         return message
-    hub.deliver(message)
+    try:
+        hub.deliver(message)
+    except Exception:  # (the hub's own catches all) the committer must not stop for it
+        logger.exception("local delivery of %s failed", message["type"])
     return {**message, "origin": hub.origin}
 
 

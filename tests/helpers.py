@@ -17,7 +17,13 @@ from streaming_app.models import Chunk, Status, Stream
 from streaming_app.persist import write_batch
 from streaming_app.run import Source, StreamRun
 from streaming_app.signals import stream_committed
-from streaming_app.streams import aclaim_stream, acreate_stream, claim_stream, create_stream
+from streaming_app.streams import (
+    aclaim_stream,
+    acreate_stream,
+    claim_stream,
+    create_stream,
+    read_text,
+)
 from streaming_app.views import astream_response
 
 T = TypeVar("T")
@@ -132,3 +138,86 @@ def committed_events(
         yield events
     finally:
         stream_committed.disconnect(receiver)
+
+
+class WatchedStreams:
+    """``count`` live streams of this process, each watched by in-process viewers over
+    the real transports (two websocket consumers, one Server-Sent Events view), for
+    tests that inject a fault beside them. Each is driven by a :class:`StreamRun` of
+    this process (``remote=False``: local delivery, the committer's path) or by a
+    writer elsewhere that publishes through the channel layer (``remote=True``: the
+    hub's receiver). :meth:`say` gives every stream a piece; :meth:`end` ends them and
+    asserts that every viewer ended exact: its text the database's, the final status
+    seen."""
+
+    def __init__(self, count: int = 10, *, remote: bool = False) -> None:
+        self.count, self.remote = count, remote
+        self.ids: list[uuid.UUID] = []
+        self.drivers: list[Any] = []
+        self.runs: list[StreamRun] = []
+        self.websockets: list[asyncio.Task[dict[str, Any]]] = []
+        self.events: list[asyncio.Task[str]] = []
+        self.said = 0
+
+    async def start(self) -> WatchedStreams:
+        # (test_fanout imports this module: its helpers are imported when used.)
+        from django.test import AsyncClient
+
+        from .test_fanout import FAST, RemoteWriter, Source, watched
+
+        for _ in range(self.count):
+            stream = await acreate_stream()
+            await aclaim_stream(stream.pk)
+            self.ids.append(stream.pk)
+            if self.remote:
+                self.drivers.append(RemoteWriter(stream.pk))
+            else:
+                source = Source()
+                run = StreamRun(stream.pk, source, policy=FAST)
+                run.start()
+                self.drivers.append(source)
+                self.runs.append(run)
+            self.websockets += await watched(stream.pk, 2)
+            response = await AsyncClient().get(f"/api/streams/{stream.pk}/events/")
+            assert response.status_code == 200
+            self.events.append(asyncio.create_task(read_all(response)))
+        return self
+
+    async def say(self) -> None:
+        """One piece more for every stream."""
+        for index, driver in enumerate(self.drivers):
+            piece = f"Stream {index} says {self.said}. "
+            if self.remote:
+                await driver.write(piece)
+            else:
+                driver.feed(piece)
+        self.said += 1
+
+    async def end(self) -> None:
+        from .test_fanout import parse_events
+
+        for driver in self.drivers:
+            if self.remote:
+                await driver.write("", Status.DONE)
+            else:
+                driver.feed(None)
+        for run in self.runs:
+            assert await asyncio.wait_for(run.wait(), 10) == Status.DONE
+        results = await asyncio.wait_for(asyncio.gather(*self.websockets), 15)
+        bodies = await asyncio.wait_for(asyncio.gather(*self.events), 15)
+        for index, stream_id in enumerate(self.ids):
+            row = await stream_row(stream_id)
+            assert row.status == Status.DONE
+            text = await sync_to_async(read_text)(stream_id, 0, row.length)
+            assert text.count("says") == self.said, "a piece is missing from the database"
+            for result in results[2 * index : 2 * index + 2]:
+                assert (result["start"], result["text"]) == (0, text)
+                assert (result["statuses"][-1], result["code"]) == (Status.DONE, 1000)
+            events = parse_events(bodies[index])
+            assert "".join(d["text"] for kind, _, d in events if kind == "text") == text
+            assert events[-1][2] == {"type": "status", "status": "done", "error": None}
+
+
+async def read_all(response: Any) -> str:
+    """A streaming response's body, to its end."""
+    return b"".join([part async for part in response.streaming_content]).decode()

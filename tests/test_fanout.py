@@ -26,7 +26,7 @@ from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream, create_stream
 
 from .faults import DatabaseAway
-from .helpers import written
+from .helpers import stream_row, written
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,6 +109,14 @@ class Source:
             self.queue.put_nowait(piece)
 
 
+async def wait_committed(stream_id: uuid.UUID, length: int, within: float = 5) -> None:
+    """Until the stream's committed text reaches ``length``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while (await stream_row(stream_id)).length < length:
+        assert asyncio.get_running_loop().time() < deadline, f"{length} never committed"
+        await asyncio.sleep(0.01)
+
+
 async def live_stream() -> tuple[uuid.UUID, Source, StreamRun]:
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
@@ -143,7 +151,7 @@ async def test_snapshot_then_deltas_then_status_then_close():
 async def test_a_viewer_joining_mid_stream_gets_the_past_then_the_rest_exactly_once():
     stream_id, source, run = await live_stream()
     source.feed("Before ", "joining. ")
-    await asyncio.sleep(0.3)
+    await wait_committed(stream_id, len("Before joining. "))
     communicator = await viewer(stream_id)
     assert await communicator.receive_json_from() == {
         "type": "text",
@@ -420,10 +428,14 @@ async def test_sse_resumes_exactly_from_every_last_event_id():
 @override_settings(STREAMING_APP={"SSE_KEEPALIVE": 0.1, "RESYNC_INTERVAL": 5})
 async def test_sse_follows_a_live_stream_with_keep_alives_to_its_end():
     stream_id, source, run = await live_stream()
-    reading = asyncio.create_task(sse(f"/api/streams/{stream_id}/events/"))
-    await asyncio.sleep(0.35)  # silence: keep-alive comments
+    response = await AsyncClient().get(f"/api/streams/{stream_id}/events/")
+    assert response.status_code == 200
+    parts = response.streaming_content.__aiter__()  # type: ignore[attr-defined]
+    raw = ""
+    while ": keep-alive" not in raw:  # silence: keep-alive comments
+        raw += (await asyncio.wait_for(parts.__anext__(), 5)).decode()
     source.feed("Live ", "text.", None)
-    events = await reading
+    events = parse_events(raw + "".join([part.decode() async for part in parts]))
     assert ("comment", "", ": keep-alive") in events
     data = [e for e in events if e[0] != "comment"]
     text = "".join(d["text"] for kind, _, d in data if kind == "text")
@@ -493,7 +505,9 @@ async def test_without_a_channel_layer_a_websocket_viewer_follows_from_the_datab
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
     communicator = await viewer(stream.pk)
-    watching = asyncio.create_task(watch(communicator))
+    snapshot = asyncio.Event()
+    watching = asyncio.create_task(watch(communicator, ready=snapshot))
+    await asyncio.wait_for(snapshot.wait(), 5)  # else it could all be in the snapshot
     await write_elsewhere(stream.pk, ["Hello ", "world. "], None)
     await write_elsewhere(stream.pk, ["Bye."], "done")
     result = await watching

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,11 +17,12 @@ from django.contrib.auth import get_user_model
 from django.test import AsyncClient, override_settings
 
 from streaming_app import adisconnect_viewers
-from streaming_app.consumers import StreamConsumer
-from streaming_app.hub import hub
+from streaming_app import hub as hub_module
+from streaming_app.consumers import StreamConsumer, WebsocketFrames
+from streaming_app.hub import Feed, Viewer, hub
 from streaming_app.models import Status, Stream
 from streaming_app.publish import group_name
-from streaming_app.streams import aclaim_stream, acreate_stream, create_stream
+from streaming_app.streams import aclaim_stream, acreate_stream, create_stream, read_text
 
 from .faults import Statements
 from .test_fanout import RemoteWriter, viewer, watch, watched
@@ -49,6 +51,14 @@ async def settled() -> None:
     """Let the hub's membership tasks run."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], within: float = 5) -> None:
+    """Until ``condition()`` holds (what the hub hears through the layer, in its own task)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "it never happened"
+        await asyncio.sleep(0.005)
 
 
 # The in-process viewers all look alike to MAX_VIEWERS_PER_USER (no user, no address).
@@ -124,15 +134,18 @@ async def test_a_delta_is_encoded_once_for_every_caught_up_viewer():
         assert result["text"] == "One delta. Another."
 
 
-class Stalled:
-    """A websocket client that reads its first ``reads`` frames and then stops reading
-    (its socket's buffer is full), until :meth:`resume`."""
+class StopsReading:
+    """A websocket client that reads every frame until the test calls :meth:`stop`;
+    from then on the server's next send blocks, as a send does once the client's
+    socket buffer is full, until :meth:`resume`. When it stalls is the test's choice,
+    whatever the hub puts in each batch."""
 
-    def __init__(self, reads: int) -> None:
+    def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
-        self.reads = reads
-        self.resumed = asyncio.Event()
+        self.reading = asyncio.Event()
+        self.reading.set()
         self.stalled = asyncio.Event()
+        self.snapshot = asyncio.Event()
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
@@ -141,15 +154,20 @@ class Stalled:
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "websocket.send":
-            if len(self.frames) >= self.reads and not self.resumed.is_set():
+            if not self.reading.is_set():
                 self.stalled.set()
-                await self.resumed.wait()
+                await self.reading.wait()
             self.frames.append(json.loads(message["text"]))
+            if self.frames[-1]["type"] == "status":
+                self.snapshot.set()
         elif message["type"] == "websocket.close" and not self.closed.done():
             self.closed.set_result(message.get("code", 1000))
 
+    def stop(self) -> None:
+        self.reading.clear()
+
     def resume(self) -> None:
-        self.resumed.set()
+        self.reading.set()
 
     def text(self) -> str:
         parts = [f for f in self.frames if f["type"] == "text"]
@@ -164,7 +182,7 @@ class Stalled:
 async def test_a_viewer_that_stops_reading_is_cut_loose_and_catches_up_exactly():
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
-    slow = Stalled(reads=3)
+    slow = StopsReading()
     app = StreamConsumer.as_asgi()
     scope = {
         "type": "websocket",
@@ -175,20 +193,24 @@ async def test_a_viewer_that_stops_reading_is_cut_loose_and_catches_up_exactly()
     }
     slow.incoming.put_nowait({"type": "websocket.connect"})
     connection = asyncio.create_task(app(scope, slow.receive, slow.send))
+    await asyncio.wait_for(slow.snapshot.wait(), 5)
     [fast] = await watched(stream.pk, 1)
     writer = RemoteWriter(stream.pk)
     pieces = [f"Sentence number {i} of many. " for i in range(60)]
-    for piece in pieces[:30]:
-        await writer.write(piece)
+    slow.stop()
+    await writer.write(pieces[0])
+    # The first delta reached the slow viewer's socket, which takes no more.
     await asyncio.wait_for(slow.stalled.wait(), 5)
     feed = hub().feeds[stream.pk]
-    for piece in pieces[30:]:
+    for piece in pieces[1:]:
         await writer.write(piece)
     stuck = [v for v in feed.viewers if v.behind]
     assert len(stuck) == 1, "the viewer that stopped reading was not cut loose"
     await writer.write("", "done")
     fast_result = await asyncio.wait_for(fast, 10)
     assert fast_result["text"] == "".join(pieces), "the others were not held up"
+    assert fast_result["statuses"] == ["streaming", "done"]
+    assert not slow.closed.done() and len(slow.frames) == 2, "the slow one read on"
     assert stuck[0]._chars <= 200, "a viewer's frames grew past VIEWER_BUFFER_CHARS"
     slow.resume()
     assert await asyncio.wait_for(slow.closed, 10) == 1000
@@ -196,6 +218,77 @@ async def test_a_viewer_that_stops_reading_is_cut_loose_and_catches_up_exactly()
     assert slow.frames[-1] == {"type": "status", "status": "done", "error": None}
     slow.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await connection
+
+
+@pytest.mark.parametrize("meanwhile", ["more than the tail", "the end"])
+@override_settings(
+    STREAMING_APP={**MANY_VIEWERS, "VIEWER_BUFFER_CHARS": 200, "RESYNC_INTERVAL": 60}
+)
+async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it_reads(
+    monkeypatch, meanwhile
+):
+    """A viewer cut loose catches up from the database; while that read is under way
+    the stream moves on. Past what the feed keeps (its tail): the read's end is then
+    before the tail, and the viewer must read again, not be left between behind and
+    caught up (passed by every delta, it ended with text missing). Or only the end
+    commits (the read has all the text, not the status): the viewer must get the
+    status the feed heard meanwhile (it was closed without it)."""
+    monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    viewer = Viewer(None, "reader", WebsocketFrames())
+    await hub().watch(viewer, stream.pk, 0)
+    feed = hub().feeds[stream.pk]
+    writer = RemoteWriter(stream.pk)
+    for i in range(8):  # nothing reads the viewer's frames: it is cut loose
+        await writer.write(f"Piece number {i} of the stream. ")
+    assert viewer.behind
+    original, reads = hub_module.read_snapshot, []
+    first_read, release, second_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_read(*args: Any) -> Any:
+        body = await original(*args)
+        reads.append(body.offset + len(body.text))
+        if len(reads) == 1:  # the first read holds its result back
+            first_read.set()
+            await release.wait()
+        else:
+            second_read.set()  # (the catch-up ends in this step, without awaiting)
+        return body
+
+    monkeypatch.setattr(hub_module, "read_snapshot", held_read)
+    frames: list[str] = []
+
+    async def read() -> None:
+        async for batch in viewer.batches():
+            frames.extend(batch)
+
+    reading = asyncio.create_task(read())
+    await asyncio.wait_for(first_read.wait(), 5)
+    if meanwhile == "the end":
+        await writer.write("", "done")
+        await until(lambda: feed.closed)  # the feed heard the end
+        assert reads[0] == writer.offset, "the read did not have all the text"
+        release.set()
+    else:
+        for i in range(8, 12):
+            await writer.write(f"Piece number {i} of the stream. ")
+        assert reads[0] < feed._tail_start, "the feed did not move past the read"
+        release.set()
+        await asyncio.wait_for(second_read.wait(), 5)
+        await writer.write("The end.")
+        await writer.write("", "done")
+    await asyncio.wait_for(reading, 5)
+    hub().leave(viewer)
+    messages = [json.loads(frame) for frame in frames]
+    text = ""
+    for message in messages:
+        if message["type"] == "text":
+            assert message["offset"] <= len(text), "a gap"
+            text = text[: message["offset"]] + message["text"]
+    assert text == await sync_to_async(read_text)(stream.pk, 0, writer.offset)
+    assert messages[-1] == {"type": "status", "status": "done", "error": None}
+    assert len(reads) == (1 if meanwhile == "the end" else 2), reads
 
 
 @override_settings(STREAMING_APP={"MAX_VIEWERS_PER_USER": 2, "RETRY_AFTER": 4})
