@@ -23,7 +23,7 @@ from . import conf
 from .errors import public_message
 from .exceptions import LimitExceeded, RunStopped
 from .flush import FlushPolicy, Terminal
-from .models import Status, Stream, storable
+from .models import Status, Stream, StreamId, parse_stream_id, storable
 from .parts import Entry, Part
 from .persist import CancelRequested, in_writer_thread
 from .signals import stream_run_started
@@ -58,17 +58,20 @@ class StreamRun:
     nothing to the request that started it (its thread, its connections): it goes on
     when the request ends, unless :meth:`cancel` is called. ``user_key`` says whose it
     is, for ``MAX_LIVE_STREAMS_PER_USER``.
+
+    ``stream_id`` is a UUID or its text; a malformed one raises ``Stream.DoesNotExist``
+    here.
     """
 
     def __init__(
         self,
-        stream_id: uuid.UUID,
+        stream_id: StreamId,
         source: Source,
         *,
         tap: Tap | None = None,
         policy: FlushPolicy | None = None,
     ) -> None:
-        self.stream_id = stream_id
+        self.stream_id = parse_stream_id(stream_id)
         self.source = source
         self.tap = tap
         self.policy = policy
