@@ -366,7 +366,9 @@ async def _outcome(run: StreamRun) -> tuple[str, str | None]:
     """How a run ended: its status and, for an error, the public message its stream
     holds (what every other reader of the stream is told)."""
     try:
-        status = await run.wait()
+        # The run's task, not wait(): the driver is told once the status has
+        # committed, without waiting for the channel layer.
+        status = await asyncio.shield(run.task)
     except asyncio.CancelledError:
         if not run.task.done():
             raise  # this task was cancelled, not the run

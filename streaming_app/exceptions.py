@@ -11,6 +11,17 @@ class StreamNotPending(Exception):
         self.status = status
 
 
+class StreamAlreadyRunning(RuntimeError):
+    """A second run of a stream that a run of this process drives already: a stream has
+    one run at a time (the first one's writer would be lost, and its run never end)."""
+
+    def __init__(self, stream_id: object) -> None:
+        super().__init__(
+            f"stream {stream_id} is already being run in this process; a stream has one run"
+        )
+        self.stream_id = stream_id
+
+
 class InvalidOffset(ValueError):
     """An offset that is negative, not an integer, or past the end of a finished stream."""
 

@@ -12,7 +12,16 @@ from django.utils import timezone
 
 from .parts import storable
 
-__all__ = ["Chunk", "Status", "Stream", "is_finished", "stale_cutoff", "storable"]
+__all__ = [
+    "Chunk",
+    "Status",
+    "Stream",
+    "StreamId",
+    "is_finished",
+    "parse_stream_id",
+    "stale_cutoff",
+    "storable",
+]
 
 
 class Status(models.TextChoices):
@@ -160,6 +169,22 @@ class Stream(models.Model):
     def is_stale(self, timeout: float, *, now: datetime | None = None) -> bool:
         """Whether this row, as loaded, matches :meth:`StreamQuerySet.stale`."""
         return not self.is_finished and self.updated_at < stale_cutoff(timeout, now)
+
+
+#: A stream id as callers pass it: a UUID, or its text (from a URL, a task queue).
+StreamId = uuid.UUID | str
+
+
+def parse_stream_id(value: StreamId) -> uuid.UUID:
+    """Return ``value`` as a UUID; a malformed id is an unknown stream
+    (``Stream.DoesNotExist``). Every public entry point that takes a stream id turns it
+    into a UUID here, so that nothing past it compares a string with a UUID."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise Stream.DoesNotExist(f"no stream {str(value)[:60]!r}") from None
 
 
 class Chunk(models.Model):

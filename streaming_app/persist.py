@@ -56,6 +56,9 @@ class Outcome(enum.Enum):
     ENDED = "ended"
     #: Not written: someone else holds the stream's row (a deletion); try again.
     BUSY = "busy"
+    #: Not written: the stream is live, but the batch does not start where its
+    #: committed text ends and is no retry of one that committed (a bug in its writer).
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ def _decide(row: Mapping[str, Any], batch: Batch | None) -> Outcome:
         expected = batch.terminal[0] if batch.terminal else Status.STREAMING
         if row["length"] == batch.end and row["status"] == expected:
             return Outcome.WRITTEN_BEFORE
+        if streaming and row["length"] != batch.offset:
+            return Outcome.CONFLICT
     if streaming and row["cancel_requested_at"] is not None:
         return Outcome.CANCEL_REQUESTED
     return Outcome.ENDED
@@ -192,6 +197,31 @@ def _merge_as_they_end(ending: Mapping[uuid.UUID, Batch], chunks: dict[uuid.UUID
         chunks[pk] = Chunk(stream_id=pk, seq=0, offset=0, text="".join(earlier[pk]) + last)
 
 
+def end_where_it_is(stream_id: uuid.UUID, terminal: tuple[str, str | None]) -> int | None:
+    """End a live stream with ``terminal`` at the length the database has, whatever its
+    writer thinks it wrote: for a writer whose own account cannot be trusted (a fault in
+    its batch or its bookkeeping). Its committed text stays. Returns the stream's final
+    length, or None if it was no longer live. One transaction; raises what the
+    database raises."""
+    with transaction.atomic():
+        length = (
+            Stream.objects.select_for_update()
+            .filter(pk=stream_id, status=Status.STREAMING)
+            .values_list("length", flat=True)
+            .first()
+        )
+        if length is None:
+            return None
+        write([Write(stream_id, Batch(seq=0, offset=length, text="", terminal=terminal))])
+        return length
+
+
+class WriteConflict(Exception):
+    """A live stream's batch did not start where its committed text ends, and was no
+    retry of one that had committed: a bug in its writer (or a second writer of the
+    stream). Nothing of it was written."""
+
+
 class StreamEnded(Exception):
     """The stream stopped being its writer's: someone else ended it, or deleted it."""
 
@@ -203,7 +233,8 @@ class CancelRequested(Exception):
 def write_batch(stream_id: uuid.UUID, batch: Batch) -> None:
     """Commit one stream's batch on its own (a writer in a sync context, a test).
     Raises :class:`StreamEnded` or :class:`CancelRequested` if it may not be written,
-    or, for a stream that someone else holds, OperationalError (try again)."""
+    :class:`WriteConflict` if it does not start where the stream's text ends, or, for
+    a stream that someone else holds, OperationalError (try again)."""
     outcome = write([Write(stream_id, batch)])[stream_id]
     if outcome is Outcome.CANCEL_REQUESTED:
         raise CancelRequested(f"stream {stream_id} was asked to stop")
@@ -211,6 +242,11 @@ def write_batch(stream_id: uuid.UUID, batch: Batch) -> None:
         raise StreamEnded(f"stream {stream_id} has ended or was deleted")
     if outcome is Outcome.BUSY:
         raise OperationalError(f"stream {stream_id} is held by someone else")
+    if outcome is Outcome.CONFLICT:
+        raise WriteConflict(
+            f"stream {stream_id}: a batch at offset {batch.offset} does not start where "
+            "its committed text ends"
+        )
 
 
 _executor: ThreadPoolExecutor | None = None

@@ -28,7 +28,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from . import conf
-from .models import Stream, is_finished
+from .models import Stream, StreamId, is_finished, parse_stream_id
 from .persist import closing_connections
 from .signals import stream_committed, stream_finished
 
@@ -69,6 +69,10 @@ class Update:
     #: being entry number ``parts_from`` (streaming_app.parts).
     parts: tuple[dict[str, Any], ...] = ()
     parts_from: int = 0
+    #: Resolved by the publisher once the update has gone out: the channel layer took
+    #: it (or it gave up after PUBLISH_TIMEOUT) and its signals were sent. Set on the
+    #: updates someone waits for (a run's last: :meth:`StreamRun.wait`).
+    sent: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -177,11 +181,15 @@ class Publisher:
         skipped = 0
         while self._queue:
             update, message = self._queue.popleft()
-            if len(self._queue) < self.MAX_QUEUED:
-                await group_send(group_name(update.stream_id), message)
-            else:
-                skipped += 1
-            await _signal(update)
+            try:
+                if len(self._queue) < self.MAX_QUEUED:
+                    await group_send(group_name(update.stream_id), message)
+                else:
+                    skipped += 1
+                await _signal(update)
+            finally:
+                if update.sent is not None and not update.sent.done():
+                    update.sent.set_result(None)
         if skipped:
             logger.warning("%d updates were not sent to the channel layer", skipped)
 
@@ -280,14 +288,15 @@ def recheck_message(stream_id: uuid.UUID) -> Message:
     return {"type": RECHECK, "stream": stream_id.hex, "group": group_name(stream_id)}
 
 
-async def adisconnect_viewers(stream_id: uuid.UUID | str) -> None:
+async def adisconnect_viewers(stream_id: StreamId) -> None:
     """Re-check the permission of every viewer of the stream, in every process (through
     the channel layer), and disconnect those the policy now refuses: websocket close
     4403, Server-Sent Events end. Call it after a change that may take a stream away
-    from some of its readers. Viewers are also re-checked at every re-sync."""
-    await publish_now([recheck_message(uuid.UUID(str(stream_id)))])
+    from some of its readers. Viewers are also re-checked at every re-sync. Raises
+    ``Stream.DoesNotExist`` for a malformed id."""
+    await publish_now([recheck_message(parse_stream_id(stream_id))])
 
 
-def disconnect_viewers(stream_id: uuid.UUID | str) -> None:
+def disconnect_viewers(stream_id: StreamId) -> None:
     """:func:`adisconnect_viewers` from sync code."""
     async_to_sync(adisconnect_viewers)(stream_id)

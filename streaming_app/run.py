@@ -4,9 +4,10 @@ A :class:`StreamRun` runs a claimed stream's source in a task of its own. Every 
 goes at once to an optional *tap* (the driving HTTP response) and to the stream's
 writer (:mod:`streaming_app.writer`), which commits it beside the generation, never in
 front of it. Whatever happens (the source raises or is cancelled, the writer fails,
-the database goes away, the run's own task is cancelled), the run ends its stream with
-a terminal status, keeps every piece the database accepts, and stops its writer's
-heartbeat (design.md, invariant 9).
+the database goes away, the run's own task is cancelled, however often, its ``on_end``
+raises), the run ends its stream with a terminal status, keeps every piece the database
+accepts, and stops its writer's heartbeat (design.md, invariant 9). A stream has one run
+at a time in a process.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 from . import conf
 from .errors import public_message
-from .exceptions import LimitExceeded, RunStopped
+from .exceptions import LimitExceeded, RunStopped, StreamAlreadyRunning
 from .flush import FlushPolicy, Terminal
-from .models import Status, Stream, storable
+from .models import Status, Stream, StreamId, parse_stream_id, storable
 from .parts import Entry, Part
 from .persist import CancelRequested, in_writer_thread
 from .signals import stream_run_started
@@ -44,6 +46,9 @@ Tap = Callable[[str], None]
 # Runs are referenced here until they end: the event loop keeps only weak references
 # to tasks, and a run must outlive the request that started it.
 _running: dict[asyncio.Task[str], StreamRun] = {}
+# The process's runs by stream, on every event loop (so: under a lock): a stream has one.
+_by_stream: dict[uuid.UUID, StreamRun] = {}
+_by_stream_lock = threading.Lock()
 
 
 def live_runs() -> list[StreamRun]:
@@ -58,17 +63,20 @@ class StreamRun:
     nothing to the request that started it (its thread, its connections): it goes on
     when the request ends, unless :meth:`cancel` is called. ``user_key`` says whose it
     is, for ``MAX_LIVE_STREAMS_PER_USER``.
+
+    ``stream_id`` is a UUID or its text; a malformed one raises ``Stream.DoesNotExist``
+    here.
     """
 
     def __init__(
         self,
-        stream_id: uuid.UUID,
+        stream_id: StreamId,
         source: Source,
         *,
         tap: Tap | None = None,
         policy: FlushPolicy | None = None,
     ) -> None:
-        self.stream_id = stream_id
+        self.stream_id = parse_stream_id(stream_id)
         self.source = source
         self.tap = tap
         self.policy = policy
@@ -83,18 +91,37 @@ class StreamRun:
         self._generation: asyncio.Task[None] | None = None
         self._task: asyncio.Task[str] | None = None
         self._on_end: Callable[[], None] | None = None
+        # The stream's last update on its way out, once the run has ended it.
+        self._published: asyncio.Future[None] | None = None
 
     def start(self, *, on_end: Callable[[], None] | None = None) -> asyncio.Task[str]:
         """Start the run; ``on_end`` is called once generation has ended, before the
-        last flush commits (the driver need not wait for the database). Cancelling the
-        returned task stops the run as :meth:`cancel` does."""
+        last flush commits (the driver need not wait for the database); if it raises,
+        that is logged and the run ends all the same. Cancelling the returned task stops
+        the run as :meth:`cancel` does, however often it is cancelled.
+
+        Raises :class:`~streaming_app.exceptions.StreamAlreadyRunning` if another run
+        of the stream is live in this process (on any event loop)."""
+        if self._task is not None:
+            raise RuntimeError(f"the run of stream {self.stream_id} was started already")
+        loop = asyncio.get_running_loop()
+        with _by_stream_lock:
+            if self.stream_id in _by_stream:
+                raise StreamAlreadyRunning(self.stream_id)
+            _by_stream[self.stream_id] = self
         self._on_end = on_end
-        task = asyncio.get_running_loop().create_task(self._main(), context=contextvars.Context())
+        task = loop.create_task(self._main(), context=contextvars.Context())
         _running[task] = self
-        task.add_done_callback(lambda done: _running.pop(done, None))
+        task.add_done_callback(self._ended)
         self._task = task
         stream_run_started.send_robust(sender=StreamRun, run=self)
         return task
+
+    def _ended(self, task: asyncio.Task[str]) -> None:
+        _running.pop(task, None)
+        with _by_stream_lock:
+            if _by_stream.get(self.stream_id) is self:
+                del _by_stream[self.stream_id]
 
     @property
     def task(self) -> asyncio.Task[str]:
@@ -102,10 +129,34 @@ class StreamRun:
         return self._task
 
     async def wait(self) -> str:
-        """Wait for the run to end; its terminal status. Under a database outage the
-        status may be committed later, when the database answers (or the stream
-        expires)."""
-        return await asyncio.shield(self.task)
+        """Wait for the run to end; its terminal status.
+
+        It returns once the end has gone out too: the channel layer took the stream's
+        last update (or gave up after ``PUBLISH_TIMEOUT``) and the ``stream_finished``
+        receivers of this process have run, so that a worker may return from
+        ``asyncio.run()`` at once. That wait is bounded by ``TIMEOUT`` (logged past it).
+        The run's :attr:`task` ends earlier, once the status has committed. Under a
+        database outage the status may be committed later, when the database answers
+        (or the stream expires); nothing more is waited for then."""
+        try:
+            return await asyncio.shield(self.task)
+        finally:
+            if self.task.done():
+                await self._gone_out()
+
+    async def _gone_out(self) -> None:
+        sent = self._published
+        if sent is None or sent.done():
+            return
+        limit = float(conf.get("TIMEOUT"))
+        try:
+            await asyncio.wait_for(asyncio.shield(sent), limit)
+        except TimeoutError:
+            logger.warning(
+                "stream %s: its last update had not gone out after %g seconds",
+                self.stream_id,
+                limit,
+            )
 
     def detach_tap(self) -> None:
         """Stop feeding the tap (the driver hung up); generation goes on."""
@@ -126,11 +177,50 @@ class StreamRun:
 
     async def _main(self) -> str:
         writer = open_writer(self.stream_id, self.policy)
+        # From here on the writer is closed whatever happens: however often this task
+        # is cancelled (each cancel is taken in, and given back at the end), whatever
+        # on_end does, whatever bug there is in between.
+        interrupted = False
+        try:
+            interrupted = await self._generate_to_end(writer)
+            terminal = self._terminal(writer)
+        except Exception as exc:
+            logger.exception("the run of stream %s failed", self.stream_id)
+            if self._generation is not None:
+                self._generation.cancel()
+            terminal = Terminal(Status.ERROR, public_message(exc))
+        if self._on_end is not None:
+            try:
+                self._on_end()
+            except Exception:
+                logger.exception("on_end of the run of stream %s raised", self.stream_id)
+        closing = asyncio.ensure_future(writer.close(terminal))
+        interrupted = await _through_cancels(closing) or interrupted
+        committed = closing.result()
+        if writer.faulted is not None:
+            terminal = writer.faulted  # a fault in its writing ended it so
+        self._published = writer.published
+        self.status, self.error = terminal.status, terminal.error
+        if writer.ended_elsewhere:
+            self.error = None
+            reading = asyncio.ensure_future(in_writer_thread(_status_of)(self.stream_id))
+            interrupted = await _through_cancels(reading) or interrupted
+            self.status = reading.result() or ""
+        elif not committed:
+            logger.warning("stream %s ended %s, not yet written", self.stream_id, self.status)
+        if interrupted:
+            raise asyncio.CancelledError
+        return self.status
+
+    async def _generate_to_end(self, writer: StreamWriter) -> bool:
+        """Run the source to its end (or until the run is stopped); whether this task
+        was cancelled meanwhile."""
         self.parts = writer.parts.entries
         writer.on_stop(lambda: self.stop(writer.stopped or RunStopped()))
+        loop = asyncio.get_running_loop()
         limit = conf.get("MAX_DURATION")
         timer = (
-            asyncio.get_running_loop().call_later(
+            loop.call_later(
                 float(limit),
                 self.stop,
                 LimitExceeded(f"the reply went on for more than {float(limit):g} seconds"),
@@ -138,35 +228,16 @@ class StreamRun:
             if limit is not None
             else None
         )
-        self._generation = asyncio.get_running_loop().create_task(self._generate(writer))
-        if self._reason is not None:
-            self._generation.cancel()
-        interrupted = False
         try:
-            try:
-                await asyncio.wait({self._generation})
-            except asyncio.CancelledError:
-                # The run's own task was cancelled: stop generating, end the stream
-                # cancelled, then let the cancellation go on.
-                interrupted = True
-                self.cancel()
-                await asyncio.wait({self._generation})
+            self._generation = loop.create_task(self._generate(writer))
+            if self._reason is not None:
+                self._generation.cancel()
+            # A cancel of this task stops generating; the stream ends cancelled, then
+            # the cancellation goes on.
+            return await _through_cancels(self._generation, on_cancel=self.cancel)
         finally:
             if timer is not None:
                 timer.cancel()
-            if self._on_end is not None:
-                self._on_end()
-        terminal = self._terminal(writer)
-        committed = await writer.close(terminal)
-        self.status, self.error = terminal.status, terminal.error
-        if writer.ended_elsewhere:
-            self.error = None
-            self.status = await in_writer_thread(_status_of)(self.stream_id) or ""
-        elif not committed:
-            logger.warning("stream %s ended %s, not yet written", self.stream_id, self.status)
-        if interrupted:
-            raise asyncio.CancelledError
-        return self.status
 
     def _terminal(self, writer: StreamWriter) -> Terminal:
         """How the stream ends, from how generation ended and why it was stopped."""
@@ -227,6 +298,22 @@ class StreamRun:
             raise TypeError(
                 "a stream's source callable must return an awaitable or an async iterable"
             )
+
+
+async def _through_cancels(
+    future: asyncio.Future[Any], *, on_cancel: Callable[[], None] | None = None
+) -> bool:
+    """Wait for ``future`` however often the waiting task is cancelled (calling
+    ``on_cancel`` each time); whether it was."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            cancelled = True
+            if on_cancel is not None:
+                on_cancel()
+    return cancelled
 
 
 async def _drain(pieces: AsyncIterable[Any], append: Append) -> None:

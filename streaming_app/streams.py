@@ -24,12 +24,19 @@ from django.utils import timezone
 
 from . import conf
 from .exceptions import InvalidOffset, Overloaded, StreamNotPending
-from .models import TERMINAL_STATUSES, Chunk, Status, Stream, is_finished, lock_streams
+from .models import (
+    TERMINAL_STATUSES,
+    Chunk,
+    Status,
+    Stream,
+    StreamId,
+    is_finished,
+    lock_streams,
+    parse_stream_id,  # re-exported: the transports take it from here
+)
 from .publish import Update, cancel_on_commit, publish_on_commit, published_after
 
 logger = logging.getLogger(__name__)
-
-StreamId = uuid.UUID | str
 
 
 @dataclass(frozen=True)
@@ -58,16 +65,6 @@ class StreamBody:
         else:
             del data["parts"]
         return data
-
-
-def parse_stream_id(value: StreamId) -> uuid.UUID:
-    """Return ``value`` as a UUID; a malformed id is an unknown stream."""
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise Stream.DoesNotExist(f"no stream {value!r}") from None
 
 
 def parse_flag(value: str | None) -> bool:
@@ -187,8 +184,9 @@ def expire_if_stale(stream: Stream) -> Stream:
     return stream
 
 
-def read_text(stream_id: uuid.UUID, start: int, end: int) -> str:
+def read_text(stream_id: StreamId, start: int, end: int) -> str:
     """The committed body between code points ``start`` and ``end`` (end <= length)."""
+    stream_id = parse_stream_id(stream_id)
     if start >= end:
         return ""
     first_seq = (
@@ -251,10 +249,12 @@ aget_stream_body = published_after(get_stream_body)
 # End -----------------------------------------------------------------------------------
 
 
-def expire_stream(stream_id: uuid.UUID, seconds: float | None = None) -> str | None:
+def expire_stream(stream_id: StreamId, seconds: float | None = None) -> str | None:
     """End a stream that is stale (no activity for ``seconds``, default ``TIMEOUT``):
     ``cancelled`` if a cancel was asked of it, else ``timeout``. Returns the new status,
-    or None if the stream was not stale. Its committed text stays."""
+    or None if the stream was not stale. Its committed text stays. Raises
+    ``Stream.DoesNotExist`` for a malformed id."""
+    stream_id = parse_stream_id(stream_id)
     seconds = timeout() if seconds is None else seconds
     message = f"no activity for {round(seconds)} seconds"
     now = timezone.now()

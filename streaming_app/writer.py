@@ -12,6 +12,11 @@ connection fails; a stream whose writes have not come back for
 ``DATABASE_OUTAGE_LIMIT`` is stopped (its run ends, its last batch is written when the
 database answers); a stream whose write the database refuses is stopped and ended
 ``error``. A writer beats for its stream only while its run is generating.
+
+The committer is a bulkhead: a fault in one stream's writing (its outcome missing, its
+batch wrong, an exception from its writer) is logged with its traceback and ends that
+stream ``error`` at the length the database has; the other streams go on. Only a bug
+of the committer's own ends every writer of its loop.
 """
 
 from __future__ import annotations
@@ -19,22 +24,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import OperationalError
 
 from . import conf
 from .errors import public_message
-from .exceptions import DatabaseOutage, WriteFailed
+from .exceptions import DatabaseOutage, RunStopped, StreamAlreadyRunning, WriteFailed
 from .flush import Batch, Buffer, FlushPolicy, Terminal
-from .models import Status
+from .models import Status, parse_stream_id
 from .parts import PartMap
-from .persist import RETRYABLE, CancelRequested, Outcome, StreamEnded, Write, in_writer_thread
+from .persist import (
+    RETRYABLE,
+    CancelRequested,
+    Outcome,
+    StreamEnded,
+    Write,
+    WriteConflict,
+    end_where_it_is,
+    in_writer_thread,
+)
 from .persist import write as write_in_transaction
 from .publish import Update, publish
 
@@ -47,6 +62,15 @@ ABANDON_AFTER = 60.0
 SLOW_WRITE = 1.0
 
 Result = Outcome | BaseException
+T = TypeVar("T")
+
+
+class MissingOutcome(Exception):
+    """A transaction committed without saying what became of one stream's write (a
+    bug): whether it was written is unknown."""
+
+    def __init__(self, stream_id: uuid.UUID) -> None:
+        super().__init__(f"the transaction gave no outcome for stream {stream_id}")
 
 
 class StreamWriter:
@@ -69,6 +93,11 @@ class StreamWriter:
         self.buffer = Buffer(policy, now, self.parts.entries)
         self.stopped: BaseException | None = None
         self.closing: Terminal | None = None
+        #: Set by a fault in this stream's writing (:meth:`fault`): how it ends.
+        self.faulted: Terminal | None = None
+        #: The stream's last update on its way out (:attr:`Update.sent`), once its
+        #: terminal status has committed.
+        self.published: asyncio.Future[None] | None = None
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
         self.max_pending = int(conf.get("MAX_PENDING_CHARS"))
         self.outage_limit = float(conf.get("DATABASE_OUTAGE_LIMIT"))
@@ -78,6 +107,7 @@ class StreamWriter:
         self.attempted_at: float | None = None
         self._committer = committer
         self._failed = False
+        self._ended_elsewhere = False
         self._room = asyncio.Event()
         self._room.set()
         self._outage = asyncio.Event()
@@ -94,7 +124,7 @@ class StreamWriter:
     @property
     def ended_elsewhere(self) -> bool:
         """Someone else ended or deleted the stream: its status is theirs."""
-        return isinstance(self.stopped, StreamEnded)
+        return self._ended_elsewhere
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the stream must stop (see the class docstring)."""
@@ -158,7 +188,7 @@ class StreamWriter:
         """When this writer next needs the committer."""
         if self._done.done():
             return float("inf")
-        if self.buffer.sealed is not None or self.closing is not None:
+        if self.faulted is not None or self.buffer.sealed is not None or self.closing is not None:
             return now
         if self.stopped is not None:
             return float("inf")  # its run is stopping: nothing until it closes
@@ -168,8 +198,8 @@ class StreamWriter:
         return due
 
     def next_write(self, now: float) -> Write | None:
-        if self.next_event(now) > now:
-            return None
+        if self.faulted is not None or self.next_event(now) > now:
+            return None  # a faulted writer's stream is ended apart (Committer._end)
         if self.buffer.sealed is None:
             if self.closing is not None:
                 self.buffer.seal(self.closing)
@@ -215,6 +245,12 @@ class StreamWriter:
             return self._refused(batch, result)
         if result is Outcome.BUSY:
             return None
+        if result is Outcome.CONFLICT:
+            offset = batch.offset if batch is not None else None
+            raise WriteConflict(
+                f"stream {self.stream_id}: its batch at offset {offset} does not start where "
+                "its committed text ends"
+            )
         if self.attempted_at is not None and now - self.attempted_at > SLOW_WRITE:
             logger.warning(
                 "a write of stream %s took %.1fs (the database was slow or away)",
@@ -223,6 +259,7 @@ class StreamWriter:
             )
         self.attempted_at = None
         if result is Outcome.ENDED:
+            self._ended_elsewhere = True
             self.buffer.discard()
             self.stop(StreamEnded(f"stream {self.stream_id} has ended or was deleted"))
             self._finish(False)
@@ -242,8 +279,45 @@ class StreamWriter:
             self._finish(True)
         status, error = batch.terminal or (Status.STREAMING, None)
         parts = batch.parts[batch.parts_from :] if batch.parts else ()
+        return self._update(batch.offset, batch.text, status, error, parts, batch.parts_from)
+
+    def fault(self, exc: BaseException) -> None:
+        """A fault in this stream's writing (its outcome, its batch, its bookkeeping):
+        its own account of what committed cannot be trusted. Its run is stopped, and the
+        committer ends the stream ``error`` (a public message) at the length the
+        database has."""
+        if self._done.done() or self.faulted is not None:
+            return
+        self.faulted = Terminal(Status.ERROR, public_message(exc))
+        self._failed = True
+        self.attempted_at = None
+        self.stop(RunStopped(self.faulted.error))
+
+    def ended_where_it_was(self, length: int | None) -> Update | None:
+        """The faulted stream's end has committed at ``length`` (None: someone else had
+        ended it)."""
+        assert self.faulted is not None
+        self._finish(length is not None)
+        if length is None:
+            self._ended_elsewhere = True
+            return None
+        return self._update(length, "", *self.faulted)
+
+    def _update(
+        self,
+        offset: int,
+        text: str,
+        status: str,
+        error: str | None,
+        parts: tuple[dict[str, Any], ...] = (),
+        parts_from: int = 0,
+    ) -> Update:
+        if status == Status.STREAMING:
+            return Update(self.stream_id, offset, text, status, error, parts, parts_from)
+        # The last: the run waits until it has gone out (StreamRun.wait).
+        self.published = asyncio.get_running_loop().create_future()
         return Update(
-            self.stream_id, batch.offset, batch.text, status, error, parts, batch.parts_from
+            self.stream_id, offset, text, status, error, parts, parts_from, self.published
         )
 
     def _refused(self, batch: Batch | None, exc: BaseException) -> Update | None:
@@ -287,7 +361,11 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
 
     def open(self, stream_id: uuid.UUID, policy: FlushPolicy | None = None) -> StreamWriter:
-        """A writer for ``stream_id``, claimed by the caller."""
+        """A writer for ``stream_id``, claimed by the caller. Raises
+        :class:`~streaming_app.exceptions.StreamAlreadyRunning` while another writer of
+        the stream is live here."""
+        if stream_id in self.writers:
+            raise StreamAlreadyRunning(stream_id)
         writer = StreamWriter(self, stream_id, policy or FlushPolicy.from_settings())
         self.writers[stream_id] = writer
         if self._task is None or self._task.done():
@@ -309,16 +387,26 @@ class Committer:
         try:
             while self.writers:
                 now = time.monotonic()
-                at = min((w.next_event(now) for w in self.writers.values()), default=now)
+                at = min(
+                    (self._contained(w, w.next_event, now, now) for w in self._live()),
+                    default=now,
+                )
                 at = max(at, self._last_tick + self.tick, self._retry_at)
                 if at > now:
                     await self._sleep(min(at - now, self._watch_interval(now)))
                     continue
-                due = [(w, w.next_write(now)) for w in list(self.writers.values())]
-                writes = [(w, write) for w, write in due if write is not None]
-                if writes:
+                writes = []
+                for w in self._live():
+                    write = self._contained(w, w.next_write, now, None)
+                    if write is not None:
+                        writes.append((w, write))
+                faulted = [w for w in self._live() if w.faulted is not None]
+                if writes or faulted:
                     self._last_tick = now
+                if writes:
                     self._settle(writes, await self._attempt(writes))
+                for w in faulted:
+                    await self._end(w)
         except Exception:
             # A bug, not the database: no writer may wait for ever on a dead committer.
             logger.exception("the committer of streaming_app failed")
@@ -334,15 +422,57 @@ class Committer:
         self._sleeping_until = float("inf")
         self._check(time.monotonic())
 
+    def _live(self) -> list[StreamWriter]:
+        return list(self.writers.values())
+
+    def _contained(
+        self, writer: StreamWriter, call: Callable[[float], T], now: float, otherwise: T
+    ) -> T:
+        """``call(now)``, one of ``writer``'s own steps: if it raises, that is a fault
+        of its stream's alone (:meth:`_fault`), and ``otherwise`` stands for its result."""
+        try:
+            return call(now)
+        except Exception as exc:
+            self._fault(writer, exc)
+            return otherwise
+
+    def _fault(self, writer: StreamWriter, exc: Exception) -> None:
+        """A fault in one stream's writing ends that stream, not the others."""
+        logger.error(
+            "stream %s: a fault in its writing ends it (%r)", writer.stream_id, exc, exc_info=exc
+        )
+        writer.fault(exc)
+
+    async def _end(self, writer: StreamWriter) -> None:
+        """End a faulted writer's stream at the length the database has."""
+        assert writer.faulted is not None
+        if writer.attempted_at is None:
+            writer.attempted_at = time.monotonic()
+        try:
+            length = await self._in_thread(end_where_it_is, writer.stream_id, writer.faulted)
+        except RETRYABLE as exc:
+            logger.warning("stream %s could not be ended yet (%s)", writer.stream_id, exc)
+            self._retry_at = time.monotonic() + self._backoff
+            return  # tried again; past TIMEOUT, StreamWriter.check gives it up
+        except TimeoutError:
+            return  # left to its thread; tried again
+        except Exception:
+            logger.exception("stream %s could not be ended; it will expire", writer.stream_id)
+            writer._finish(False)
+            return
+        update = writer.ended_where_it_was(length)
+        if update is not None:
+            publish([update])
+
     def _check(self, now: float) -> None:
-        for writer in list(self.writers.values()):
-            writer.check(now)
+        for writer in self._live():
+            self._contained(writer, writer.check, now, None)
 
     def _watch_interval(self, now: float) -> float:
         """How long until a writer's outage or give-up is due to be declared."""
         deadlines = []
-        for writer in self.writers.values():
-            since = writer.overdue_since(now)
+        for writer in self._live():
+            since = self._contained(writer, writer.overdue_since, now, None)
             if since is not None:
                 limit = writer.give_up_after if writer.stopped else writer.outage_limit
                 deadlines.append(since + limit - now)
@@ -351,23 +481,10 @@ class Committer:
     async def _attempt(self, writes: Sequence[tuple[StreamWriter, Write]]) -> list[Result]:
         """One transaction for ``writes``; one each if it fails for another reason
         than the connection, so that one stream's bad batch does not fail the others."""
-        self.transactions += 1
-        attempt = asyncio.ensure_future(
-            in_writer_thread(write_in_transaction)([write for _, write in writes])
-        )
-        started = time.monotonic()
-        while True:
-            now = time.monotonic()
-            done, _ = await asyncio.wait({attempt}, timeout=self._watch_interval(now))
-            if done:
-                break
-            now = time.monotonic()
-            self._check(now)
-            if now - started > ABANDON_AFTER:
-                logger.error("a transaction of streaming_app has not come back; trying again")
-                return [TimeoutError()] * len(writes)
         try:
-            outcomes = attempt.result()
+            outcomes = await self._in_thread(write_in_transaction, [write for _, write in writes])
+        except TimeoutError:
+            return [TimeoutError()] * len(writes)
         except RETRYABLE as exc:
             logger.warning(
                 "a write of %d stream(s) failed (%s); retrying in %.2fs",
@@ -384,22 +501,50 @@ class Committer:
             logger.warning("a write of %d streams failed (%r); one by one now", len(writes), exc)
             return [result for one in writes for result in await self._attempt([one])]
         self._backoff = 0.05
-        return [outcomes[write.stream_id] for _, write in writes]
+        return [
+            outcomes[write.stream_id]
+            if write.stream_id in outcomes
+            else MissingOutcome(write.stream_id)
+            for _, write in writes
+        ]
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in the writers' threads: one transaction. Writers' outages
+        are declared meanwhile; TimeoutError if it has not come back after
+        ``ABANDON_AFTER`` (it is left to its thread)."""
+        self.transactions += 1
+        attempt = asyncio.ensure_future(in_writer_thread(func)(*args))
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            done, _ = await asyncio.wait({attempt}, timeout=self._watch_interval(now))
+            if done:
+                return attempt.result()
+            now = time.monotonic()
+            self._check(now)
+            if now - started > ABANDON_AFTER:
+                logger.error("a transaction of streaming_app has not come back; trying again")
+                raise TimeoutError
 
     def _settle(
         self, writes: Sequence[tuple[StreamWriter, Write]], results: Sequence[Result]
     ) -> None:
         now = time.monotonic()
-        updates = []
         for (writer, write), result in zip(writes, results, strict=True):
             if isinstance(result, TimeoutError):
                 result = OperationalError("the database did not answer")
-            update = writer.settle(write, result, now)
-            if update is not None:
-                updates.append(update)
+            self._contained(
+                writer, functools.partial(self._settle_one, writer, write, result), now, None
+            )
         self._check(now)
-        if updates:
-            publish(updates)
+
+    @staticmethod
+    def _settle_one(writer: StreamWriter, write: Write, result: Result, now: float) -> None:
+        if isinstance(result, MissingOutcome):
+            raise result  # a bug: what became of the write is unknown
+        update = writer.settle(write, result, now)
+        if update is not None:
+            publish([update])
 
 
 _committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Committer] = (
@@ -415,6 +560,8 @@ def committer() -> Committer:
     return _committers[loop]
 
 
-def open_writer(stream_id: uuid.UUID, policy: FlushPolicy | None = None) -> StreamWriter:
-    """A writer for a claimed stream, on the running event loop's committer."""
-    return committer().open(stream_id, policy)
+def open_writer(stream_id: uuid.UUID | str, policy: FlushPolicy | None = None) -> StreamWriter:
+    """A writer for a claimed stream, on the running event loop's committer. Raises
+    :class:`~streaming_app.exceptions.StreamAlreadyRunning` while the stream has a
+    writer here already."""
+    return committer().open(parse_stream_id(stream_id), policy)

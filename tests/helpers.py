@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -10,11 +11,14 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 from django.test import AsyncRequestFactory
 
 from streaming_app.flush import Batch, FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
 from streaming_app.persist import write_batch
+from streaming_app.routing import websocket_urlpatterns
 from streaming_app.run import Source, StreamRun
 from streaming_app.signals import stream_committed
 from streaming_app.streams import (
@@ -221,3 +225,98 @@ class WatchedStreams:
 async def read_all(response: Any) -> str:
     """A streaming response's body, to its end."""
     return b"".join([part async for part in response.streaming_content]).decode()
+
+
+async def websocket_view(
+    communicator: WebsocketCommunicator, patience: float = 30
+) -> dict[str, Any]:
+    """Read an in-process websocket viewer to its close, as a client assembles the text:
+    the text, the statuses, the close code. Fails on an overlap or a gap."""
+    text, start = "", None
+    statuses: list[str] = []
+    try:
+        while True:
+            output = await communicator.receive_output(timeout=patience)
+            if output["type"] == "websocket.close":
+                return {"text": text, "statuses": statuses, "code": output.get("code")}
+            message = json.loads(output["text"])
+            if message["type"] == "text":
+                if start is None:
+                    start = message["offset"]
+                assert message["offset"] == start + len(text), "overlap or gap"
+                text += message["text"]
+            else:
+                statuses.append(message["status"])
+    finally:
+        await communicator.disconnect()
+
+
+class Bystanders:
+    """Ten (``count``) streams run beside a faulty one on the same event loop, each
+    watched by a websocket viewer of its own (in process, through the hub): a fault
+    elsewhere must not reach them.
+
+    Each source produces half its pieces, then waits for :attr:`resume`: set it once
+    the fault has hit (in the injected code, before the fault goes on), and every
+    bystander is live across the fault (:meth:`start` returns once all have produced
+    their first half). :meth:`finish` waits for that, then checks that each ended
+    ``done`` with exactly what its source produced, for its viewer and in the
+    database."""
+
+    def __init__(self, count: int = 10, *, policy: FlushPolicy | None = None) -> None:
+        self.count = count
+        self.policy = policy
+        self.resume = asyncio.Event()
+        self.pieces = [[f"Stream {i}, piece {k}. " for k in range(8)] for i in range(count)]
+        self.runs: list[StreamRun] = []
+        self.viewers: list[asyncio.Task[dict[str, Any]]] = []
+        self._halfway = 0
+        self._all_halfway = asyncio.Event()
+
+    async def _source(self, pieces: list[str]) -> AsyncIterator[str]:
+        half = len(pieces) // 2
+        for piece in pieces[:half]:
+            await asyncio.sleep(0)
+            yield piece
+        self._halfway += 1
+        if self._halfway == self.count:
+            self._all_halfway.set()
+        await self.resume.wait()
+        for piece in pieces[half:]:
+            await asyncio.sleep(0)
+            yield piece
+
+    async def start(self) -> None:
+        async def app(scope: Any, receive: Any, send: Any) -> Any:
+            return await URLRouter(websocket_urlpatterns)({**scope, "user": None}, receive, send)
+
+        for pieces in self.pieces:
+            stream = await acreate_stream()
+            await aclaim_stream(stream.pk)
+            communicator = WebsocketCommunicator(app, f"/ws/streams/{stream.pk}/")
+            connected, _ = await communicator.connect()
+            assert connected
+            self.viewers.append(asyncio.create_task(websocket_view(communicator)))
+            run = StreamRun(stream.pk, self._source(pieces), policy=self.policy)
+            run.start()
+            self.runs.append(run)
+        await asyncio.wait_for(self._all_halfway.wait(), 10)
+
+    async def finish(self, within: float = 20) -> None:
+        try:
+            await asyncio.wait_for(self.resume.wait(), within)
+        except TimeoutError:
+            raise AssertionError("the bystanders were never resumed (no fault hit?)") from None
+        statuses = await asyncio.wait_for(asyncio.gather(*(r.wait() for r in self.runs)), within)
+        produced = ["".join(pieces) for pieces in self.pieces]
+        ended = []
+        for run, status in zip(self.runs, statuses, strict=True):
+            row = await stream_row(run.stream_id)
+            text = assert_chunks_consistent(await chunks_of(run.stream_id))
+            ended.append((status, row.status, text))
+        assert ended == [(Status.DONE, Status.DONE, text) for text in produced], [
+            (status, row, f"{len(text)} characters") for status, row, text in ended
+        ]
+        views = await asyncio.wait_for(asyncio.gather(*self.viewers), within)
+        seen = [(view["text"], view["statuses"][-1], view["code"]) for view in views]
+        assert seen == [(text, "done", 1000) for text in produced], seen

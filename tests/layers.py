@@ -66,3 +66,20 @@ class HangingLayer(CountingLayer):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         self.group_sends += 1
         await asyncio.Event().wait()
+
+
+class HeldLayer(CountingLayer):
+    """Holds every group_send of a terminal update until the test sets ``release``
+    (``entered`` is set once one is held), then records it in ``order``. Class
+    attributes: a test sets them afresh."""
+
+    order: list[str] = []
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        if message.get("status") in TERMINAL:
+            HeldLayer.entered.set()
+            await HeldLayer.release.wait()
+            HeldLayer.order.append(f"the layer took {message['status']}")
+        await super().group_send(group, message)
