@@ -1,0 +1,381 @@
+"""Clients that misbehave, against real uvicorn and daphne processes over raw sockets:
+whatever a viewer does and whenever (closes before reading, aborts with a TCP reset,
+sends frames, goes away during the snapshot or the final close), its
+``MAX_VIEWERS_PER_USER`` slot and the process's subscription to the stream's group go
+when it does. After three times the limit of such connections from one user and from
+one anonymous address, a well-behaved viewer from the same user and address is served,
+and the server has left the stream's group on Redis (``PUBSUB NUMSUB``).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from streaming_app.publish import group_name
+
+from .servers import Browser, Daphne, FakeOpenAI, Uvicorn, e2e_database
+
+pytestmark = [pytest.mark.daphne, pytest.mark.slow, pytest.mark.redis]
+
+LIMIT = 2
+#: Misbehaving connections per key: three times the limit.
+TIMES = 3 * LIMIT
+#: A finished reply long enough that a slow reader is still mid-snapshot (about 1 MB).
+LONG = [f"{i:05d} " + "a reply that is long enough to take a while " * 20 for i in range(1100)]
+SHORT = ["Short ", "and ", "sweet."]
+#: How long a released slot or subscription may take to go (they are gone in
+#: milliseconds; a leak never goes).
+PATIENCE = 20.0
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    model = FakeOpenAI(SHORT)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module", params=[Daphne, Uvicorn], ids=["daphne", "uvicorn"])
+def server(request: Any, database_url: str, fake: FakeOpenAI) -> Iterator[Daphne]:
+    with e2e_database(database_url) as url:
+        process = request.param(
+            url,
+            REDIS_URL=os.environ["REDIS_URL"],
+            E2E_CHANNEL_LAYER="pubsub",
+            E2E_STREAMING_APP=json.dumps({"MAX_VIEWERS_PER_USER": LIMIT}),
+            OPENAI_API_KEY="test",
+            OPENAI_BASE_URL=fake.base_url,
+        )
+        try:
+            yield process
+            # What the server logged about the misbehaving clients, for a failing test.
+            print(process.output()[-20_000:])
+        finally:
+            process.stop()
+
+
+_addresses = itertools.count(10)
+
+
+@pytest.fixture
+def address() -> str:
+    """A loopback address of the test's own: an anonymous viewer's key is its address."""
+    return f"127.0.0.{next(_addresses)}"
+
+
+@pytest.fixture
+def guest(server: Daphne) -> Iterator[Browser]:
+    """A visitor of the example: it becomes a guest user with its first chat."""
+    browser = Browser(server.url)
+    yield browser
+    browser.close()
+
+
+def finished_reply(browser: Browser, fake: FakeOpenAI, pieces: list[str]) -> dict[str, Any]:
+    fake.pieces, fake.delay = pieces, 0.0
+    chat = browser.new_chat("Say something")
+    assert browser.drive(chat).status_code == 200
+    body = browser.wait_finished(chat["stream_id"])
+    assert body["status"] == "done" and body["text"] == "".join(pieces)
+    return body
+
+
+def subscribers(stream_id: str) -> int:
+    """How many subscribers the stream's group has on Redis (the pub/sub layer's
+    channel for it): the server's hub, while it follows the stream."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        [(_, count)] = client.pubsub_numsub(f"asgi__group__{group_name(_uuid(stream_id))}")
+        return int(count)
+    finally:
+        client.close()
+
+
+def _uuid(value: str) -> Any:
+    import uuid
+
+    return uuid.UUID(value)
+
+
+def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {PATIENCE}s: {what}")
+        time.sleep(0.05)
+
+
+# A websocket client over a raw socket ----------------------------------------------------
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked frame, as a client sends it."""
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+TEXT, CLOSE = 0x1, 0x8
+
+
+def close_frame(code: int = 1000) -> bytes:
+    return client_frame(CLOSE, struct.pack("!H", code))
+
+
+class RawClient:
+    """One TCP connection to the server from ``address``, driven byte by byte."""
+
+    def __init__(
+        self, server: Daphne, address: str, *, cookie: str | None, receive_buffer: int = 0
+    ) -> None:
+        self.server = server
+        self.cookie = cookie
+        self.sock = socket.socket()
+        if receive_buffer:
+            # A reader that cannot take the snapshot at once: the server is still
+            # sending it when the client goes.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.bind((address, 0))
+        self.sock.settimeout(15)
+        self.sock.connect(("127.0.0.1", server.port))
+        self.buffer = b""
+
+    def headers(self) -> str:
+        lines = f"Host: 127.0.0.1:{self.server.port}\r\nOrigin: {self.server.url}\r\n"
+        if self.cookie:
+            lines += f"Cookie: {self.cookie}\r\n"
+        return lines
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def upgrade(self, path: str, then: bytes = b"") -> None:
+        """Ask for a websocket; ``then`` goes in the same write (before any answer)."""
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {path} HTTP/1.1\r\n{self.headers()}Upgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.send(request.encode() + then)
+
+    def get(self, path: str) -> None:
+        self.send(f"GET {path} HTTP/1.1\r\n{self.headers()}Connection: close\r\n\r\n".encode())
+
+    def read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += data
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def read_head(self) -> str:
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += data
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        return head.decode("latin-1")
+
+    def read_frame_head(self) -> tuple[int, int]:
+        first, second = self.read(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self.read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self.read(8))
+        return first & 0x0F, length
+
+    def read_frame(self) -> tuple[int, bytes]:
+        opcode, length = self.read_frame_head()
+        return opcode, self.read(length)
+
+    def read_to_close(self) -> list[tuple[int, bytes]]:
+        frames = [self.read_frame()]
+        while frames[-1][0] != CLOSE:
+            frames.append(self.read_frame())
+        return frames
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Go away with a TCP reset, as a client that crashes or loses its network."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+def accepted(client: RawClient) -> None:
+    head = client.read_head()
+    assert head.startswith("HTTP/1.1 101"), head
+
+
+def ws_close_before_reading(client: RawClient, path: str) -> None:
+    client.upgrade(path, then=close_frame())
+    client.close()
+
+
+def ws_abort_before_reading(client: RawClient, path: str) -> None:
+    client.upgrade(path)
+    accepted(client)
+    client.abort()
+
+
+def ws_send_a_frame(client: RawClient, path: str) -> None:
+    client.upgrade(path, then=client_frame(TEXT, b'{"hello": "server"}'))
+    accepted(client)
+    frames = client.read_to_close()
+    client.send(close_frame())
+    client.close()
+    assert frames[-1][0] == CLOSE
+
+
+def mid_snapshot(client: RawClient, path: str) -> None:
+    client.upgrade(path)
+    accepted(client)
+    opcode, length = client.read_frame_head()
+    # The client has the beginning of the snapshot, not the rest of it.
+    assert (opcode, length > 100_000) == (TEXT, True), client.read(length)
+    client.read(1000)
+
+
+def ws_close_during_the_snapshot(client: RawClient, path: str) -> None:
+    mid_snapshot(client, path)
+    client.send(close_frame())
+    client.close()
+
+
+def ws_abort_during_the_snapshot(client: RawClient, path: str) -> None:
+    mid_snapshot(client, path)
+    client.abort()
+
+
+def ws_send_a_frame_during_the_snapshot(client: RawClient, path: str) -> None:
+    mid_snapshot(client, path)
+    client.send(client_frame(TEXT, b'{"hello": "server"}'))
+    client.read_to_close()
+    client.send(close_frame())
+    client.close()
+
+
+def ws_abort_during_the_final_close(client: RawClient, path: str) -> None:
+    client.upgrade(path)
+    accepted(client)
+    frames = client.read_to_close()
+    assert json.loads(frames[-2][1])["type"] == "status"
+    client.abort()  # instead of answering the server's close
+
+
+def ws_send_a_frame_during_the_final_close(client: RawClient, path: str) -> None:
+    client.upgrade(path)
+    accepted(client)
+    opcode, payload = client.read_frame()
+    while json.loads(payload)["type"] != "status":
+        opcode, payload = client.read_frame()
+    client.send(client_frame(TEXT, b'{"too": "late"}'))
+    client.read_to_close()
+    client.send(close_frame())
+    client.close()
+
+
+WEBSOCKET = {
+    "close-before-reading": (ws_close_before_reading, SHORT),
+    "abort-before-reading": (ws_abort_before_reading, SHORT),
+    "send-a-frame": (ws_send_a_frame, SHORT),
+    "close-during-the-snapshot": (ws_close_during_the_snapshot, LONG),
+    "abort-during-the-snapshot": (ws_abort_during_the_snapshot, LONG),
+    "send-a-frame-during-the-snapshot": (ws_send_a_frame_during_the_snapshot, LONG),
+    "abort-during-the-final-close": (ws_abort_during_the_final_close, SHORT),
+    "send-a-frame-during-the-final-close": (ws_send_a_frame_during_the_final_close, SHORT),
+}
+
+
+def cookie_of(browser: Browser) -> str:
+    return f"sessionid={browser.http.cookies['sessionid']}"
+
+
+def bound_socket(server: Daphne, address: str) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def watch_well(server: Daphne, stream_id: str, address: str, cookie: str | None) -> dict[str, Any]:
+    """A well-behaved viewer: reads everything and answers the close. Refused with 4429
+    while the slots of the connections before it are still going, it tries again."""
+    refusals = 0
+    while True:
+        headers = {"Cookie": cookie} if cookie else None
+        with connect(
+            f"ws://127.0.0.1:{server.port}/ws/streams/{stream_id}/",
+            sock=bound_socket(server, address),
+            origin=server.url,  # type: ignore[arg-type]
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=10,
+        ) as ws:
+            text, statuses = "", []
+            try:
+                while True:
+                    message = json.loads(ws.recv(timeout=15))
+                    if message["type"] == "text":
+                        text += message["text"]
+                    else:
+                        statuses.append(message["status"])
+            except ConnectionClosed:
+                pass
+            code = ws.close_code
+        if code != 4429:
+            return {"text": text, "statuses": statuses, "code": code, "refusals": refusals}
+        refusals += 1
+        assert refusals < PATIENCE / 0.05, "the viewer's slots never came back"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("behaviour", list(WEBSOCKET))
+def test_a_websocket_viewer_that_misbehaves_gives_its_slot_and_subscription_back(
+    server, guest, fake, address, behaviour
+):
+    misbehave, pieces = WEBSOCKET[behaviour]
+    bad = finished_reply(guest, fake, pieces)
+    good = finished_reply(guest, fake, SHORT)
+    path = f"/ws/streams/{bad['id']}/"
+    for cookie, source in [(cookie_of(guest), "127.0.0.1"), (None, address)]:
+        for _ in range(TIMES):
+            client = RawClient(server, source, cookie=cookie, receive_buffer=4096)
+            try:
+                misbehave(client, path)
+            finally:
+                client.close()
+        served = watch_well(server, good["id"], source, cookie)
+        assert (served["text"], served["statuses"], served["code"]) == (
+            good["text"],
+            ["done"],
+            1000,
+        ), f"a well-behaved viewer ({'user' if cookie else 'anonymous'}) was not served"
+    eventually(lambda: subscribers(bad["id"]) == 0, "the server still follows the stream")
