@@ -36,7 +36,7 @@ LIMIT = 2
 #: Misbehaving connections per key: three times the limit.
 TIMES = 3 * LIMIT
 #: A finished reply long enough that a slow reader is still mid-snapshot (about 1 MB).
-LONG = [f"{i:05d} " + "a reply that is long enough to take a while " * 20 for i in range(1100)]
+LONG = [f"{i:05d} " + "a reply that is long enough to take a while " * 20 for i in range(1000)]
 SHORT = ["Short ", "and ", "sweet."]
 #: How long a released slot or subscription may take to go (they are gone in
 #: milliseconds; a leak never goes).
@@ -379,3 +379,188 @@ def test_a_websocket_viewer_that_misbehaves_gives_its_slot_and_subscription_back
             1000,
         ), f"a well-behaved viewer ({'user' if cookie else 'anonymous'}) was not served"
     eventually(lambda: subscribers(bad["id"]) == 0, "the server still follows the stream")
+
+
+# Server-Sent Events ------------------------------------------------------------------
+
+
+def http_client(server: Daphne, address: str, cookie: str | None) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url,
+        headers={"Cookie": cookie} if cookie else None,
+        transport=httpx.HTTPTransport(local_address=address),
+        timeout=15,
+    )
+
+
+def read_well(
+    server: Daphne, path: str, address: str, cookie: str | None
+) -> tuple[str, int]:
+    """A well-behaved reader of an event stream, to its end: its body, and how often it
+    was refused (429) while the slots of the connections before it were still going."""
+    with http_client(server, address, cookie) as http:
+        for refusals in itertools.count():
+            with http.stream("GET", path) as response:
+                if response.status_code != 429:
+                    assert response.status_code == 200, response.read()
+                    return response.read().decode(), refusals
+            assert refusals < PATIENCE / 0.05, "the viewer's slots never came back"
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def events_of(body: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[6:])
+        for block in body.split("\n\n")
+        for line in block.split("\n")
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+
+
+def http_abort_before_the_first_byte(client: RawClient, path: str) -> None:
+    client.get(path)
+    client.abort()
+
+
+def http_close_before_reading(client: RawClient, path: str) -> None:
+    client.get(path)
+    client.close()
+
+
+def http_abort_mid_response(client: RawClient, path: str) -> None:
+    client.get(path)
+    head = client.read_head()
+    assert head.startswith("HTTP/1.1 200"), head
+    assert client.read(1000)
+    client.abort()
+
+
+EVENTS = {
+    "abort-before-the-first-byte": http_abort_before_the_first_byte,
+    "close-before-reading": http_close_before_reading,
+    "abort-mid-response": http_abort_mid_response,
+}
+
+
+@pytest.mark.parametrize("behaviour", list(EVENTS))
+def test_an_event_stream_reader_that_goes_away_gives_its_slot_and_subscription_back(
+    server, guest, fake, address, behaviour
+):
+    misbehave = EVENTS[behaviour]
+    bad = finished_reply(guest, fake, LONG)
+    good = finished_reply(guest, fake, SHORT)
+    for cookie, source in [(cookie_of(guest), "127.0.0.1"), (None, address)]:
+        for _ in range(TIMES):
+            client = RawClient(server, source, cookie=cookie, receive_buffer=4096)
+            try:
+                misbehave(client, f"/api/streams/{bad['id']}/events/")
+            finally:
+                client.close()
+        body, _ = read_well(server, f"/api/streams/{good['id']}/events/", source, cookie)
+        events = events_of(body)
+        assert "".join(e["text"] for e in events if e["type"] == "text") == good["text"]
+        assert [e["status"] for e in events if e["type"] == "status"] == ["done"]
+    eventually(lambda: subscribers(bad["id"]) == 0, "the server still follows the stream")
+
+
+# The AI SDK's resume -----------------------------------------------------------------
+
+
+def http_abort_after_the_start(client: RawClient, path: str) -> None:
+    client.get(path)
+    head = client.read_head()
+    assert head.startswith("HTTP/1.1 200"), head
+    while b'"type":"start"' not in client.buffer:
+        client.buffer += client.sock.recv(65536)
+    client.abort()
+
+
+def http_close_after_the_start(client: RawClient, path: str) -> None:
+    client.get(path)
+    head = client.read_head()
+    assert head.startswith("HTTP/1.1 200"), head
+    while b'"type":"start"' not in client.buffer:
+        client.buffer += client.sock.recv(65536)
+    client.close()
+
+
+RESUMES = {
+    "abort-before-the-first-byte": http_abort_before_the_first_byte,
+    "close-before-reading": http_close_before_reading,
+    "abort-after-the-start": http_abort_after_the_start,
+    "close-after-the-start": http_close_after_the_start,
+}
+
+
+class LiveReply:
+    """A reply being generated, slowly, until its owner cancels it."""
+
+    def __init__(self, browser: Browser, fake: FakeOpenAI) -> None:
+        self.browser = browser
+        fake.pieces, fake.delay = [f"{i} " for i in range(5000)], 0.02
+        self.chat = browser.new_chat("Take your time")
+        self.stream_id = self.chat["stream_id"]
+        self.thread = threading.Thread(target=browser.drive, args=(self.chat,), daemon=True)
+        self.thread.start()
+        eventually(lambda: browser.body(self.stream_id)["length"] > 0, "the reply never started")
+
+    @property
+    def resume_path(self) -> str:
+        return f"/api/ai/chat/{self.chat['id']}/stream"
+
+    def cancel(self) -> dict[str, Any]:
+        response = self.browser.http.post(
+            f"/api/streams/{self.stream_id}/cancel/", headers=self.browser.headers()
+        )
+        assert response.status_code == 200, response.text
+        self.thread.join(30)
+        return self.browser.wait_finished(self.stream_id)
+
+
+def resume_well(
+    server: Daphne, reply: LiveReply, address: str, cookie: str | None
+) -> list[dict[str, Any]]:
+    """useChat's resume of a live reply, read to its end: the reply is cancelled once
+    the reader has its start."""
+    with http_client(server, address, cookie) as http:
+        for refusals in itertools.count():
+            with http.stream("GET", reply.resume_path) as response:
+                if response.status_code == 200:
+                    chunks = response.iter_text()
+                    body = next(chunks)
+                    assert '"type":"start"' in body
+                    reply.cancel()
+                    return events_of(body + "".join(chunks))
+                assert response.status_code == 429, response.read()
+            assert refusals < PATIENCE / 0.05, "the viewer's slots never came back"
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("behaviour", list(RESUMES))
+def test_a_resuming_reader_that_goes_away_gives_its_slot_and_subscription_back(
+    server, fake, address, behaviour
+):
+    misbehave = RESUMES[behaviour]
+    for anonymous in (False, True):
+        browser = Browser(server.url)
+        try:
+            bad, good = LiveReply(browser, fake), LiveReply(browser, fake)
+            cookie, source = (None, address) if anonymous else (cookie_of(browser), "127.0.0.1")
+            for _ in range(TIMES):
+                client = RawClient(server, source, cookie=cookie)
+                try:
+                    misbehave(client, bad.resume_path)
+                finally:
+                    client.close()
+            events = resume_well(server, good, source, cookie)
+            body = browser.body(good.stream_id)
+            assert body["status"] == "cancelled"
+            text = "".join(e["delta"] for e in events if e["type"] == "text-delta")
+            assert text == body["text"] and events[-1] == {"type": "abort", "reason": "cancelled"}
+            # While the reply is live, nothing of this server watches it any more.
+            eventually(lambda: subscribers(bad.stream_id) == 0, "the server still follows it")
+            bad.cancel()
+        finally:
+            browser.close()
