@@ -156,3 +156,13 @@ class Statements(OnNewConnections):
 
     def inserts_into(self, table: str) -> list[tuple[str, Any]]:
         return [(sql, p) for sql, p in self.seen if sql.startswith(f'INSERT INTO "{table}"')]
+
+
+def reading_is_broken(user: Any, stream: Any, action: str) -> bool:
+    """A permission policy with a bug (``PERMISSION_POLICY``, for a server): every read
+    raises; driving and cancelling are as in ``owner_policy``."""
+    from streaming_app.permissions import owner_policy
+
+    if action == "read":
+        raise AttributeError("a bug in the project's permission policy")
+    return owner_policy(user, stream, action)

@@ -564,3 +564,54 @@ def test_a_resuming_reader_that_goes_away_gives_its_slot_and_subscription_back(
             bad.cancel()
         finally:
             browser.close()
+
+
+# What the close says -------------------------------------------------------------------
+
+
+def ws_close(server: Daphne, path: str) -> tuple[int | None, str | None]:
+    """Open a websocket on ``path`` and read it to its close: the code and reason."""
+    with connect(
+        f"ws://127.0.0.1:{server.port}{path}", origin=server.url, open_timeout=10  # type: ignore[arg-type]
+    ) as ws:
+        try:
+            while True:
+                ws.recv(timeout=15)
+        except ConnectionClosed:
+            pass
+        return ws.close_code, ws.close_reason
+
+
+def test_a_close_reason_is_cut_to_the_bytes_a_close_frame_holds(server, guest, fake):
+    """An offset of 60 CJK characters is refused with 4400 and a reason of at most 123
+    bytes of UTF-8 (uvicorn sends the reason; daphne sends none)."""
+    reply = finished_reply(guest, fake, SHORT)
+    code, reason = ws_close(server, f"/ws/streams/{reply['id']}/?offset={'漢' * 60}")
+    assert code == 4400
+    assert reason is not None and len(reason.encode()) <= 123
+    if isinstance(server, Uvicorn):
+        assert reason.startswith("offset must be a non-negative integer, not '漢漢")
+
+
+@pytest.mark.parametrize("kind", [Daphne, Uvicorn], ids=["daphne", "uvicorn"])
+def test_a_bug_while_a_viewer_connects_closes_1011_and_is_logged_with_its_traceback(
+    daphne_factory, kind
+):
+    buggy = daphne_factory(
+        kind,
+        E2E_STREAMING_APP=json.dumps(
+            {"PERMISSION_POLICY": "tests.faults.reading_is_broken", "MAX_VIEWERS_PER_USER": 1}
+        ),
+    )
+    browser = Browser(buggy.url)
+    try:
+        chat = browser.new_chat("Anyone there?")
+    finally:
+        browser.close()
+    # More than the limit: the refused viewers' slots are given back too.
+    for _ in range(3):
+        code, _reason = ws_close(buggy, f"/ws/streams/{chat['stream_id']}/")
+        assert code == 1011
+    log = buggy.output()
+    assert f"a viewer of stream {chat['stream_id']} failed" in log
+    assert "Traceback" in log and "AttributeError: a bug in the project's permission policy" in log
