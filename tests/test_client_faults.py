@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from streaming_app.publish import group_name
 
@@ -100,16 +102,15 @@ def subscribers(stream_id: str) -> int:
     channel for it): the server's hub, while it follows the stream."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     try:
-        [(_, count)] = client.pubsub_numsub(f"asgi__group__{group_name(_uuid(stream_id))}")
+        [(_, count)] = client.pubsub_numsub(f"asgi__group__{group_name(uuid.UUID(stream_id))}")
         return int(count)
     finally:
         client.close()
 
 
-def _uuid(value: str) -> Any:
-    import uuid
-
-    return uuid.UUID(value)
+def unfollowed(stream_id: str) -> Callable[[], bool]:
+    """Whether no process follows the stream (its group has no subscriber)."""
+    return lambda: subscribers(stream_id) == 0
 
 
 def eventually(condition: Callable[[], bool], what: str) -> None:
@@ -334,7 +335,7 @@ def watch_well(server: Daphne, stream_id: str, address: str, cookie: str | None)
         with connect(
             f"ws://127.0.0.1:{server.port}/ws/streams/{stream_id}/",
             sock=bound_socket(server, address),
-            origin=server.url,  # type: ignore[arg-type]
+            origin=Origin(server.url),
             additional_headers=headers,
             max_size=None,
             open_timeout=10,
@@ -378,7 +379,7 @@ def test_a_websocket_viewer_that_misbehaves_gives_its_slot_and_subscription_back
             ["done"],
             1000,
         ), f"a well-behaved viewer ({'user' if cookie else 'anonymous'}) was not served"
-    eventually(lambda: subscribers(bad["id"]) == 0, "the server still follows the stream")
+    eventually(unfollowed(bad["id"]), "the server still follows the stream")
 
 
 # Server-Sent Events ------------------------------------------------------------------
@@ -393,9 +394,7 @@ def http_client(server: Daphne, address: str, cookie: str | None) -> httpx.Clien
     )
 
 
-def read_well(
-    server: Daphne, path: str, address: str, cookie: str | None
-) -> tuple[str, int]:
+def read_well(server: Daphne, path: str, address: str, cookie: str | None) -> tuple[str, int]:
     """A well-behaved reader of an event stream, to its end: its body, and how often it
     was refused (429) while the slots of the connections before it were still going."""
     with http_client(server, address, cookie) as http:
@@ -461,7 +460,7 @@ def test_an_event_stream_reader_that_goes_away_gives_its_slot_and_subscription_b
         events = events_of(body)
         assert "".join(e["text"] for e in events if e["type"] == "text") == good["text"]
         assert [e["status"] for e in events if e["type"] == "status"] == ["done"]
-    eventually(lambda: subscribers(bad["id"]) == 0, "the server still follows the stream")
+    eventually(unfollowed(bad["id"]), "the server still follows the stream")
 
 
 # The AI SDK's resume -----------------------------------------------------------------
@@ -560,7 +559,7 @@ def test_a_resuming_reader_that_goes_away_gives_its_slot_and_subscription_back(
             text = "".join(e["delta"] for e in events if e["type"] == "text-delta")
             assert text == body["text"] and events[-1] == {"type": "abort", "reason": "cancelled"}
             # While the reply is live, nothing of this server watches it any more.
-            eventually(lambda: subscribers(bad.stream_id) == 0, "the server still follows it")
+            eventually(unfollowed(bad.stream_id), "the server still follows the stream")
             bad.cancel()
         finally:
             browser.close()
@@ -572,7 +571,7 @@ def test_a_resuming_reader_that_goes_away_gives_its_slot_and_subscription_back(
 def ws_close(server: Daphne, path: str) -> tuple[int | None, str | None]:
     """Open a websocket on ``path`` and read it to its close: the code and reason."""
     with connect(
-        f"ws://127.0.0.1:{server.port}{path}", origin=server.url, open_timeout=10  # type: ignore[arg-type]
+        f"ws://127.0.0.1:{server.port}{path}", origin=Origin(server.url), open_timeout=10
     ) as ws:
         try:
             while True:
