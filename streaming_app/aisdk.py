@@ -60,7 +60,14 @@ from .publish import published_after
 from .run import Source, StreamRun
 from .sse import leave_soon
 from .streams import StreamId, parse_stream_id
-from .views import STREAM_ERRORS, DriverFeed, aclaim_to_drive, error_for, request_user
+from .views import (
+    STREAM_ERRORS,
+    DriverFeed,
+    aclaim_to_drive,
+    error_for,
+    request_user,
+    require_asgi,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -409,8 +416,10 @@ async def aui_message_stream_response(
     :mod:`streaming_app.parts`. ``message_id`` names the assistant message (by
     default the stream's id, which :func:`aresume_response` uses too). The stream ends
     with ``finish``, or with the ``error`` chunk of the stream's public error message
-    once it has committed, or ``abort`` if it was cancelled. Needs an ASGI server.
+    once it has committed, or ``abort`` if it was cancelled. Needs an ASGI server: under
+    WSGI it raises RuntimeError.
     """
+    require_asgi(request)
     user = await request_user(request)
     try:
         stream = await aclaim_to_drive(user, stream_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from .clients import scope_viewer_key
 from .exceptions import InvalidOffset
-from .hub import Hub, Viewer, close_code, hub, status_message, text_message, to_json
+from .hub import Hub, Viewer, hub, refusal, status_message, text_message, to_json
 from .parts import Entry
 from .streams import parse_flag, parse_offset, parse_stream_id
 
@@ -45,12 +44,29 @@ FRAMES = WebsocketFrames()
 FRAMES_WITH_PARTS = WebsocketFrames(parts=True)
 
 # Close codes (docs/protocol.md): 4400 bad request, 4403 forbidden, 4404 unknown stream,
-# 4429 too many viewers, 4503 the database is away (come back and resume). Servers may
-# only use 1000 and 3000-4999; daphne cannot send 1013.
+# 4429 too many viewers, 4503 the database or the channel layer is away (come back and
+# resume), 1011 a bug (logged with its traceback). Servers may only use 1000 and
+# 3000-4999 (and daphne, of the 1000s, only 1000; see StreamConsumer.close).
 REASONS = {
     4404: "no such stream",
     4503: "temporarily unavailable, try again",
+    1011: "internal error",
 }
+
+#: The most bytes of UTF-8 a close frame's reason may hold (RFC 6455, 5.5).
+MAX_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to a close frame's reason: at most 123 bytes of UTF-8, between
+    characters."""
+    return text.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+class ViewerFailed(Exception):
+    """A bug ended a viewer's socket, on a server that sends no 1011 of an
+    application's own (daphne): the server closes with 1011 for an application that
+    raises."""
 
 
 class StreamConsumer(AsyncJsonWebsocketConsumer):
@@ -60,12 +76,38 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     The process's hub (:mod:`streaming_app.hub`) follows the stream for all its viewers
     here, so the consumer has no channel of its own on the layer. Viewers send nothing:
     a frame from one closes the socket with 4400.
+
+    The socket is closed once, ever: after a close has gone out, or the client's
+    disconnect has come in, nothing more is sent. The viewer's slot with the hub is
+    given back however the consumer ends: the client's disconnect, an error, a cancel.
     """
 
     channel_layer_alias = None
     viewer: Viewer | None = None
     followed: Hub | None = None
     writing: asyncio.Task[None] | None = None
+    #: A close has gone out or the client's disconnect has come in: nothing more is sent.
+    closed = False
+    #: A bug is to close the socket with 1011, which the server sends when the
+    #: consumer raises (see :meth:`close`).
+    failed = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One frame at a time, and none after the close.
+        self._sending = asyncio.Lock()
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self._task = asyncio.current_task()
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.failed:
+                raise
+            raise ViewerFailed("a bug ended this viewer's socket (logged above)") from None
+        finally:
+            self.release()
 
     async def connect(self) -> None:
         # Accept first: daphne answers a close before accept with a bare HTTP 403, and
@@ -76,37 +118,84 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         frames = FRAMES_WITH_PARTS if parse_flag((query.get("parts") or [""])[-1]) else FRAMES
         viewer = Viewer(user, key.key, frames, limit=key.limit)
-        try:
-            stream_id = parse_stream_id(self.scope["url_route"]["kwargs"]["stream_id"])
-            offset = query_offset(self.scope.get("query_string", b""))
-            self.followed = hub()
-            await self.followed.watch(viewer, stream_id, offset)
-        except Exception as exc:
-            code = close_code(exc)
-            if code == 4503:
-                logger.warning("a viewer was refused for now: %r", exc)
-            await self.close(code=code, reason=REASONS.get(code, str(exc))[:120])
-            return
+        # Released by release(), whatever happens from here on.
         self.viewer = viewer
+        stream_id = self.scope["url_route"]["kwargs"]["stream_id"]
+        try:
+            self.followed = hub()
+            offset = query_offset(self.scope.get("query_string", b""))
+            await self.followed.watch(viewer, parse_stream_id(stream_id), offset)
+        except Exception as exc:
+            code = refusal(exc, stream_id)
+            await self.close(code=code, reason=REASONS.get(code, str(exc)))
+            return
         self.writing = asyncio.create_task(self.write(viewer))
 
     async def write(self, viewer: Viewer) -> None:
         """Write the viewer's frames as the hub hands them over, then close."""
-        async for frames in viewer.batches():
-            for frame in frames:
-                await self.send(text_data=frame)
-        code = viewer.close_code or 1000
-        await self.close(code=code, reason=REASONS.get(code, ""))
+        try:
+            async for frames in viewer.batches():
+                for frame in frames:
+                    await self.send(text_data=frame)
+                    if self.closed:
+                        return
+            code = viewer.close_code or 1000
+            await self.close(code=code, reason=REASONS.get(code, ""))
+        except OSError:
+            pass  # the client has gone (uvicorn's ClientDisconnected): nothing to close
+        except Exception:
+            logger.exception("the viewer of stream %s failed", viewer.stream_id)
+            await self.close(code=1011, reason=REASONS[1011])
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        async with self._sending:
+            if self.closed:
+                return
+            await super().send(text_data, bytes_data)
+        if close:
+            await self.close()
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the socket, once: a second close, or a close after the client's
+        disconnect, is not sent (uvicorn raises on it)."""
+        if self.closed:
+            return
+        self.closed = True
+        async with self._sending:
+            try:
+                await super().close(code, close_reason(reason) if reason else None)
+            except OSError:
+                pass  # the client has gone
+            except Exception:
+                if code != 1011:
+                    raise
+                # daphne lets an application close with 1000 and 3000-4999 only, and
+                # closes with 1011 for one that raises: the consumer raises.
+                self.failed = True
+                if asyncio.current_task() is self._task:
+                    raise ViewerFailed("a bug ended this viewer's socket (logged above)") from None
+                if self._task is not None:
+                    self._task.cancel()
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
         await self.close(code=4400, reason="viewers send nothing on this socket")
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.closed = True  # the client has gone: nothing more is sent
+        await super().websocket_disconnect(message)
+
     async def disconnect(self, code: int) -> None:
-        if self.writing is not None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the viewer's slot back and stop writing to it (at once, and again
+        harmlessly)."""
+        if self.writing is not None and self.writing is not asyncio.current_task():
             self.writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.writing
-        if self.viewer is not None and self.followed is not None:
-            self.followed.leave(self.viewer)
+        viewer, self.viewer = self.viewer, None
+        if viewer is not None and self.followed is not None:
+            self.followed.leave(viewer)

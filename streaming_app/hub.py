@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 
 from . import conf
 from .exceptions import InvalidOffset, Overloaded
@@ -482,8 +483,7 @@ class Feed:
         try:
             body = await read_snapshot(viewer.user, self.stream_id, viewer.sent, True)
         except Exception as exc:
-            logger.warning("a viewer of stream %s could not catch up: %r", self.stream_id, exc)
-            viewer.end(close_code(exc))
+            viewer.end(refusal(exc, self.stream_id))
             return
         viewer.behind = False
         if not self._hand_body(viewer, body):
@@ -617,6 +617,21 @@ class Feed:
         self.hub.ensure_groups()
 
 
+def _layer_outages() -> tuple[type[BaseException], ...]:
+    """What the channel layer raises when its server is away: refused or dropped
+    connections and timeouts (OSError), and redis-py's own, when it is installed."""
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return (OSError,)
+    return (OSError, RedisConnectionError, RedisTimeoutError)
+
+
+#: The outside world being away, not a bug: the database, or the channel layer's server.
+OUTAGES: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, *_layer_outages())
+
+
 def close_code(exc: BaseException) -> int:
     """The websocket close code that tells a viewer why it was refused."""
     if isinstance(exc, Overloaded):
@@ -627,7 +642,20 @@ def close_code(exc: BaseException) -> int:
         return 4403
     if isinstance(exc, Stream.DoesNotExist):
         return 4404
-    return 4503  # the database is away: come back and resume
+    if isinstance(exc, OUTAGES):
+        return 4503  # come back and resume
+    return 1011  # a bug
+
+
+def refusal(exc: BaseException, stream_id: object) -> int:
+    """:func:`close_code` for a viewer of ``stream_id`` refused by ``exc``, logged: an
+    outage as a warning, a bug with its traceback. Call it where ``exc`` is handled."""
+    code = close_code(exc)
+    if code == 1011:
+        logger.exception("a viewer of stream %s failed", stream_id)
+    elif code == 4503:
+        logger.warning("a viewer of stream %s was refused for now: %r", stream_id, exc)
+    return code
 
 
 def _count(value: Any) -> int:

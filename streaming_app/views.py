@@ -150,6 +150,16 @@ def part_lines(run: StreamRun, push: Callable[[str], None]) -> Callable[[str], N
     return tap
 
 
+def require_asgi(request: HttpRequest) -> None:
+    """Refuse to drive a stream outside ASGI (RuntimeError): what every driving
+    response checks first."""
+    if not isinstance(request, ASGIRequest):
+        raise RuntimeError(
+            "streaming_app drives streams under ASGI only (daphne, uvicorn): under WSGI "
+            "the response would be buffered whole and generation would not outlive it"
+        )
+
+
 async def aclaim_to_drive(user: Any, stream_id: StreamId) -> Stream:
     """Admit a drive and claim the stream for ``user``: what every driving response
     does before it starts a :class:`~streaming_app.run.StreamRun`. Raises one of
@@ -271,12 +281,13 @@ async def astream_response(
     Generation runs in a task of its own: it goes on to the end if the browser hangs
     up (see ``CANCEL_ON_DISCONNECT``), and the database never holds the response up.
     Once claimed, the stream holds no database connection of the request's. Needs an
-    ASGI server (daphne, uvicorn).
+    ASGI server (daphne, uvicorn): under WSGI it raises RuntimeError.
 
     With ``parts`` (by default: the request's ``?parts=1``) the body is the websocket's
     text messages, with the part map, one JSON object per line (NDJSON; see
     docs/protocol.md), for a client that shows reasoning and tool calls apart.
     """
+    require_asgi(request)
     user = await request_user(request)
     try:
         stream = await aclaim_to_drive(user, stream_id)
@@ -308,11 +319,7 @@ def stream_response(
     **kwargs: Any,
 ) -> HttpResponseBase:
     """:func:`astream_response` for a synchronous view, served under ASGI."""
-    if not isinstance(request, ASGIRequest):
-        raise RuntimeError(
-            "streaming_app drives streams under ASGI only (daphne, uvicorn): under WSGI "
-            "the response would be buffered whole and generation would not outlive it"
-        )
+    require_asgi(request)
     return async_to_sync(astream_response)(request, stream_id, generate, **kwargs)
 
 

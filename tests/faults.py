@@ -14,6 +14,8 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError, connection
 from django.db.backends.signals import connection_created
 
+from streaming_app.permissions import Action, owner_policy
+
 
 class database_refuses:  # noqa: N801  (used as a context manager, like a function)
     """While open, the database raises ``message`` for every ``event`` (INSERT or
@@ -156,3 +158,12 @@ class Statements(OnNewConnections):
 
     def inserts_into(self, table: str) -> list[tuple[str, Any]]:
         return [(sql, p) for sql, p in self.seen if sql.startswith(f'INSERT INTO "{table}"')]
+
+
+def reading_is_broken(user: Any, stream: Any, action: Action) -> bool:
+    """A permission policy with a bug (``PERMISSION_POLICY``, for a server): every read
+    raises; driving and cancelling are as in ``owner_policy``."""
+
+    if action == "read":
+        raise AttributeError("a bug in the project's permission policy")
+    return owner_policy(user, stream, action)

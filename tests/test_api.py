@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -291,3 +292,24 @@ async def test_the_model_is_sent_earlier_answers_not_their_reasoning():
         {"role": "assistant", "content": demo_answer(asked)},
         {"role": "user", "content": "Second"},
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("drive", ["astream_response", "aui_message_stream_response"])
+async def test_the_async_drives_refuse_wsgi_with_a_clear_error_as_the_sync_one_does(drive):
+    from django.test import RequestFactory
+
+    from streaming_app import aisdk, views
+    from streaming_app.streams import acreate_stream
+
+    async def pieces() -> Any:
+        yield "never"
+
+    stream = await acreate_stream()
+    function = getattr(views, drive, None) or getattr(aisdk, drive)
+    with pytest.raises(RuntimeError, match="under ASGI only"):
+        await function(RequestFactory().post("/drive/"), stream.pk, pieces())
+    with pytest.raises(RuntimeError, match="under ASGI only"):
+        views.stream_response(RequestFactory().post("/drive/"), stream.pk, pieces())
+    # Nothing was claimed: the stream can still be driven where it should be.
+    assert (await Stream.objects.aget(pk=stream.pk)).status == Status.PENDING

@@ -625,3 +625,39 @@ def test_the_element_stops_when_removed_and_follows_when_swapped_in(daphne_facto
     assert reply_texts(page) == [expected]
     assert page.evaluate("__ends") == 0
     assert len(opened) == 2
+
+
+# A server whose every socket fails with a bug: each opens, then closes with 1011.
+FAILING_SERVER = """
+window.__sockets = 0;
+window.WebSocket = class extends EventTarget {
+  constructor(url) {
+    super();
+    window.__sockets++;
+    setTimeout(() => {
+      this.onopen?.({});
+      this.onclose?.({ code: 1011, reason: "internal error" });
+    }, 10);
+  }
+  close() {}
+};
+"""
+
+
+def test_a_server_that_keeps_failing_is_tried_a_few_times_then_the_page_says_so(
+    daphne_factory, chromium
+):
+    server, asker = reply_being_written(daphne_factory, chromium, "Fail for me")
+    context = chromium.new_context(base_url=server.url)
+    context.add_init_script(FAILING_SERVER)
+    watcher = context.new_page()
+    watcher.goto(asker.url)
+    watcher.locator(".stream-text-status", has_text="the server failed").wait_for(timeout=30_000)
+    assert "internal error" in watcher.locator(".stream-text-status").first.text_content()
+    retries = watcher.evaluate(
+        "import('/static/streaming_app/client.js').then(m => m.SERVER_ERROR_RETRIES)"
+    )
+    # The first socket and its retries, then no more: it has given up.
+    assert watcher.evaluate("window.__sockets") == 1 + retries == 4
+    watcher.wait_for_timeout(1000)
+    assert watcher.evaluate("window.__sockets") == 4

@@ -3,13 +3,16 @@
 export type Status = "pending" | "streaming" | "done" | "error" | "cancelled" | "timeout";
 
 /** A refusal: an HTTP status (400, 403, 404, 429, 503...) or a websocket close code
- * (4400, 4403, 4404). */
+ * (4400, 4403, 4404; 1011 once the server has failed past SERVER_ERROR_RETRIES). */
 export class StreamError extends Error {
   constructor(status: number, message: string);
   status: number;
 }
 
 export const TERMINAL: ReadonlySet<Status>;
+
+/** How many times watch() tries again after the server failed (close code 1011). */
+export const SERVER_ERROR_RETRIES: number;
 
 /** The length of `text` in Unicode code points, as the server counts offsets. */
 export function codePoints(text: string): number;

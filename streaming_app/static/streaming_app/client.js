@@ -265,6 +265,9 @@ const REFUSED = new Set([4400, 4403, 4404]);
 // A websocket that fails to open this many times in a row is taken for a network
 // that does not carry websockets: watch() goes on over Server-Sent Events instead.
 const SOCKET_FAILURES_BEFORE_SSE = 2;
+// 1011: the server failed (a bug, logged there). It is tried again this many times,
+// after a backoff, in case it was passing; then watch() gives up with a StreamError.
+export const SERVER_ERROR_RETRIES = 3;
 
 // The URLs of a stream where the app is mounted at `api` (HTTP) and `ws` (websocket
 // routes): its body, its events (SSE), its cancel endpoint and its websocket. Whole
@@ -287,14 +290,15 @@ export function streamUrls(streamId, { api = "/api/streams/", ws = "/ws/streams/
 // Watch a stream over a websocket (url: ".../ws/streams/<id>/"), from a code point
 // offset, until it ends. If the connection drops (or the server says 4503, try again;
 // 4429, too many viewers), it reconnects after a backoff with jitter and resumes
-// exactly where it was; where websockets cannot open at all and `eventsUrl` is given,
+// exactly where it was (a 1011, the server failing, only SERVER_ERROR_RETRIES times);
+// where websockets cannot open at all and `eventsUrl` is given,
 // it goes on over Server-Sent Events (`bodyUrl` then tells it why one was refused).
 // onText(text, piece) gets the text from `offset` so far; onStatus(status, error) each
 // status. With `parts` it asks for the part map too (?parts=1): onMap(first, entries)
 // gets the entries each message comes with, before onText gets its text (with piece
 // "" when the message brought entries and no new text). Returns {done, close}: `done` resolves with {text, status, error} when the
 // stream has ended (or close() was called), or rejects with a StreamError if the
-// server refused (4400, 4403, 4404 or the HTTP equivalent), or with the signal's
+// server refused (4400, 4403, 4404 or the HTTP equivalent) or kept failing (1011), or with the signal's
 // reason once `signal` aborts.
 export function watch(url, {
   offset = 0, onText, onStatus, onMap, parts = false, signal, eventsUrl, bodyUrl,
@@ -356,6 +360,7 @@ export function watch(url, {
 
   let attempt = 0;
   let unopened = 0;
+  let serverErrors = 0;
   function connect() {
     if (stopped) return;
     let opened = false;
@@ -378,6 +383,8 @@ export function watch(url, {
         finish();
       } else if (REFUSED.has(event.code)) {
         fail(new StreamError(event.code, event.reason || `closed with ${event.code}`));
+      } else if (event.code === 1011 && ++serverErrors > SERVER_ERROR_RETRIES) {
+        fail(new StreamError(1011, `the server failed (${event.reason || "internal error"})`));
       } else if (!opened && eventsUrl && ++unopened >= SOCKET_FAILURES_BEFORE_SSE) {
         followEvents();
       } else {
