@@ -70,7 +70,7 @@ async def test_a_join_that_hangs_holds_up_no_other_stream_and_its_viewers_follow
     # The slow stream's viewer is served its snapshot though its process's join hangs.
     slow_viewer = await viewer(slow)
     assert await texts(slow_viewer, 1) == ["Before. "]
-    assert ("group_add", slow_group) in layer.calls
+    await until(lambda: ("group_add", slow_group) in layer.calls)
     # Another stream's join is not held up by it.
     quick_viewer = await viewer(quick)
     await until(lambda: ("group_add", quick_group) in layer.returned)
@@ -170,8 +170,11 @@ async def test_a_drives_first_piece_waits_for_neither_the_layer_nor_the_receiver
         )
         chat = created.json()
         stream_id = uuid.UUID(chat["stream_id"])
-        # A viewer in this process: the claim and the deltas reach it at once.
-        watching = asyncio.create_task(watch(await viewer(stream_id)))
+        # A viewer in this process, with its snapshot: the claim and the deltas reach
+        # it at once.
+        ready = asyncio.Event()
+        watching = asyncio.create_task(watch(await viewer(stream_id), ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
         response = await asyncio.wait_for(client.post(chat["drive_url"]), 10)
         assert response.status_code == 200
         pieces = response.streaming_content.__aiter__()  # type: ignore[attr-defined]
