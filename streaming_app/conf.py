@@ -40,7 +40,10 @@ DEFAULTS: dict[str, Any] = {
     # A viewer that hears nothing for this long reads the stream from the database,
     # in case a message was dropped (channel layers deliver at most once).
     "RESYNC_INTERVAL": 3.0,
-    # How long publishing one update may wait for the channel layer.
+    # How long one call to the channel layer may wait: publishing an update or a control
+    # message, a hub's joining or leaving a stream's group, opening its channel. Past
+    # it the call is given up as if the layer had refused it: viewers follow from the
+    # database meanwhile (RESYNC_INTERVAL), and the joins are tried again.
     "PUBLISH_TIMEOUT": 2.0,
     # Seconds between keep-alive comments on an idle Server-Sent Events response.
     "SSE_KEEPALIVE": 15.0,

@@ -39,7 +39,16 @@ from .exceptions import InvalidOffset, Overloaded
 from .models import Status, Stream, is_finished
 from .parts import Entry, around, merge, reach
 from .permissions import has_permission, load_stream
-from .publish import CANCEL, RECHECK, UPDATE, Message, control_group, group_name, set_local_hub
+from .publish import (
+    CANCEL,
+    RECHECK,
+    UPDATE,
+    Message,
+    control_group,
+    group_name,
+    layer_call,
+    set_local_hub,
+)
 from .publish import published_after as _published_after
 from .run import StreamRun
 from .streams import StreamBody, body_of, expire_if_stale, get_stream, read_text
@@ -253,9 +262,11 @@ def _read_snapshot(
     )
 
 
-# Reads for viewers run in any thread (they are independent), closing their connections.
-read_for_viewers = _published_after(_read_for_viewers, thread_sensitive=False)
-read_snapshot = _published_after(_read_snapshot, thread_sensitive=False)
+# Reads for viewers run in any thread (they are independent), closing their connections;
+# what an expiry on the way commits goes out from the loop's publisher, so that no
+# viewer waits for the channel layer.
+read_for_viewers = _published_after(_read_for_viewers, thread_sensitive=False, wait=False)
+read_snapshot = _published_after(_read_snapshot, thread_sensitive=False, wait=False)
 
 
 class Feed:
@@ -693,6 +704,11 @@ def _delta(message: Message) -> tuple[int, str, str, str | None, list[Entry], in
 class Hub:
     """An event loop's feeds, its one channel on the layer, and its runs' cancels."""
 
+    #: Joins and leaves under way at once: enough that one slow call holds up none of
+    #: the others, few enough that a burst of new feeds does not open as many
+    #: connections to the layer's server.
+    MEMBERSHIP_CALLS = 8
+
     def __init__(self, layer: BaseChannelLayer | None) -> None:
         self.layer = layer
         self.origin = uuid.uuid4().hex
@@ -700,8 +716,19 @@ class Hub:
         self.runs: dict[uuid.UUID, StreamRun] = {}
         self.viewers = Counter[str]()
         self._channel: str | None = None
+        self._opening: asyncio.Task[str] | None = None
+        #: Groups the layer may have this hub's channel in (a join was tried and no
+        #: leave has succeeded since), and among them those whose last call failed or
+        #: timed out (it may have happened anyway): they are joined again, then left
+        #: if they are not wanted.
         self._joined: set[str] = set()
-        self._groups_lock = asyncio.Lock()
+        self._unsure: set[str] = set()
+        #: The task bringing each group to what is wanted: one per group at a time, so
+        #: that one slow join holds up no other.
+        self._syncing: dict[str, asyncio.Task[None]] = {}
+        self._calls = asyncio.Semaphore(self.MEMBERSHIP_CALLS)
+        self._retry: asyncio.TimerHandle | None = None
+        self._failing = False
         self._receiver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -747,8 +774,10 @@ class Hub:
         self.viewers[viewer.key] += 1
         try:
             # Subscribed before the snapshot is read: nothing that commits in between
-            # is missed (what is heard twice is dropped).
-            await asyncio.shield(feed.subscribed)
+            # is missed (what is heard twice is dropped). A layer that does not answer
+            # holds the viewer up for PUBLISH_TIMEOUT at the most: it then follows
+            # from the database (its feed's re-syncs) until the join is done.
+            await asyncio.wait([feed.subscribed], timeout=float(conf.get("PUBLISH_TIMEOUT")))
             body = await read_snapshot(viewer.user, stream_id, offset, past_end_ok)
         except BaseException:
             self.leave(viewer)
@@ -810,6 +839,8 @@ class Hub:
             logger.exception("a %s message of stream %s failed", kind, stream_id)
 
     async def _receive(self) -> None:
+        # No bound here: a receive waits for messages by nature, and a layer that does
+        # not answer looks like silence, which the feeds' watchdogs cover.
         assert self.layer is not None and self._channel is not None
         failures = 0
         while True:
@@ -821,7 +852,7 @@ class Hub:
                     logger.warning("the channel layer failed (%r); viewers poll meanwhile", exc)
                 await asyncio.sleep(min(0.5 * failures, 5.0))
                 # Memberships may have gone with the layer's server: join again.
-                self._joined.clear()
+                self._unsure |= self._joined
                 self.ensure_groups()
                 continue
             failures = 0
@@ -843,33 +874,111 @@ class Hub:
         return wanted
 
     def ensure_groups(self) -> None:
-        """Join and leave the layer's groups to match the feeds and runs (in a task)."""
+        """Join and leave the layer's groups to match the feeds and runs (in tasks).
+        Each call to the layer is bounded (``PUBLISH_TIMEOUT``); what failed is tried
+        again after ``RESYNC_INTERVAL``, and at the feeds' re-syncs."""
         self.spawn(self._sync_groups())
 
     async def _sync_groups(self) -> None:
-        async with self._groups_lock:
-            # The feeds this sync subscribes (whose snapshots may be read once it has).
-            covered = [feed for feed in self.feeds.values() if not feed.closed]
+        try:
             wanted = self._wanted()
-            try:
-                if self.layer is not None and (wanted - self._joined or self._joined - wanted):
-                    if self._channel is None:
-                        self._channel = await self.layer.new_channel()
-                        self._receiver = self.spawn(self._receive())
-                    for group in sorted(wanted - self._joined):
-                        await self.layer.group_add(group, self._channel)
-                        self._joined.add(group)
-                    for group in sorted(self._joined - wanted):
-                        self._joined.discard(group)
-                        await self.layer.group_discard(group, self._channel)
-            except Exception as exc:
-                # The layer is away: viewers poll the database, cancels wait for the
-                # writer's next flush; the watchdogs try again.
-                logger.warning("could not join the channel layer's groups: %r", exc)
-            finally:
-                for feed in covered:
-                    if not feed.subscribed.done():
-                        feed.subscribed.set_result(None)
+        except Exception:
+            logger.exception("could not tell which groups to join")
+            return
+        if self.layer is None:
+            self._subscribed(wanted)
+            return
+        for group in (wanted ^ self._joined) | self._unsure:
+            if group not in self._syncing:
+                self._syncing[group] = self.spawn(self._sync_group(group))
+        # Feeds whose group is joined already, or being left (it is joined again after).
+        self._subscribed(wanted - set(self._syncing))
+
+    async def _sync_group(self, group: str) -> None:
+        assert self.layer is not None
+        try:
+            while True:
+                wanted = self._wants(group)
+                if group in self._unsure or (wanted and group not in self._joined):
+                    # Counted as joined before the call: if it times out it may have
+                    # happened all the same, and must be left if the group is unwanted.
+                    self._joined.add(group)
+                    self._unsure.add(group)
+                    try:
+                        channel = await self._channel_name()
+                        async with self._calls:
+                            await layer_call(self.layer.group_add(group, channel))
+                    finally:
+                        self._subscribed({group})
+                    self._unsure.discard(group)
+                elif not wanted and group in self._joined:
+                    self._unsure.add(group)
+                    channel = await self._channel_name()
+                    async with self._calls:
+                        await layer_call(self.layer.group_discard(group, channel))
+                    self._unsure.discard(group)
+                    self._joined.discard(group)
+                else:
+                    break
+        except Exception as exc:
+            # The layer is away: viewers poll the database, cancels wait for the
+            # writer's next flush.
+            if not self._failing:
+                self._failing = True
+                logger.warning("could not join or leave a channel layer group: %r", exc)
+            self._retry_later()
+        else:
+            if self._failing and not self._unsure:
+                self._failing = False
+                logger.info("the channel layer answers again; its groups are joined")
+        finally:
+            del self._syncing[group]
+
+    async def _channel_name(self) -> str:
+        """The hub's channel on the layer, made once (every waiting join shares the
+        one bounded call)."""
+        if self._channel is not None:
+            return self._channel
+        if self._opening is None or self._opening.done():
+            self._opening = self.spawn(self._open_channel())
+        return await asyncio.shield(self._opening)
+
+    async def _open_channel(self) -> str:
+        assert self.layer is not None
+        channel = await layer_call(self.layer.new_channel())
+        self._channel = channel
+        self._receiver = self.spawn(self._receive())
+        return channel
+
+    def _retry_later(self) -> None:
+        if self._retry is None:
+
+            def retry() -> None:
+                self._retry = None
+                self.ensure_groups()
+
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(float(conf.get("RESYNC_INTERVAL")), retry)
+
+    def _feed_of(self, group: str) -> Feed | None:
+        """The feed that wants ``group``, one of :meth:`_wanted`'s names."""
+        pk = uuid.UUID(hex=group.rpartition(".")[2])
+        feed = self.feeds.get(pk)
+        return feed if feed is not None and group == group_name(pk) else None
+
+    def _wants(self, group: str) -> bool:
+        feed = self._feed_of(group)
+        if feed is not None:
+            return not feed.closed
+        pk = uuid.UUID(hex=group.rpartition(".")[2])
+        return group == control_group(pk) and pk in self.runs
+
+    def _subscribed(self, groups: set[str]) -> None:
+        """The joins of these groups have been tried: their feeds' viewers go on."""
+        for group in groups:
+            feed = self._feed_of(group)
+            if feed is not None and not feed.subscribed.done():
+                feed.subscribed.set_result(None)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

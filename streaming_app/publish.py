@@ -2,12 +2,16 @@
 hub at once and to every other process through the channel layer; and the control
 messages (cancel a run, re-check viewers' permissions).
 
-The writers publish from their own task once a flush has committed. Sync code that
-commits (a cancel, an expiry) publishes from ``transaction.on_commit``: called from an
-async twin (:func:`published_after`), the twin publishes from its own task once the
-sync part returns; called from plain sync code, ``async_to_sync`` does it there. No
-update is ever published before its commit, and channel layers deliver at most once:
-viewers fill what they miss from the database.
+The writers publish once a flush has committed, through their event loop's
+:class:`Publisher`: this process's hub has each update at once, the channel layer and
+the signals' receivers get them in order from the publisher's task, so that neither a
+writer nor a drive's first token waits for them. Sync code that commits (a cancel, an
+expiry, a claim) publishes from ``transaction.on_commit``: called from an async twin
+(:func:`published_after`), the twin publishes once the sync part returns (and waits
+until it has gone out, or queues it on the publisher); called from plain sync code,
+``async_to_sync`` does it there. No update is ever published before its commit; every
+call to the layer is bounded (:func:`layer_call`), and channel layers deliver at most
+once: viewers fill what they miss from the database.
 """
 
 from __future__ import annotations
@@ -69,10 +73,6 @@ class Update:
     #: being entry number ``parts_from`` (streaming_app.parts).
     parts: tuple[dict[str, Any], ...] = ()
     parts_from: int = 0
-    #: Resolved by the publisher once the update has gone out: the channel layer took
-    #: it (or it gave up after PUBLISH_TIMEOUT) and its signals were sent. Set on the
-    #: updates someone waits for (a run's last: :meth:`StreamRun.wait`).
-    sent: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -124,6 +124,14 @@ def _deliver_locally(message: Message) -> Message:
     return {**message, "origin": hub.origin}
 
 
+async def layer_call(call: Awaitable[R]) -> R:
+    """Await one call to the channel layer (a send, a join, a leave, a new channel) for
+    at most ``PUBLISH_TIMEOUT``: a layer that accepts and never answers fails like one
+    that refuses, with ``TimeoutError``. A call that timed out may still take effect
+    when the layer answers."""
+    return await asyncio.wait_for(call, timeout=float(conf.get("PUBLISH_TIMEOUT")))
+
+
 async def group_send(group: str, message: Message) -> bool:
     """Send to a group within PUBLISH_TIMEOUT; log and let it go otherwise. Nothing
     depends on delivery: viewers fill gaps from the database, and a writer learns of a
@@ -132,9 +140,7 @@ async def group_send(group: str, message: Message) -> bool:
     if layer is None:
         return False
     try:
-        await asyncio.wait_for(
-            layer.group_send(group, message), timeout=float(conf.get("PUBLISH_TIMEOUT"))
-        )
+        await layer_call(layer.group_send(group, message))
     except Exception as exc:
         logger.warning("could not send %s to %s: %r", message["type"], group, exc)
         return False
@@ -157,46 +163,86 @@ async def _signal(update: Update) -> None:
                     logger.error("%r failed", receiver, exc_info=result)
 
 
+#: An item on its way to the channel layer: its group, the message as the layer carries
+#: it (delivered to this process's hub already), and the update whose signals follow.
+_Outgoing = tuple[str, Message, Update | None]
+
+
+def _outgoing(item: Update | Message) -> _Outgoing:
+    """Deliver ``item`` to this event loop's hub at once; return it as it goes on."""
+    if isinstance(item, Update):
+        return group_name(item.stream_id), _deliver_locally(item.message()), item
+    message = {key: value for key, value in item.items() if key != "group"}
+    return item["group"], _deliver_locally(message), None
+
+
+async def _send(outgoing: _Outgoing, *, to_layer: bool = True) -> None:
+    group, message, update = outgoing
+    if to_layer:
+        await group_send(group, message)
+    if update is not None:
+        await _signal(update)
+
+
 class Publisher:
-    """An event loop's updates on their way to the channel layer, in commit order, so
-    that the writers never wait for the layer. While more than ``MAX_QUEUED`` wait (the
-    layer is away), updates are not sent to it (viewers fill the gap from the
-    database); the signals still are."""
+    """An event loop's publications on their way to the channel layer, in the order
+    they were put, so that neither the writers nor a drive's first token wait for the
+    layer or for the signals' receivers (they run here too, after each send). While
+    more than ``MAX_QUEUED`` wait (the layer is away), updates are not sent to it
+    (viewers fill the gap from the database); the signals still are."""
 
     MAX_QUEUED = 10_000
 
     def __init__(self) -> None:
-        self._queue: deque[tuple[Update, Message]] = deque()
+        self._queue: deque[_Outgoing] = deque()
         self._task: asyncio.Task[None] | None = None
+        #: Items put so far, and items sent (or given up) with their signals fired.
+        self._put = 0
+        self._done = 0
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
 
-    def put(self, updates: Iterable[Update]) -> None:
-        for update in updates:
-            self._queue.append((update, _deliver_locally(update.message())))
-        if self._task is None or self._task.done():
+    def put(self, items: Iterable[Update | Message]) -> int:
+        """Deliver ``items`` to this process's hub at once and queue them for the layer;
+        return a ticket for :meth:`sent`."""
+        for item in items:
+            self._queue.append(_outgoing(item))
+            self._put += 1
+        if self._queue and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(
-                self._send(), context=contextvars.Context()
+                self._send_queued(), context=contextvars.Context()
             )
+        return self._put
 
-    async def _send(self) -> None:
-        skipped = 0
-        while self._queue:
-            update, message = self._queue.popleft()
-            try:
-                if len(self._queue) < self.MAX_QUEUED:
-                    await group_send(group_name(update.stream_id), message)
-                else:
-                    skipped += 1
-                await _signal(update)
-            finally:
-                if update.sent is not None and not update.sent.done():
-                    update.sent.set_result(None)
-        if skipped:
-            logger.warning("%d updates were not sent to the channel layer", skipped)
+    async def sent(self, ticket: int) -> None:
+        """Wait until every item put up to ``ticket`` (what :meth:`put` returned) has
+        gone to the layer, or been given up after ``PUBLISH_TIMEOUT``, and its
+        signals' receivers have run. Items put later are not waited for."""
+        if ticket <= self._done:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(ticket, []).append(waiter)
+        await waiter
 
     async def drain(self) -> None:
         """Wait until everything put so far has been sent."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+        await self.sent(self._put)
+
+    async def _send_queued(self) -> None:
+        skipped = 0
+        while self._queue:
+            outgoing = self._queue.popleft()
+            to_layer = len(self._queue) < self.MAX_QUEUED
+            skipped += not to_layer
+            try:
+                await _send(outgoing, to_layer=to_layer)
+            except Exception:  # a bug: the publications behind it still go
+                logger.exception("publishing %.200r failed", outgoing[1])
+            self._done += 1
+            for waiter in self._waiters.pop(self._done, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        if skipped:
+            logger.warning("%d updates were not sent to the channel layer", skipped)
 
 
 _publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Publisher] = (
@@ -211,22 +257,27 @@ def publisher() -> Publisher:
     return _publishers[loop]
 
 
-def publish(updates: Iterable[Update]) -> None:
-    """Publish committed updates, in order, from the event loop: this process's viewers
-    get them at once, other processes through the channel layer."""
-    publisher().put(updates)
+def publish(items: Iterable[Update | Message]) -> int:
+    """Publish committed updates (and control messages), in order, from the event
+    loop, without waiting: this process's viewers get them at once, other processes
+    through the channel layer, from the loop's :class:`Publisher`. Returns a ticket:
+    ``await published(ticket)`` waits until they have gone out."""
+    return publisher().put(items)
+
+
+async def published(ticket: int) -> None:
+    """Wait until what :func:`publish` gave ``ticket`` for has been sent to the layer
+    (or given up after ``PUBLISH_TIMEOUT``) and its signals' receivers have run: for
+    code whose event loop may end next (a worker's ``asyncio.run``)."""
+    await publisher().sent(ticket)
 
 
 async def publish_now(items: Iterable[Update | Message]) -> None:
     """Publish committed updates and control messages and wait until the layer took
-    them (or gave up): for code whose event loop may end right after."""
+    them (or gave up), ahead of the publisher's queue: for code that must know they
+    have gone out (a cancel, sync code)."""
     for item in items:
-        if isinstance(item, Update):
-            await group_send(group_name(item.stream_id), _deliver_locally(item.message()))
-            await _signal(item)
-        else:
-            message = {key: value for key, value in item.items() if key != "group"}
-            await group_send(item["group"], _deliver_locally(message))
+        await _send(_outgoing(item))
 
 
 @dataclass
@@ -255,12 +306,19 @@ def publish_on_commit(item: Update | Message) -> None:
 
 
 def published_after(
-    func: Callable[P, R], *, thread_sensitive: bool = True
+    func: Callable[P, R], *, thread_sensitive: bool = True, wait: bool = True
 ) -> Callable[P, Awaitable[R]]:
     """The async twin of a sync operation: run as channels' ``database_sync_to_async``
     does (closing the connections it used: :func:`~streaming_app.persist.closing_connections`),
-    then publish what it committed from the caller's task. ``thread_sensitive=False`` runs it in any thread, for work that
-    shares nothing with the caller's thread."""
+    then publish what it committed from the caller's task. ``thread_sensitive=False``
+    runs it in any thread, for work that shares nothing with the caller's thread.
+
+    The twin returns once what it committed has gone to the channel layer (or been
+    given up after ``PUBLISH_TIMEOUT``) and the signals' receivers have run, as code
+    whose event loop may end next needs. With ``wait=False`` it hands that to the
+    loop's :class:`Publisher` and returns at once (this process's hub has it already),
+    ordered before anything published on the loop afterwards: for a server's loop,
+    which goes on, and a caller that must not wait for the layer (a drive's claim)."""
     call = sync_to_async(closing_connections(func), thread_sensitive=thread_sensitive)
 
     @functools.wraps(func)
@@ -272,8 +330,10 @@ def published_after(
         finally:
             _outbox.reset(token)
             outbox.open = False
-            if outbox.items:
+            if outbox.items and wait:
                 await publish_now(outbox.items)
+            elif outbox.items:
+                publish(outbox.items)
 
     return twin
 

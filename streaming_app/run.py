@@ -28,6 +28,7 @@ from .flush import FlushPolicy, Terminal
 from .models import Status, Stream, StreamId, parse_stream_id, storable
 from .parts import Entry, Part
 from .persist import CancelRequested, in_writer_thread
+from .publish import published
 from .signals import stream_run_started
 from .writer import StreamWriter, open_writer
 
@@ -91,8 +92,8 @@ class StreamRun:
         self._generation: asyncio.Task[None] | None = None
         self._task: asyncio.Task[str] | None = None
         self._on_end: Callable[[], None] | None = None
-        # The stream's last update on its way out, once the run has ended it.
-        self._published: asyncio.Future[None] | None = None
+        # The publisher's ticket for the stream's last update, once the run has ended it.
+        self._published: int | None = None
 
     def start(self, *, on_end: Callable[[], None] | None = None) -> asyncio.Task[str]:
         """Start the run; ``on_end`` is called once generation has ended, before the
@@ -145,12 +146,11 @@ class StreamRun:
                 await self._gone_out()
 
     async def _gone_out(self) -> None:
-        sent = self._published
-        if sent is None or sent.done():
+        if self._published is None:
             return
         limit = float(conf.get("TIMEOUT"))
         try:
-            await asyncio.wait_for(asyncio.shield(sent), limit)
+            await asyncio.wait_for(published(self._published), limit)
         except TimeoutError:
             logger.warning(
                 "stream %s: its last update had not gone out after %g seconds",

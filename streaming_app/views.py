@@ -160,18 +160,25 @@ def require_asgi(request: HttpRequest) -> None:
         )
 
 
+# The claim's update goes to the loop's publisher, ahead of the run's: the first token
+# waits for the database's claim, not for the channel layer or the signals' receivers.
+_aclaim = published_after(_claim, wait=False)
+
+
 async def aclaim_to_drive(user: Any, stream_id: StreamId) -> Stream:
     """Admit a drive and claim the stream for ``user``: what every driving response
     does before it starts a :class:`~streaming_app.run.StreamRun`. Raises one of
     :data:`STREAM_ERRORS` (:func:`error_for` answers it): 404, 403, 409, 503 over this
     process's ``MAX_LIVE_STREAMS``, 429 over the user's ``MAX_LIVE_STREAMS_PER_USER``
     (the stream stays ``pending`` for the retry). The claimed stream holds none of the
-    request's database connections."""
+    request's database connections. The claim is published without waiting for the
+    channel layer (this process's viewers have it at once; the run's own updates
+    follow it), so call it on an event loop that goes on, a server's."""
     global _claiming
     _admit()
     _claiming += 1
     try:
-        return await published_after(_claim)(user, stream_id)
+        return await _aclaim(user, stream_id)
     finally:
         _claiming -= 1
 

@@ -95,9 +95,9 @@ class StreamWriter:
         self.closing: Terminal | None = None
         #: Set by a fault in this stream's writing (:meth:`fault`): how it ends.
         self.faulted: Terminal | None = None
-        #: The stream's last update on its way out (:attr:`Update.sent`), once its
-        #: terminal status has committed.
-        self.published: asyncio.Future[None] | None = None
+        #: The publisher's ticket for the stream's last update (streaming_app.publish),
+        #: once its terminal status has committed.
+        self.published: int | None = None
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
         self.max_pending = int(conf.get("MAX_PENDING_CHARS"))
         self.outage_limit = float(conf.get("DATABASE_OUTAGE_LIMIT"))
@@ -312,13 +312,14 @@ class StreamWriter:
         parts: tuple[dict[str, Any], ...] = (),
         parts_from: int = 0,
     ) -> Update:
-        if status == Status.STREAMING:
-            return Update(self.stream_id, offset, text, status, error, parts, parts_from)
-        # The last: the run waits until it has gone out (StreamRun.wait).
-        self.published = asyncio.get_running_loop().create_future()
-        return Update(
-            self.stream_id, offset, text, status, error, parts, parts_from, self.published
-        )
+        return Update(self.stream_id, offset, text, status, error, parts, parts_from)
+
+    def publish(self, update: Update) -> None:
+        """Publish a committed update; the last one's ticket is kept: the run waits
+        until it has gone out (StreamRun.wait)."""
+        ticket = publish([update])
+        if update.finished:
+            self.published = ticket
 
     def _refused(self, batch: Batch | None, exc: BaseException) -> Update | None:
         """The database refused the write, for a reason other than the connection."""
@@ -462,7 +463,7 @@ class Committer:
             return
         update = writer.ended_where_it_was(length)
         if update is not None:
-            publish([update])
+            writer.publish(update)
 
     def _check(self, now: float) -> None:
         for writer in self._live():
@@ -544,7 +545,7 @@ class Committer:
             raise result  # a bug: what became of the write is unknown
         update = writer.settle(write, result, now)
         if update is not None:
-            publish([update])
+            writer.publish(update)
 
 
 _committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Committer] = (

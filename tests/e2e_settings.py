@@ -2,6 +2,7 @@
 the environment:
 
 - ``E2E_CHANNEL_LAYER``: ``core`` or ``pubsub`` (channels-redis) when REDIS_URL is set;
+- ``E2E_REDIS_SOCKET_TIMEOUT``: seconds the Redis client waits for an answer;
 - ``E2E_STREAMING_APP``: JSON merged into STREAMING_APP (short timeouts, say);
 - ``E2E_FLUSH=every``: commit every piece, so that lag is the database's and the
   layer's, not the flush policy's;
@@ -25,10 +26,16 @@ BACKENDS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
 }
 if REDIS_URL and os.environ.get("E2E_CHANNEL_LAYER"):
+    host: dict[str, object] = {"address": REDIS_URL}
+    if os.environ.get("E2E_REDIS_SOCKET_TIMEOUT"):
+        # redis-py 8 gives up on a command after 5 s of its own (older ones never
+        # do): a test of a Redis that does not answer sets how long it may wait.
+        seconds = float(os.environ["E2E_REDIS_SOCKET_TIMEOUT"])
+        host.update(socket_timeout=seconds, socket_connect_timeout=seconds)
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": BACKENDS[os.environ["E2E_CHANNEL_LAYER"]],
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [host]},
         }
     }
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -377,16 +378,23 @@ async def closing(ws: Any) -> AsyncIterator[Any]:
 
 
 async def ws_watch(
-    base_url: str, stream_id: str, *, offset: int = 0, origin: str | None = None
+    base_url: str,
+    stream_id: str,
+    *,
+    offset: int = 0,
+    origin: str | None = None,
+    arrivals: list[tuple[float, int]] | None = None,
 ) -> dict[str, Any]:
     """Watch a stream over a real websocket to its close, as a browser client would:
     append a text message when its offset is the text's length. Records the payload
-    bytes received and when each piece of text arrived."""
+    bytes received and when each piece of text arrived (in ``arrivals`` if given, to
+    follow it from another thread)."""
     from websockets.asyncio.client import connect
     from websockets.typing import Origin
 
     url = base_url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/?offset={offset}"
-    text, statuses, arrivals, payload = "", [], [], 0
+    text, statuses, payload = "", [], 0
+    arrivals = [] if arrivals is None else arrivals
     async with connect(
         url,
         origin=Origin(origin or base_url),
@@ -514,6 +522,43 @@ class PrivateRedis:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server answers nothing, yet its connections stay open and new
+        ones are accepted (by the kernel): a partition that refuses nothing."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def client(self) -> Any:
+        """A client of this server, for the test's own looks (not while paused)."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=10)
+
+    def unread_from(self, pid: int) -> int:
+        """Bytes that process ``pid`` has sent to this server and the server has not
+        read: while it is paused, calls of that process waiting for an answer."""
+        sockets = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+        rows = []
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(address.split(":")[1], 16) for address in fields[1:3])
+            rows.append((local, remote, int(fields[4].split(":")[1], 16), fields[9]))
+        theirs = {
+            local for local, remote, _, inode in rows if remote == self.port and inode in sockets
+        }
+        return sum(
+            unread for local, remote, unread, _ in rows if local == self.port and remote in theirs
+        )
 
 
 def postgres_bin() -> Path | None:

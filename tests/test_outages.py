@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -28,11 +29,13 @@ from .servers import (
     Daphne,
     PrivatePostgres,
     PrivateRedis,
+    Uvicorn,
     drive_timed,
     migrate,
     postgres_bin,
     server_env,
     ws_follow,
+    ws_watch,
 )
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
@@ -212,14 +215,24 @@ def test_postgres_away_past_the_limit_ends_the_stream_as_error(private_postgres)
         server.stop()
 
 
+def layer_env(
+    redis: PrivateRedis, layer: str, delay: float = 0.03, **settings: float
+) -> dict[str, str]:
+    """Servers' environment for the channels-redis ``layer`` on ``redis``, the demo model
+    ``delay`` seconds a word, and ``settings`` over FAST_CHECKS."""
+    return {
+        "REDIS_URL": redis.url,
+        "E2E_CHANNEL_LAYER": layer,
+        # The app's bound, not the client's (redis-py 8's own is 5 s), is under test.
+        "E2E_REDIS_SOCKET_TIMEOUT": "60",
+        "DEMO_MODEL_DELAY": str(delay),
+        "E2E_STREAMING_APP": json.dumps({**FAST_CHECKS, **settings}),
+    }
+
+
 @pytest.mark.parametrize("layer", ["pubsub", "core"])
 def test_redis_going_away_mid_stream(e2e_db, private_redis, layer):
-    env = {
-        "REDIS_URL": private_redis.url,
-        "E2E_CHANNEL_LAYER": layer,
-        "DEMO_MODEL_DELAY": "0.03",
-        "E2E_STREAMING_APP": json.dumps(FAST_CHECKS),
-    }
+    env = layer_env(private_redis, layer)
     a, b = Daphne(e2e_db, **env), Daphne(e2e_db, **env)
     try:
         survive_outage(a, b, "Survive Redis", private_redis.stop, private_redis.start, 1.5)
@@ -229,6 +242,169 @@ def test_redis_going_away_mid_stream(e2e_db, private_redis, layer):
             assert server.process.poll() is None
             assert "Exception inside application" not in server.output()
     finally:
+        a.stop()
+        b.stop()
+
+
+class Background(threading.Thread):
+    """``work()`` in a thread of its own; :meth:`result` returns what it returned, or
+    raises what it raised."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.work = work
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.work()
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self, timeout: float = 60) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), f"still running after {timeout}s"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def until(condition: Callable[[], Any], within: float = 15, what: str = "") -> None:
+    """Wait for ``condition`` (a bound, not a pace)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within}s: {what or condition}"
+        time.sleep(0.02)
+
+
+def members(redis: PrivateRedis, layer: str, stream_id: str) -> int:
+    """How many channels (processes' hubs) Redis has in the stream's group."""
+    group = f"streaming_app.stream.{uuid.UUID(stream_id).hex}"
+    with redis.client() as client:
+        if layer == "pubsub":
+            [(_, count)] = client.pubsub_numsub(f"asgi__group__{group}")
+            return int(count)
+        return int(client.zcard(f"asgi:group:{group}"))
+
+
+async def hear_an_update(redis: PrivateRedis, layer: str, stream_id: str) -> dict[str, Any]:
+    """Join the stream's group from here, with the same channels-redis layer, and
+    return the first update that anyone sends it."""
+    from channels_redis.core import RedisChannelLayer
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    backend = {"core": RedisChannelLayer, "pubsub": RedisPubSubChannelLayer}[layer]
+    channels = backend(hosts=[redis.url])
+    group = f"streaming_app.stream.{uuid.UUID(stream_id).hex}"
+    channel = await channels.new_channel()
+    await channels.group_add(group, channel)
+    try:
+        while True:
+            message = await asyncio.wait_for(channels.receive(channel), 15)
+            if message["type"] == "stream.update":
+                return dict(message)
+    finally:
+        await channels.group_discard(group, channel)
+        await (channels.flush() if layer == "pubsub" else channels.close_pools())
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+def test_a_redis_that_answers_nothing_holds_up_no_viewer(e2e_db, private_redis, layer):
+    """Redis stopped (SIGSTOP): it accepts and never answers. A viewer who connects then,
+    on another server, is served the committed text and follows the live stream from
+    the database; once Redis answers, its server joins the group again and the deltas
+    go through the layer; the viewer ends with the exact text."""
+    env = layer_env(private_redis, layer, delay=0.05)
+    a, b = Daphne(e2e_db, **env), Uvicorn(e2e_db, **env)
+    try:
+        browser = Browser(a.url)
+        chat = browser.new_chat("Hang on")
+        stream_id = chat["stream_id"]
+        expected = answer("Hang on")
+        driving = Background(lambda: drive_timed(browser, chat, a.url))
+        until(lambda: browser.body(stream_id)["text"], what="some text committed")
+        arrivals: list[tuple[float, int]] = []
+        private_redis.pause()
+        try:
+            watching = Background(
+                lambda: asyncio.run(ws_watch(b.url, stream_id, arrivals=arrivals))
+            )
+            # Served, and following, while the layer hangs; and the calls did hang: the
+            # viewer's server gave up joining, the driver's gave up sending, each after
+            # PUBLISH_TIMEOUT (not refused: a refusal says ConnectionError).
+            until(lambda: len(arrivals) >= 3, what="the new viewer follows the stream")
+            until(lambda: "group: TimeoutError()" in b.output(), what="the join timed out")
+            until(lambda: "could not send stream.update" in a.output())
+            assert "TimeoutError()" in a.output()
+            during = list(arrivals)
+        finally:
+            private_redis.resume()
+        assert 0 < during[0][1] < during[-1][1] < len(expected), "a live stream, followed"
+        # Redis answers: the viewer's server is in the stream's group again, and the
+        # driver's updates go through the layer.
+        until(lambda: members(private_redis, layer, stream_id) >= 1, what="the group joined")
+        until(lambda: "the channel layer answers again" in b.output(), what="recovered")
+        heard = asyncio.run(hear_an_update(private_redis, layer, stream_id))
+        assert heard["stream"] == uuid.UUID(stream_id).hex
+        result = watching.result()
+        assert (result["text"], result["statuses"][-1], result["code"]) == (expected, "done", 1000)
+        text, _ = driving.result()
+        assert text == expected
+        for server in (a, b):
+            assert "Exception inside application" not in server.output()
+    finally:
+        private_redis.resume()
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+def test_a_drives_first_piece_does_not_wait_for_a_redis_that_answers_nothing(
+    e2e_db, private_redis, layer
+):
+    """The drive starts while Redis is stopped, and no call to it gives up (a 60 s
+    PUBLISH_TIMEOUT): the driver reads its first piece while the driving server's
+    layer calls wait unanswered, so before the claim's group_send returns. A viewer on
+    another server gets all of it."""
+    env = layer_env(private_redis, layer, PUBLISH_TIMEOUT=60)
+    a, b = Daphne(e2e_db, **env), Uvicorn(e2e_db, **env)
+    try:
+        browser = Browser(a.url)
+        chat = browser.new_chat("First things first")
+        stream_id = chat["stream_id"]
+        expected = answer("First things first")
+        watching = Background(lambda: asyncio.run(ws_watch(b.url, stream_id)))
+        until(lambda: members(private_redis, layer, stream_id) >= 1, what="the viewer's join")
+        private_redis.pause()
+        try:
+            first: bytes | None = None
+            try:
+                with (
+                    httpx.Client(base_url=a.url, cookies=browser.http.cookies, timeout=10) as http,
+                    http.stream("POST", chat["drive_url"], headers=browser.headers()) as response,
+                ):
+                    pieces = response.iter_raw()
+                    first = next(pieces)
+                    log_at_first_piece = a.output()
+                    # The fault hit: the driving server sent Redis what it has not read.
+                    until(lambda: private_redis.unread_from(a.process.pid) > 0, what="a call")
+                    private_redis.resume()
+                    body = first + b"".join(pieces)
+            except httpx.ReadTimeout:
+                if first is None:
+                    pytest.fail("the drive's first piece waited for the channel layer")
+                raise
+        finally:
+            private_redis.resume()
+        assert "could not send" not in log_at_first_piece, "a send gave up: it proves nothing"
+        assert body.decode() == expected
+        result = watching.result()
+        assert (result["text"], result["statuses"][-1], result["code"]) == (expected, "done", 1000)
+        assert "could not send" not in a.output(), "every send went through once Redis answered"
+    finally:
+        private_redis.resume()
         a.stop()
         b.stop()
 
