@@ -16,20 +16,41 @@ Action = Literal["read", "drive", "cancel"]
 Policy = Callable[[Any, Stream, Action], bool]
 
 
-def owner_policy(user: Any, stream: Stream, action: Action) -> bool:
-    """The default: a stream with an owner is the owner's alone; one without is anyone's.
+def is_owner(user: Any, stream: Stream) -> bool:
+    """Whether ``user`` is signed in and owns ``stream`` (never, for one without owner)."""
+    return bool(
+        stream.owner_id is not None
+        and user is not None
+        and user.is_authenticated
+        and user.pk == stream.owner_id
+    )
 
-    A stream without an owner is reachable only by its unguessable UUID, so the project
-    decides who may act on it by deciding who learns the id.
+
+def owner_policy(user: Any, stream: Stream, action: Action) -> bool:
+    """The default: a stream with an owner is the owner's alone; one without is
+    read-only.
+
+    A stream without an owner is reachable only by its unguessable UUID: whoever learns
+    it may read it, and nobody may drive or cancel it over HTTP or websockets. Server
+    code (``claim_stream`` with ``StreamRun``, ``cancel_stream``, the admin) is not
+    subject to the policy; :func:`ownerless_open_policy` lets anyone drive and cancel.
     """
     if stream.owner_id is None:
-        return True
-    return bool(user is not None and user.is_authenticated and user.pk == stream.owner_id)
+        return action == "read"
+    return is_owner(user, stream)
 
 
 def anyone_reads_policy(user: Any, stream: Stream, action: Action) -> bool:
-    """Anyone with the link may read; driving and cancelling are as in owner_policy."""
-    return action == "read" or owner_policy(user, stream, action)
+    """Anyone with the link may read; driving and cancelling are the owner's alone, as
+    in owner_policy (nobody's, for a stream without owner)."""
+    return action == "read" or is_owner(user, stream)
+
+
+def ownerless_open_policy(user: Any, stream: Stream, action: Action) -> bool:
+    """A stream without an owner is anyone's who knows its id, to read, drive and
+    cancel; one with an owner is as in owner_policy. For a site without accounts that
+    drives ownerless streams from its views: the id is then the only key."""
+    return stream.owner_id is None or is_owner(user, stream)
 
 
 def get_policy() -> Policy:

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.test import AsyncRequestFactory
 
 from streaming_app.flush import Batch, FlushPolicy
@@ -99,13 +101,38 @@ def assert_chunks_consistent(chunks: list[tuple[int, int, str]]) -> str:
     return "".join(text for _, _, text in chunks)
 
 
+async def owned_stream(owner: Any = None) -> tuple[Stream, Any]:
+    """A new pending stream and its owner (``owner``, or a new user of its own): under
+    the default policy only the owner drives and cancels a stream (one without owner
+    is read-only)."""
+    if owner is None:
+        owner = await get_user_model().objects.acreate(username=f"owner-{uuid.uuid4().hex[:12]}")
+    return await acreate_stream(owner=owner), owner
+
+
+def as_user(request: Any, user: Any = None) -> Any:
+    """``request`` as Django hands it to a view after AuthenticationMiddleware: from
+    ``user``, or from an anonymous visitor."""
+    request.user = AnonymousUser() if user is None else user
+
+    async def auser() -> Any:
+        return request.user
+
+    request.auser = auser
+    return request
+
+
+def drive_request(user: Any = None, path: str = "/drive/") -> Any:
+    """A POST to a driving view, from ``user`` or an anonymous visitor."""
+    return as_user(AsyncRequestFactory().post(path), user)
+
+
 async def drive_in_process(
-    stream_id: uuid.UUID, source: Source, **kwargs: Any
+    stream_id: uuid.UUID, source: Source, *, user: Any = None, **kwargs: Any
 ) -> list[tuple[float, str]]:
-    """Drive through astream_response as a view would; the parts the driver received,
-    with the time each arrived."""
-    request = AsyncRequestFactory().post("/drive/")
-    response = await astream_response(request, stream_id, source, **kwargs)
+    """Drive through astream_response as a view would, as ``user`` (the stream's
+    owner); the parts the driver received, with the time each arrived."""
+    response = await astream_response(drive_request(user), stream_id, source, **kwargs)
     assert response.status_code == 200, response
     parts = []
     async for part in response:  # type: ignore[attr-defined]

@@ -37,7 +37,7 @@ from streaming_app.streams import acreate_stream, get_stream_body
 
 from .bundles import HERE, bundle, node_modules
 from .bundles import serve_page as serve_test_page
-from .helpers import stream_row, wait_finished
+from .helpers import as_user, drive_request, owned_stream, stream_row, wait_finished
 
 # The example's URLs with the AI SDK's routes, as example_project/urls.py includes them.
 urlpatterns = [
@@ -440,13 +440,16 @@ async def committed(stream_id: uuid.UUID, length: int, within: float = 10) -> No
         await asyncio.sleep(0.01)
 
 
-async def drive(stream_id: uuid.UUID, source: Any, **kwargs: Any) -> Any:
-    request = AsyncRequestFactory().post("/api/ai/chat")
+async def drive(stream_id: uuid.UUID, source: Any, user: Any, **kwargs: Any) -> Any:
+    """Drive as ``user`` (the stream's owner, under the default policy)."""
+    request = drive_request(user, "/api/ai/chat")
     return await aui_message_stream_response(request, stream_id, source, policy=FAST, **kwargs)
 
 
-async def resume(stream_id: uuid.UUID | None) -> Any:
-    return await aresume_response(AsyncRequestFactory().get("/api/ai/chat/x/stream"), stream_id)
+async def resume(stream_id: uuid.UUID | None, user: Any = None) -> Any:
+    """Resume as ``user``, or as an anonymous visitor."""
+    request = as_user(AsyncRequestFactory().get("/api/ai/chat/x/stream"), user)
+    return await aresume_response(request, stream_id)
 
 
 PIECES: list[str | Part] = [
@@ -464,9 +467,9 @@ PIECES: list[str | Part] = [
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_resume_mid_reply_gives_the_message_of_the_live_drive():
-    stream = await acreate_stream()
+    stream, owner = await owned_stream()
     source = Gate()
-    response = await drive(stream.pk, source)
+    response = await drive(stream.pk, source, owner)
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream; charset=utf-8"
     assert response["x-vercel-ai-ui-message-stream"] == "v1"
@@ -475,7 +478,7 @@ async def test_a_resume_mid_reply_gives_the_message_of_the_live_drive():
 
     source.feed(*PIECES[:5])
     await committed(stream.pk, len("The user greets me.Héllo "))
-    resumed = await resume(stream.pk)
+    resumed = await resume(stream.pk, owner)
     assert resumed.status_code == 200
     assert resumed["x-vercel-ai-ui-message-stream"] == "v1"
     following = asyncio.create_task(read_body(resumed))
@@ -513,7 +516,7 @@ async def test_a_resume_mid_reply_gives_the_message_of_the_live_drive():
         "Ada! 😀👩🏽‍💻 How are you?",
     ]
     # Once it has ended there is nothing to resume.
-    assert (await resume(stream.pk)).status_code == 204
+    assert (await resume(stream.pk, owner)).status_code == 204
 
 
 @pytest.mark.django_db(transaction=True)
@@ -522,12 +525,12 @@ async def test_a_resuming_reader_that_falls_behind_catches_up_exactly(caplog):
     """The hub drops the frames of a viewer that stops reading and sends them again
     from where it was: the chunks stay exactly those of the drive."""
     caplog.set_level(logging.INFO, logger="streaming_app.hub")
-    stream = await acreate_stream()
+    stream, owner = await owned_stream()
     source = Gate()
-    live = asyncio.create_task(read_body(await drive(stream.pk, source)))
+    live = asyncio.create_task(read_body(await drive(stream.pk, source, owner)))
     source.feed(Reasoning("Hmm. "), "First words. ")
     await committed(stream.pk, 18)
-    resumed = (await resume(stream.pk)).__aiter__()
+    resumed = (await resume(stream.pk, owner)).__aiter__()
     read = [(await resumed.__anext__()).decode()]
     words = [f"word{i} " for i in range(200)]
     source.feed(*words[:100], ToolCall("c", "f", "{}"), ToolResult("c", 1), *words[100:])
@@ -540,12 +543,12 @@ async def test_a_resuming_reader_that_falls_behind_catches_up_exactly(caplog):
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_failing_source_ends_both_streams_with_the_public_error():
-    stream = await acreate_stream()
+    stream, owner = await owned_stream()
     source = Gate()
-    live = asyncio.create_task(read_body(await drive(stream.pk, source)))
+    live = asyncio.create_task(read_body(await drive(stream.pk, source, owner)))
     source.feed("Partial ")
     await committed(stream.pk, 8)
-    following = asyncio.create_task(read_body(await resume(stream.pk)))
+    following = asyncio.create_task(read_body(await resume(stream.pk, owner)))
     await asyncio.sleep(0.1)
     source.feed(RuntimeError("secret host 10.0.0.9 refused"))
     for chunks in (chunks_of(await live), chunks_of(await following)):
@@ -559,14 +562,14 @@ async def test_a_failing_source_ends_both_streams_with_the_public_error():
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_second_drive_and_unknown_streams_are_json_errors():
-    stream = await acreate_stream()
+    stream, owner = await owned_stream()
     source = Gate()
-    first = asyncio.create_task(read_body(await drive(stream.pk, source)))
-    again = await drive(stream.pk, Gate())
+    first = asyncio.create_task(read_body(await drive(stream.pk, source, owner)))
+    again = await drive(stream.pk, Gate(), owner)
     assert (again.status_code, json.loads(again.content)["status"]) == (409, "streaming")
     source.feed("ok", None)
     await first
-    missing = await drive(uuid.uuid4(), Gate())
+    missing = await drive(uuid.uuid4(), Gate(), owner)
     assert missing.status_code == 404
     assert (await resume(uuid.uuid4())).status_code == 404
     assert (await resume(None)).status_code == 204

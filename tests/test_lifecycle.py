@@ -388,7 +388,8 @@ async def test_a_cancelled_source_is_closed_at_once():
 @override_settings(STREAMING_APP={})
 async def test_the_library_default_policy_is_the_owners():
     """Without PERMISSION_POLICY (the example sets anyone_reads_policy): an owned stream
-    is its owner's alone, in every transport; an ownerless one is anyone's."""
+    is its owner's alone, in every transport; an ownerless one is anyone's to read
+    (driving and cancelling it: tests/test_permissions.py)."""
     owner = await get_user_model().objects.acreate(username="owner")
     owned = await sync_to_async(create_stream)(owner=owner)
     ownerless = await sync_to_async(create_stream)()

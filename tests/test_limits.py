@@ -11,30 +11,20 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.test import AsyncRequestFactory, override_settings
+from django.test import override_settings
 
 from streaming_app import astream_response
 from streaming_app.flush import FlushPolicy
 from streaming_app.models import Status
 from streaming_app.run import live_runs
-from streaming_app.streams import acreate_stream, aget_stream_body, create_stream
+from streaming_app.streams import aget_stream_body, create_stream
 
-from .helpers import paced, run_to_end, wait_finished
+from .helpers import drive_request, owned_stream, paced, run_to_end, wait_finished
 from .test_lifecycle import Fed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUICK = FlushPolicy(min_interval=0.0, max_interval=0.02, max_chars=4096)
-
-
-def drive_request(user: Any = None) -> Any:
-    request = AsyncRequestFactory().post("/drive/")
-
-    async def auser() -> Any:
-        return user
-
-    request.auser = auser
-    return request
 
 
 async def read(response: Any) -> str:
@@ -43,11 +33,11 @@ async def read(response: Any) -> str:
 
 @override_settings(STREAMING_APP={"MAX_LIVE_STREAMS": 1, "RETRY_AFTER": 7})
 async def test_over_the_process_limit_a_drive_gets_503_and_the_stream_stays_pending():
-    first, second = await acreate_stream(), await acreate_stream()
+    (first, owner), (second, other) = await owned_stream(), await owned_stream()
     source = Fed()
-    live = await astream_response(drive_request(), first.pk, source, policy=QUICK)
+    live = await astream_response(drive_request(owner), first.pk, source, policy=QUICK)
     assert live.status_code == 200
-    refused = await astream_response(drive_request(), second.pk, paced(["x"]), policy=QUICK)
+    refused = await astream_response(drive_request(other), second.pk, paced(["x"]), policy=QUICK)
     assert (refused.status_code, refused["Retry-After"]) == (503, "7")
     assert "limit of 1 streams" in json.loads(refused.content)["error"]  # type: ignore[attr-defined]
     assert (await aget_stream_body(second.pk)).status == Status.PENDING
@@ -56,7 +46,7 @@ async def test_over_the_process_limit_a_drive_gets_503_and_the_stream_stays_pend
     await asyncio.wait_for(read(live), 10)
     await asyncio.wait_for(asyncio.gather(*(run.task for run in live_runs())), 10)
     assert (await wait_finished(first.pk)).status == Status.DONE
-    again = await astream_response(drive_request(), second.pk, paced(["x"]), policy=QUICK)
+    again = await astream_response(drive_request(other), second.pk, paced(["x"]), policy=QUICK)
     assert again.status_code == 200 and await read(again) == "x"
 
 

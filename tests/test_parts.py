@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.test import AsyncRequestFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +33,15 @@ from streaming_app.parts import (
 from streaming_app.streams import StreamBody, aclaim_stream, acreate_stream, get_stream_body
 from streaming_app.views import astream_response
 
-from .helpers import assert_chunks_consistent, chunks_of, paced, run_to_end, wait_finished
+from .helpers import (
+    assert_chunks_consistent,
+    chunks_of,
+    drive_request,
+    owned_stream,
+    paced,
+    run_to_end,
+    wait_finished,
+)
 from .test_fanout import viewer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -284,8 +291,8 @@ async def _until_closed(communicator) -> list[dict[str, Any]]:
 
 
 async def test_a_part_aware_driver_gets_every_piece_with_its_part_as_ndjson():
-    stream = await acreate_stream()
-    request = AsyncRequestFactory().post("/drive/?parts=1")
+    stream, owner = await owned_stream()
+    request = drive_request(owner, "/drive/?parts=1")
     pieces: list[str | Part] = [
         "Plain first. ",
         Reasoning("Now think."),

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 import pytest
-from django.test import AsyncRequestFactory, override_settings
+from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +27,8 @@ from .helpers import (
     assert_chunks_consistent,
     chunks_of,
     committed_events,
+    drive_request,
+    owned_stream,
     paced,
     run_to_end,
     stream_row,
@@ -236,9 +238,7 @@ async def test_a_sentence_end_flushes_before_the_maximum_interval():
 async def test_the_driver_is_not_held_up_by_a_database_that_does_not_answer():
     """Every piece reaches the driving response while the first flush is still held by
     the database: the driver never waits for persistence."""
-    from streaming_app.streams import acreate_stream
-
-    stream = await acreate_stream()
+    stream, owner = await owned_stream()
     pieces = [f"Piece {i}. " for i in range(40)]
     policy = FlushPolicy(min_interval=0.0, max_interval=0.05, max_chars=4096)
 
@@ -251,8 +251,7 @@ async def test_the_driver_is_not_held_up_by_a_database_that_does_not_answer():
             await asyncio.sleep(0)
 
     with Hang() as hang:
-        request = AsyncRequestFactory().post("/drive/")
-        response = await astream_response(request, stream.pk, model(), policy=policy)
+        response = await astream_response(drive_request(owner), stream.pk, model(), policy=policy)
         received = ""
         async for part in response:  # type: ignore[attr-defined]
             received += part.decode()
