@@ -68,6 +68,7 @@ class StreamEventsView(JsonView):
             user,
             viewer_key(user, session and session.session_key, request.META.get("REMOTE_ADDR")),
             EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS,
+            resumes=True,  # an EventSource comes back with Last-Event-ID
         )
         followed = hub()
         try:

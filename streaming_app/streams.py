@@ -207,11 +207,15 @@ def read_text(stream_id: uuid.UUID, start: int, end: int) -> str:
     return "".join(text for _, text in rows)[start - base : end - base]
 
 
-def body_of(stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False) -> StreamBody:
+def body_of(
+    stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False, limit: int | None = None
+) -> StreamBody:
     """The body of an already loaded ``stream`` from ``offset``, read after the row.
 
     ``past_end_ok`` gives empty text, not InvalidOffset, past the end of a finished
-    stream (for a viewer who waited there for text that never came).
+    stream (for a viewer who waited there for text that never came). ``limit``: at
+    most that many characters of text (``offset + len(text)`` may then be short of
+    ``length``).
     """
     start = parse_offset(offset)
     if start > stream.length and stream.is_finished and not past_end_ok:
@@ -224,7 +228,9 @@ def body_of(stream: Stream, offset: int | str = 0, *, past_end_ok: bool = False)
         status=stream.status,
         # Chunks past stream.length may have committed since the row was read; the
         # text stops at the row's length so that it agrees with the row's status.
-        text=read_text(stream.id, start, stream.length),
+        text=read_text(
+            stream.id, start, stream.length if limit is None else min(stream.length, start + limit)
+        ),
         offset=start,
         length=stream.length,
         error=stream.error or None,
