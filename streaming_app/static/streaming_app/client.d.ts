@@ -11,6 +11,12 @@ export class StreamError extends Error {
 
 export const TERMINAL: ReadonlySet<Status>;
 
+/** watch() acknowledges the text its websocket has taken (`?ack=1`) once this many
+ * code points have come since the last acknowledgement... */
+export const ACK_CHARS: number;
+/** ...or this many milliseconds after text came. */
+export const ACK_DELAY: number;
+
 /** The length of `text` in Unicode code points, as the server counts offsets. */
 export function codePoints(text: string): number;
 
