@@ -70,6 +70,7 @@ define benchmarks
 		$(BIN)/python -m bench.capacity $(1) && \
 		$(BIN)/python -m bench.viewers $(1); \
 	else echo "fanout, capacity and viewers skipped: they need DATABASE_URL (PostgreSQL) and REDIS_URL"; fi
+	$(BIN)/python -m bench.slow_readers $(1)
 endef
 
 bench: install

@@ -190,9 +190,15 @@ class Viewer:
         """Characters of text it may be handed now; None: no bound."""
         return None if self.window is None else self.acked + self.window - self.sent
 
-    def has_room(self) -> bool:
-        room = self.room()
-        return room is None or room > 0
+    def may_catch_up(self) -> bool:
+        """Whether a viewer that is behind may be handed more now: once half its
+        window is free (fewer, larger reads for one that is far behind), or any of it
+        for one that never acknowledges."""
+        if self.window is None:
+            return True
+        return self.acked + self.window - self.sent >= (
+            max(1, self.window // 2) if self.acks else 1
+        )
 
     def acknowledge(self, offset: int) -> None:
         """The viewer has shown the text up to ``offset``: its window moves there.
@@ -247,7 +253,7 @@ class Viewer:
                 yield frames
                 continue
             if self.behind and self.feed is not None:
-                if self.has_room():
+                if self.may_catch_up():
                     await self.feed.catch_up(self)
                     continue
                 if not self.acks:
