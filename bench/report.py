@@ -318,12 +318,15 @@ def slow_readers(result: dict[str, Any], images: Path) -> str:
             f"One reply of {size:,} characters on one server process; against it, "
             f"{result['parameters']['n']} clients that stop reading (TCP sockets with a tiny "
             "receive buffer that send their request, or finish the websocket handshake, and "
-            "read nothing), or as many that read everything (*reading*, the same-run "
-            "baseline). *acking*: websocket viewers on `?ack=1`; *legacy*: without acks; "
-            "*limited*: with `LIMIT_UNACKED_VIEWERS`; *driver*: the drive's own response. "
-            "*live*: the clients came before the reply was driven; *finished*: they read it "
-            "from offset 0. Resident memory of the server process: idle before the clients "
-            "came, and the median of samples once the reply had ended; ratio to *reading*.",
+            "read nothing), or as many websocket viewers that read everything and "
+            "acknowledge as `client.js` does (*reading*, the same-run baseline). *acking*: "
+            "websocket viewers on `?ack=1`; *legacy*: without acks; *limited*: with "
+            "`LIMIT_UNACKED_VIEWERS`; *driver*: the drive's own response, alone (no "
+            "viewers: compare it with the idle figure). *live*: the clients came before "
+            "the reply was driven; *finished*: they read it from offset 0. Resident memory "
+            "of the server process: idle before the clients came, and the median of "
+            "samples once the reply had ended; ratio to *reading*, and the difference per "
+            "client.",
             "",
             table(
                 rows,

@@ -177,6 +177,23 @@ async def measure(
         server.stop()
 
 
+def compare(rows: list[dict[str, Any]]) -> None:
+    """Each row's memory against the reading viewers' of its server and reply: the
+    ratio, and the difference per client (none for the driver: one connection, and no
+    viewers)."""
+    for row in rows:
+        base = next(
+            r
+            for r in rows
+            if (r["server"], r["stream"], r["case"]) == (row["server"], row["stream"], "reading")
+        )
+        comparable = row["clients"] == base["clients"]
+        row["ratio"] = row["rss_mb"] / base["rss_mb"] if comparable else None
+        row["extra_mb_per_client"] = (
+            (row["rss_mb"] - base["rss_mb"]) / row["clients"] if comparable else None
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=10_000_000, help="characters")
@@ -211,14 +228,7 @@ def main() -> None:
                         print(json.dumps(row), flush=True)
     finally:
         fake.close()
-    for row in rows:
-        base = next(
-            r
-            for r in rows
-            if (r["server"], r["stream"], r["case"]) == (row["server"], row["stream"], "reading")
-        )
-        row["ratio"] = row["rss_mb"] / base["rss_mb"]
-        row["extra_mb_per_client"] = (row["rss_mb"] - base["rss_mb"]) / row["clients"]
+    compare(rows)
     write(
         "slow_readers",
         smoke=args.smoke,
