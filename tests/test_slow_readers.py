@@ -38,7 +38,7 @@ def long_reply(characters: int) -> list[str]:
 
 def start(factory: Any, kind: type[Daphne], fake: FakeOpenAI, **streaming_app: Any) -> Daphne:
     settings = {"MAX_LENGTH": 10_000_000, "MAX_VIEWERS_PER_USER": None, **streaming_app}
-    return factory(  # type: ignore[no-any-return]
+    return factory(
         kind,
         OPENAI_API_KEY="sk-test",
         OPENAI_BASE_URL=fake.base_url,
