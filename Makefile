@@ -1,4 +1,5 @@
-# make demo: serve the example on http://127.0.0.1:8000   make test: run the whole suite
+# make demo: serve the example on http://127.0.0.1:8000 (uvicorn: docs/deployment.md says
+# why)   make test: run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/python manage.py migrate --no-input
 	@echo "Serving the example on http://$(HOST):$(PORT)/"
-	$(BIN)/daphne -b $(HOST) -p $(PORT) example_project.asgi:application
+	$(BIN)/uvicorn --host $(HOST) --port $(PORT) --lifespan on example_project.asgi:application
 
 # The whole suite, against DATABASE_URL and REDIS_URL when they are set. Suites that
 # need a missing backend skip with the reason, or fail when CI=true.
@@ -70,6 +71,7 @@ define benchmarks
 		$(BIN)/python -m bench.capacity $(1) && \
 		$(BIN)/python -m bench.viewers $(1); \
 	else echo "fanout, capacity and viewers skipped: they need DATABASE_URL (PostgreSQL) and REDIS_URL"; fi
+	$(BIN)/python -m bench.slow_readers $(1)
 endef
 
 bench: install

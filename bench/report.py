@@ -305,9 +305,50 @@ def fanout(result: dict[str, Any], images: Path) -> str:
     )
 
 
+def slow_readers(result: dict[str, Any], images: Path) -> str:
+    order = {"live": 0, "finished": 1}
+    rows = sorted(result["summary"], key=lambda r: (r["server"] != "uvicorn", order[r["stream"]]))
+    size = result["parameters"]["size"]
+    return "\n".join(
+        [
+            "## Clients that stop reading: a server's memory (`bench/slow_readers.py`)",
+            "",
+            provenance(result),
+            "",
+            f"One reply of {size:,} characters on one server process; against it, "
+            f"{result['parameters']['n']} clients that stop reading (TCP sockets with a tiny "
+            "receive buffer that send their request, or finish the websocket handshake, and "
+            "read nothing), or as many websocket viewers that read everything and "
+            "acknowledge as `client.js` does (*reading*, the same-run baseline). *acking*: "
+            "websocket viewers on `?ack=1`; *legacy*: without acks; *limited*: with "
+            "`LIMIT_UNACKED_VIEWERS`; *driver*: the drive's own response, alone (no "
+            "viewers: compare it with the idle figure). *live*: the clients came before "
+            "the reply was driven; *finished*: they read it from offset 0. Resident memory "
+            "of the server process: idle before the clients came, and the median of "
+            "samples once the reply had ended; ratio to *reading*, and the difference per "
+            "client.",
+            "",
+            table(
+                rows,
+                [
+                    ("server", "server", text),
+                    ("reply", "stream", text),
+                    ("clients", "case", text),
+                    ("n", "clients", number()),
+                    ("idle RSS MB", "idle_rss_mb", number()),
+                    ("RSS MB", "rss_mb", number()),
+                    ("ratio", "ratio", ratio),
+                    ("MB per client over reading", "extra_mb_per_client", number(2)),
+                ],
+            ),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("capacity", capacity),
     ("viewers", viewers),
+    ("slow_readers", slow_readers),
     ("flush_policy_sqlite", flush_policy),
     ("flush_policy_postgresql", flush_policy),
     ("flush_cost", flush_cost),

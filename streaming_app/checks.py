@@ -104,7 +104,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="streaming_app.E005",
                 )
             )
-    for name in ("CANCEL_ON_DISCONNECT", "COMPACT_FINISHED"):
+    for name in ("CANCEL_ON_DISCONNECT", "COMPACT_FINISHED", "LIMIT_UNACKED_VIEWERS"):
         if not isinstance(conf.get(name), bool):
             errors.append(
                 Error(f"STREAMING_APP[{name!r}] must be True or False.", id="streaming_app.E003")

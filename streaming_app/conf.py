@@ -86,6 +86,12 @@ DEFAULTS: dict[str, Any] = {
     # Characters of frames waiting to be written to one viewer: past it the viewer is
     # cut loose and catches up from the database when it reads again.
     "VIEWER_BUFFER_CHARS": 262_144,
+    # Where the server's writes never wait for a client that stopped reading (daphne),
+    # a viewer that does not acknowledge (Server-Sent Events; a websocket without
+    # ?ack=1) is sent VIEWER_BUFFER_CHARS at most per connection: then the connection
+    # ends (websocket close 4413, SSE the end of the response) and the client resumes
+    # from its offset on a new one. Off: such viewers are sent everything.
+    "LIMIT_UNACKED_VIEWERS": False,
 }
 
 

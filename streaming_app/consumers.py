@@ -1,8 +1,9 @@
-"""The websocket a viewer watches a stream on: ``ws/streams/<id>/[?offset=N]``."""
+"""The websocket a viewer watches a stream on: ``ws/streams/<id>/[?offset=N][&ack=1]``."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from .clients import scope_viewer_key
 from .exceptions import InvalidOffset
-from .hub import Hub, Viewer, hub, refusal, status_message, text_message, to_json
+from .hub import (
+    WINDOW_SPENT,
+    Hub,
+    Viewer,
+    hub,
+    refusal,
+    status_message,
+    text_message,
+    to_json,
+)
 from .parts import Entry
 from .streams import parse_flag, parse_offset, parse_stream_id
 
@@ -44,11 +54,13 @@ FRAMES = WebsocketFrames()
 FRAMES_WITH_PARTS = WebsocketFrames(parts=True)
 
 # Close codes (docs/protocol.md): 4400 bad request, 4403 forbidden, 4404 unknown stream,
-# 4429 too many viewers, 4503 the database or the channel layer is away (come back and
-# resume), 1011 a bug (logged with its traceback). Servers may only use 1000 and
-# 3000-4999 (and daphne, of the 1000s, only 1000; see StreamConsumer.close).
+# 4413 a window sent without acknowledgement (come back and resume), 4429 too many
+# viewers, 4503 the database or the channel layer is away (come back and resume), 1011
+# a bug (logged with its traceback). Servers may only use 1000 and 3000-4999 (and
+# daphne, of the 1000s, only 1000; see StreamConsumer.close).
 REASONS = {
     4404: "no such stream",
+    WINDOW_SPENT: "VIEWER_BUFFER_CHARS sent unacknowledged: resume from your offset",
     4503: "temporarily unavailable, try again",
     1011: "internal error",
 }
@@ -69,13 +81,30 @@ class ViewerFailed(Exception):
     raises."""
 
 
+def parse_ack(text_data: str | None) -> int:
+    """The offset of an acknowledgement, ``{"type": "ack", "offset": N}``. Raises
+    ValueError with what is wrong."""
+    try:
+        message = json.loads(text_data or "")
+    except ValueError:
+        raise ValueError("viewers send only acks as JSON text frames") from None
+    if not isinstance(message, dict) or message.get("type") != "ack":
+        raise ValueError('viewers send only {"type": "ack", "offset": N}')
+    offset = message.get("offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError("an ack's offset must be a non-negative integer")
+    return offset
+
+
 class StreamConsumer(AsyncJsonWebsocketConsumer):
     """Sends a viewer the stream's committed text from an offset, then every committed
     delta exactly once and in order, then the terminal status, and closes (1000).
 
     The process's hub (:mod:`streaming_app.hub`) follows the stream for all its viewers
-    here, so the consumer has no channel of its own on the layer. Viewers send nothing:
-    a frame from one closes the socket with 4400.
+    here, so the consumer has no channel of its own on the layer. A viewer that asked
+    for ``?ack=1`` sends acknowledgements, ``{"type": "ack", "offset": N}``, and is
+    never sent more than ``VIEWER_BUFFER_CHARS`` past the last; any other frame (and
+    an ack from a viewer that did not ask) closes the socket with 4400.
 
     The socket is closed once, ever: after a close has gone out, or the client's
     disconnect has come in, nothing more is sent. The viewer's slot with the hub is
@@ -117,7 +146,14 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         key = scope_viewer_key(self.scope)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         frames = FRAMES_WITH_PARTS if parse_flag((query.get("parts") or [""])[-1]) else FRAMES
-        viewer = Viewer(user, key.key, frames, limit=key.limit)
+        viewer = Viewer(
+            user,
+            key.key,
+            frames,
+            limit=key.limit,
+            acks=parse_flag((query.get("ack") or [""])[-1]),
+            resumes=True,  # client.js, and any client the protocol describes
+        )
         # Released by release(), whatever happens from here on.
         self.viewer = viewer
         stream_id = self.scope["url_route"]["kwargs"]["stream_id"]
@@ -182,7 +218,12 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        await self.close(code=4400, reason="viewers send nothing on this socket")
+        try:
+            if self.viewer is None or not self.viewer.acks:
+                raise ValueError("viewers send nothing on this socket without ?ack=1")
+            self.viewer.acknowledge(parse_ack(text_data))
+        except ValueError as exc:
+            await self.close(code=4400, reason=str(exc))
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True  # the client has gone: nothing more is sent

@@ -9,7 +9,11 @@ database after a silence of ``RESYNC_INTERVAL`` (a dropped message, a lost statu
 writer that died, or no channel layer at all), checks its viewers' permissions again,
 and serves all of them from that one read. A viewer that stops reading is cut loose:
 its frames are dropped past ``VIEWER_BUFFER_CHARS``, and it catches up (from the
-stream's recent text, or the database) when it reads again.
+stream's recent text, or the database) when it reads again. A viewer with a window
+(one that acknowledges what it has shown: websockets with ``?ack=1``) is handed at most
+``VIEWER_BUFFER_CHARS`` past what it acknowledged, whether or not the server's
+``send()`` waits for the client (daphne's never does); one held to a window that does
+not acknowledge is let go once it has had a window, to come back on a new connection.
 
 Transports (websocket, Server-Sent Events) register :class:`Viewer` objects and write
 the frames the hub hands them; the hub knows no transport. It also brings cancels to
@@ -115,6 +119,10 @@ def _rank(status: str | None) -> int:
 
 # Viewers -------------------------------------------------------------------------------
 
+#: The close code of a viewer held to a window that it does not acknowledge, once it
+#: has had it: come back on a new connection and resume from your offset.
+WINDOW_SPENT = 4413
+
 
 class Viewer:
     """One viewer of one stream: where it is, and the frames waiting to be written to it.
@@ -124,15 +132,37 @@ class Viewer:
     bounds how many viewers one key holds open on the process. The transport iterates
     :meth:`batches` and writes each frame; when the iteration ends it closes with
     :attr:`close_code`.
+
+    A viewer that ``acks`` has a window of ``VIEWER_BUFFER_CHARS``: it is never
+    handed text more than that past the offset it last acknowledged
+    (:meth:`acknowledge`); past it, it is cut loose and catches up once it
+    acknowledges again. That bounds what it costs even where the transport's writes
+    never wait for the client. One whose client ``resumes`` by itself on a new
+    connection (a websocket client, an ``EventSource``) has the same window under
+    ``LIMIT_UNACKED_VIEWERS``, without acknowledging: once it has had it, the
+    iteration ends with :data:`WINDOW_SPENT`.
     """
 
     def __init__(
-        self, user: Any, key: str, frames: Frames, *, limit: str = "MAX_VIEWERS_PER_USER"
+        self,
+        user: Any,
+        key: str,
+        frames: Frames,
+        *,
+        limit: str = "MAX_VIEWERS_PER_USER",
+        acks: bool = False,
+        resumes: bool = False,
     ) -> None:
         self.user = user
         self.key = key
         self.limit = limit
         self.frames = frames
+        limited = acks or (resumes and bool(conf.get("LIMIT_UNACKED_VIEWERS")))
+        #: Characters it may be handed past :attr:`acked`; None: no bound.
+        self.window: int | None = int(conf.get("VIEWER_BUFFER_CHARS")) if limited else None
+        self.acks = acks
+        #: The offset the viewer says it has shown (its window starts there).
+        self.acked = 0
         #: Offset the viewer's text reaches, and status, once the queued frames are written.
         self.sent = 0
         self.status: str | None = None
@@ -154,6 +184,9 @@ class Viewer:
         if self.behind or self.close_code is not None and self.close_code != 1000:
             return
         if sent is not None:
+            if self.window is not None and sent > self.acked + self.window:
+                self._cut_loose()  # past its window: the rest when it acknowledges
+                return
             self.sent = sent
         if status is not None:
             self.status = status
@@ -167,8 +200,40 @@ class Viewer:
 
     def begin(self, offset: int) -> None:
         """The viewer starts at ``offset``: where it resumes if it is cut loose at once."""
-        self.sent = offset
+        self.sent = self.acked = offset
         self._written = (offset, None)
+
+    def reach(self, end: int) -> int:
+        """How far towards ``end`` the viewer may be handed text: its window's end."""
+        return end if self.window is None else min(end, self.acked + self.window)
+
+    def room(self) -> int | None:
+        """Characters of text it may be handed now; None: no bound."""
+        return None if self.window is None else self.acked + self.window - self.sent
+
+    def may_catch_up(self) -> bool:
+        """Whether a viewer that is behind may be handed more now: once half its
+        window is free (fewer, larger reads for one that is far behind), or any of it
+        for one that never acknowledges."""
+        if self.window is None:
+            return True
+        return self.acked + self.window - self.sent >= (
+            max(1, self.window // 2) if self.acks else 1
+        )
+
+    def acknowledge(self, offset: int) -> None:
+        """The viewer has shown the text up to ``offset``: its window moves there.
+
+        Raises ValueError for a viewer without a window that it acknowledges, or an
+        offset past the text it was handed. An older offset than the last changes
+        nothing."""
+        if self.window is None or not self.acks:
+            raise ValueError("this viewer does not acknowledge")
+        if offset > self._written[0]:
+            raise ValueError(f"offset {offset} is past the text sent ({self._written[0]})")
+        if offset > self.acked:
+            self.acked = offset
+            self._ready.set()
 
     def _cut_loose(self) -> None:
         """The viewer stopped reading: drop what waits for it; it catches up later."""
@@ -209,9 +274,15 @@ class Viewer:
                 yield frames
                 continue
             if self.behind and self.feed is not None:
-                await self.feed.catch_up(self)
-                continue
-            if self.close_code is not None:
+                if self.may_catch_up():
+                    await self.feed.catch_up(self)
+                    continue
+                if not self.acks:
+                    self.close_code = WINDOW_SPENT
+                    return
+                # Its window is full: it waits for an acknowledgement (even after the
+                # stream has ended: it has not had the end yet).
+            elif self.close_code is not None:
                 return
             self._ready.clear()
             if keepalive is None:
@@ -254,11 +325,15 @@ def _read_for_viewers(stream_id: uuid.UUID, start: int, users: dict[str, Any]) -
 
 
 def _read_snapshot(
-    user: Any, stream_id: uuid.UUID, offset: int | str, past_end_ok: bool
+    user: Any, stream_id: uuid.UUID, offset: int | str, past_end_ok: bool, limit: int | None
 ) -> StreamBody:
-    """A new viewer's first read: its permission, then what committed from ``offset``."""
+    """A new viewer's first read: its permission, then what committed from ``offset``
+    (``limit`` characters of it at the most)."""
     return body_of(
-        expire_if_stale(load_stream(user, stream_id, "read")), offset, past_end_ok=past_end_ok
+        expire_if_stale(load_stream(user, stream_id, "read")),
+        offset,
+        past_end_ok=past_end_ok,
+        limit=limit,
     )
 
 
@@ -420,29 +495,37 @@ class Feed:
 
     def _admit(self, viewer: Viewer, body: StreamBody) -> None:
         viewer.begin(body.offset)
-        if not self._hand_body(viewer, body):
+        whole = self._hand_body(viewer, body)
+        if whole is None:
             return
         viewer.joined = True
         if is_finished(body.status):
-            viewer.end(1000)
+            if whole:
+                viewer.end(1000)
+            else:
+                viewer.behind = True
             return
         if self.end is None:
             # The first snapshot is where the feed starts.
             self.end = body.length
-            if body.offset <= body.length:
+            if whole and body.offset <= body.length:
                 self._tail, self._tail_start = body.text, body.offset
             else:
                 self._tail, self._tail_start = "", body.length
             self.status, self.error = body.status, body.error
+            viewer.behind = not whole
             early, self._early = self._early, []
             for delta in early:
                 self.apply(*delta)
         elif not self._catch_up_from_tail(viewer):
             viewer.behind = True  # older than the feed remembers: from the database
 
-    def _hand_body(self, viewer: Viewer, body: StreamBody) -> bool:
+    def _hand_body(self, viewer: Viewer, body: StreamBody) -> bool | None:
         """Hand ``viewer`` what a read of the database gave it: the text, and the status
-        if it is news to the viewer. False if the viewer failed (it is closed)."""
+        if it is news to the viewer. A viewer with a window may have been read only its
+        window's worth: a live status still goes, a terminal one waits for the rest
+        (handed when it acknowledges). True if it has the whole body, False if only a
+        window of it, None if the viewer failed (it is closed)."""
         self._learn_parts(body.parts)
         with self._alone(viewer):
             viewer.offer(
@@ -450,12 +533,15 @@ class Feed:
                 sent=body.offset + len(body.text),
             )
             self._snapshot_sent(viewer, body.parts)
-            if _rank(body.status) > _rank(viewer.status):
+            whole = viewer.sent >= body.length
+            if (whole or not is_finished(body.status)) and _rank(body.status) > _rank(
+                viewer.status
+            ):
                 viewer.offer(
                     viewer.frames.status(body.status, body.error, viewer.sent), status=body.status
                 )
-            return True
-        return False
+            return whole
+        return None
 
     def _catch_up_from_tail(self, viewer: Viewer) -> bool:
         """Bring ``viewer`` up to ``end`` from the tail; False if it is older than the
@@ -464,14 +550,23 @@ class Feed:
         if viewer.sent < self._tail_start:
             return False
         with self._alone(viewer):
-            if viewer.sent < self.end or (
-                viewer.frames.parts and viewer.parts_sent < reach(self.parts, self.end)
+            stop = viewer.reach(self.end)
+            if viewer.sent < stop or (
+                stop == self.end
+                and viewer.frames.parts
+                and viewer.parts_sent < reach(self.parts, self.end)
             ):
                 at = viewer.sent - self._tail_start
                 viewer.offer(
-                    viewer.frames.text(viewer.sent, self._tail[at:], self.parts), sent=self.end
+                    viewer.frames.text(
+                        viewer.sent, self._tail[at : stop - self._tail_start], self.parts
+                    ),
+                    sent=stop,
                 )
                 self._snapshot_sent(viewer, self.parts)
+            if viewer.sent < self.end:
+                viewer.behind = True  # at its window's end: the rest when it acknowledges
+                return True
             if self.status is not None and _rank(self.status) > _rank(viewer.status):
                 viewer.offer(
                     viewer.frames.status(self.status, self.error, viewer.sent), status=self.status
@@ -492,12 +587,18 @@ class Feed:
             return
         viewer.behind = True  # deltas pass it by while it reads
         try:
-            body = await read_snapshot(viewer.user, self.stream_id, viewer.sent, True)
+            body = await read_snapshot(
+                viewer.user, self.stream_id, viewer.sent, True, viewer.room()
+            )
         except Exception as exc:
             viewer.end(refusal(exc, self.stream_id))
             return
         viewer.behind = False
-        if not self._hand_body(viewer, body):
+        whole = self._hand_body(viewer, body)
+        if whole is None:
+            return
+        if not whole:
+            viewer.behind = True  # at its window's end: the rest when it acknowledges
             return
         if is_finished(body.status):
             viewer.end(1000)
@@ -778,7 +879,7 @@ class Hub:
             # holds the viewer up for PUBLISH_TIMEOUT at the most: it then follows
             # from the database (its feed's re-syncs) until the join is done.
             await asyncio.wait([feed.subscribed], timeout=float(conf.get("PUBLISH_TIMEOUT")))
-            body = await read_snapshot(viewer.user, stream_id, offset, past_end_ok)
+            body = await read_snapshot(viewer.user, stream_id, offset, past_end_ok, viewer.window)
         except BaseException:
             self.leave(viewer)
             raise

@@ -70,6 +70,7 @@ class StreamEventsView(JsonView):
             key.key,
             EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS,
             limit=key.limit,
+            resumes=True,  # an EventSource comes back with Last-Event-ID
         )
         followed = hub()
         try:

@@ -661,3 +661,55 @@ def test_a_server_that_keeps_failing_is_tried_a_few_times_then_the_page_says_so(
     assert watcher.evaluate("window.__sockets") == 1 + retries == 4
     watcher.wait_for_timeout(1000)
     assert watcher.evaluate("window.__sockets") == 4
+
+
+def test_a_watcher_acknowledges_what_it_has_taken_and_ends_exact(daphne_factory, chromium):
+    """client.js's watch() opens its socket with ``?ack=1`` and acknowledges the text as
+    it takes it, never past what it has: with a window far shorter than the reply, the
+    server sends no further than the window past the last acknowledgement, and the
+    watcher still ends with the whole reply."""
+    body = demo_body(asked("Acknowledge me"))
+    window = 64
+    assert len(body) > 10 * window
+    server = daphne_factory(
+        DEMO_MODEL_DELAY="0.01", E2E_STREAMING_APP=json.dumps({"VIEWER_BUFFER_CHARS": window})
+    )
+    asker = ask(chromium.new_context(base_url=server.url), "Acknowledge me")
+    written_at_least(asker, 10)
+    watcher = chromium.new_context(base_url=server.url).new_page()
+    sockets: list[str] = []
+    # In the order the page sent and received them: ("ack", offset, offset) and
+    # ("text", offset, end).
+    frames: list[tuple[str, int, int]] = []
+
+    def sent(frame: str) -> None:
+        message = json.loads(frame)
+        assert message["type"] == "ack"
+        frames.append(("ack", message["offset"], message["offset"]))
+
+    def received(frame: str) -> None:
+        message = json.loads(frame)
+        if message["type"] == "text":
+            offset = message["offset"]
+            frames.append(("text", offset, offset + len(message["text"])))
+
+    def on_socket(socket: Any) -> None:
+        sockets.append(socket.url)
+        socket.on("framesent", sent)
+        socket.on("framereceived", received)
+
+    watcher.on("websocket", on_socket)
+    watcher.goto(asker.url)
+    wait_for_status(watcher, "done")
+    assert reply_texts(watcher) == [body]
+    assert len(sockets) == 1 and "ack=1" in sockets[0]
+    # The socket's window starts where it resumed (the text the page was rendered with).
+    acked = reach = frames[0][1]
+    for kind, offset, end in frames:
+        if kind == "ack":
+            assert reach >= offset > acked, "an ack past what came, or not forward"
+            acked = offset
+        else:
+            assert end - acked <= window, "sent past the window"
+            reach = end
+    assert reach == len(body) and acked > frames[0][1]

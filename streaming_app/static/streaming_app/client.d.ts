@@ -13,6 +13,11 @@ export const TERMINAL: ReadonlySet<Status>;
 
 /** How many times watch() tries again after the server failed (close code 1011). */
 export const SERVER_ERROR_RETRIES: number;
+/** watch() acknowledges the text its websocket has taken (`?ack=1`) once this many
+ * code points have come since the last acknowledgement... */
+export const ACK_CHARS: number;
+/** ...or this many milliseconds after text came. */
+export const ACK_DELAY: number;
 
 /** The length of `text` in Unicode code points, as the server counts offsets. */
 export function codePoints(text: string): number;

@@ -268,6 +268,12 @@ const SOCKET_FAILURES_BEFORE_SSE = 2;
 // 1011: the server failed (a bug, logged there). It is tried again this many times,
 // after a backoff, in case it was passing; then watch() gives up with a StreamError.
 export const SERVER_ERROR_RETRIES = 3;
+// A websocket viewer acknowledges the text it has taken (?ack=1, docs/protocol.md): the
+// server sends no more than its VIEWER_BUFFER_CHARS past the last acknowledgement. One
+// goes out once this many code points have come since the last, or this many
+// milliseconds after text came, whichever is first: a few frames a second at most.
+export const ACK_CHARS = 16384;
+export const ACK_DELAY = 100;
 
 // The URLs of a stream where the app is mounted at `api` (HTTP) and `ws` (websocket
 // routes): its body, its events (SSE), its cancel endpoint and its websocket. Whole
@@ -288,10 +294,12 @@ export function streamUrls(streamId, { api = "/api/streams/", ws = "/ws/streams/
 }
 
 // Watch a stream over a websocket (url: ".../ws/streams/<id>/"), from a code point
-// offset, until it ends. If the connection drops (or the server says 4503, try again;
-// 4429, too many viewers), it reconnects after a backoff with jitter and resumes
-// exactly where it was (a 1011, the server failing, only SERVER_ERROR_RETRIES times);
-// where websockets cannot open at all and `eventsUrl` is given,
+// offset, until it ends. It acknowledges the text it takes (?ack=1: see ACK_CHARS), so
+// that the server never sends it more than a window ahead. If the connection drops (or
+// the server says 4503, try again; 4429, too many viewers; 4413, a window sent
+// unacknowledged), it reconnects after a backoff with jitter and resumes exactly where
+// it was (a 1011, the server failing, only SERVER_ERROR_RETRIES times); where
+// websockets cannot open at all and `eventsUrl` is given,
 // it goes on over Server-Sent Events (`bodyUrl` then tells it why one was refused).
 // onText(text, piece) gets the text from `offset` so far; onStatus(status, error) each
 // status. With `parts` it asks for the part map too (?parts=1): onMap(first, entries)
@@ -305,6 +313,8 @@ export function watch(url, {
 } = {}) {
   const query = () => `?offset=${length}${parts ? "&parts=1" : ""}`;
   let text = "";
+  let acked = offset;
+  let ackTimer = null;
   let length = offset;
   let status = null;
   let error = null;
@@ -318,6 +328,7 @@ export function watch(url, {
   function stop() {
     stopped = true;
     clearTimeout(timer);
+    clearTimeout(ackTimer);
     signal?.removeEventListener("abort", aborted);
     if (socket) socket.close();
     if (source) source.close();
@@ -354,6 +365,16 @@ export function watch(url, {
     if (onText) onText(text, piece);
   }
 
+  // Tell the server what this socket has taken, so that it goes on sending.
+  function acknowledge() {
+    clearTimeout(ackTimer);
+    ackTimer = null;
+    if (length > acked && socket?.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "ack", offset: length }));
+      acked = length;
+    }
+  }
+
   function later(again) {
     timer = setTimeout(again, backoff(attempt++));
   }
@@ -364,8 +385,11 @@ export function watch(url, {
   function connect() {
     if (stopped) return;
     let opened = false;
+    clearTimeout(ackTimer);
+    ackTimer = null;
+    acked = length; // a new socket's window starts where it resumes
     try {
-      socket = new WebSocket(`${url}${query()}`);
+      socket = new WebSocket(`${url}${query()}&ack=1`);
     } catch {
       if (eventsUrl) return followEvents();
       return fail(new StreamError(0, "this browser cannot open a websocket"));
@@ -376,6 +400,8 @@ export function watch(url, {
       // refuses it (4503, 4429), and a refusal must not reset the backoff.
       attempt = 0;
       take(JSON.parse(event.data));
+      if (length - acked >= ACK_CHARS) acknowledge();
+      else if (length > acked && ackTimer === null) ackTimer = setTimeout(acknowledge, ACK_DELAY);
     };
     socket.onclose = (event) => {
       if (stopped) return;
