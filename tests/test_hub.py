@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -469,3 +470,57 @@ async def test_a_viewer_whose_feed_fails_while_its_snapshot_is_read_is_closed(mo
     assert late.close_code == 1011
     hub().leave(late)
     assert (await asyncio.wait_for(first, 5))["code"] == 1011
+
+
+class LikeUvicorn:
+    """A websocket server as uvicorn's ``websockets`` implementation behaves: once it
+    has handed the application the client's disconnect, a send raises RuntimeError
+    ("Unexpected ASGI message ..."), not an OSError."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.frames: list[dict[str, Any]] = []
+        self.gone = False
+        self.refused: list[str] = []
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self.incoming.get()
+        if message["type"] == "websocket.disconnect":
+            self.gone = True
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.gone:
+            self.refused.append(message["type"])
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}', after sending ...")
+        if message["type"] == "websocket.send":
+            self.frames.append(json.loads(message["text"]))
+
+
+async def test_a_client_that_leaves_as_a_delta_comes_is_no_bug(caplog):
+    """The client's disconnect is handed to the consumer while a delta wakes its
+    writer: the writer ran first, sent after the server had closed, and the consumer
+    took uvicorn's RuntimeError for a bug: logged with a traceback, closed 1011
+    (refused again), and the application raised."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    server = LikeUvicorn()
+    scope = {
+        "type": "websocket",
+        "path": f"/ws/streams/{stream.pk}/",
+        "query_string": b"",
+        "url_route": {"kwargs": {"stream_id": str(stream.pk)}},
+        "user": None,
+    }
+    server.incoming.put_nowait({"type": "websocket.connect"})
+    connection = asyncio.create_task(StreamConsumer.as_asgi()(scope, server.receive, server.send))
+    await until(lambda: len(server.frames) == 2)  # the snapshot: text and status
+    # In one step: the client leaves, and a committed delta is delivered locally.
+    server.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+    message = {"type": "stream.update", "stream": stream.pk.hex, "offset": 0,
+               "text": "Hello.", "status": "streaming", "error": None}  # fmt: skip
+    hub().deliver(message)
+    await asyncio.wait_for(connection, 5)  # (it raised ViewerFailed)
+    assert server.refused == [], "the consumer sent after the client had gone"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert hub().viewers == {}
