@@ -129,8 +129,17 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self._task = asyncio.current_task()
+
+        async def receive_and_see() -> Any:
+            # The client's disconnect counts from when the server hands it over (uvicorn
+            # refuses a send from then on), not from when it is dispatched.
+            message = await receive()
+            if message.get("type") == "websocket.disconnect":
+                self.closed = True
+            return message
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive_and_see, send)
         except asyncio.CancelledError:
             if not self.failed:
                 raise

@@ -273,6 +273,8 @@ class Viewer:
                 self._written = (sent, status)
                 yield frames
                 continue
+            if self.close_code is not None and self.close_code != 1000:
+                return  # refused or failed (perhaps while it caught up): at once
             if self.behind and self.feed is not None:
                 if self.may_catch_up():
                     await self.feed.catch_up(self)

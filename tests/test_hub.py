@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -356,3 +357,170 @@ async def test_an_event_stream_never_read_does_not_leave_its_viewer_behind():
     await settled()
     assert sum(hub().viewers.values()) == 0
     assert stream.pk not in hub().feeds, "the stream's subscription outlived its viewers"
+
+
+@override_settings(
+    STREAMING_APP={**MANY_VIEWERS, "VIEWER_BUFFER_CHARS": 200, "RESYNC_INTERVAL": 60}
+)
+async def test_a_viewer_whose_feed_fails_while_it_catches_up_is_closed_not_read_for_ever(
+    monkeypatch,
+):
+    """A viewer cut loose reads the database to catch up; while it reads, a bug ends
+    its feed (Feed.fail: its viewers are closed 1011). The read's text is dropped
+    (the viewer is closed), so it was still behind and read the database again, and
+    again, for ever: never closed, its slot held."""
+    monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    viewer = Viewer(None, "reader", WebsocketFrames())
+    await hub().watch(viewer, stream.pk, 0)
+    feed = hub().feeds[stream.pk]
+    writer = RemoteWriter(stream.pk)
+    for i in range(8):  # nothing reads the viewer's frames: it is cut loose
+        await writer.write(f"Piece number {i} of the stream. ")
+    await until(lambda: viewer.behind)
+    original, reads = hub_module.read_snapshot, []
+    first_read, release, again = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_read(*args: Any) -> Any:
+        body = await original(*args)
+        reads.append(body.offset)
+        if len(reads) == 1:  # the first read holds its result back
+            first_read.set()
+            await release.wait()
+        else:
+            again.set()  # read again: the viewer was not closed
+            await asyncio.Event().wait()
+        return body
+
+    monkeypatch.setattr(hub_module, "read_snapshot", held_read)
+    hit = asyncio.Event()
+
+    def offer_text(*args: Any) -> None:
+        hit.set()
+        raise RuntimeError("a bug in the feed (injected)")
+
+    async def read() -> None:
+        async for _ in viewer.batches():
+            pass
+
+    reading = asyncio.create_task(read())
+    await asyncio.wait_for(first_read.wait(), 5)
+    monkeypatch.setattr(feed, "_offer_text", offer_text)
+    await writer.write("More. ")
+    await asyncio.wait_for(hit.wait(), 5)
+    assert feed.closed and viewer.close_code == 1011
+    release.set()
+    looping = asyncio.create_task(again.wait())
+    await asyncio.wait({reading, looping}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    looping.cancel()
+    assert not again.is_set(), f"the closed viewer read the database again ({reads})"
+    assert reading.done() and viewer.close_code == 1011
+    hub().leave(viewer)
+
+
+@override_settings(STREAMING_APP={**MANY_VIEWERS, "RESYNC_INTERVAL": 60})
+async def test_a_viewer_whose_feed_fails_while_its_snapshot_is_read_is_closed(monkeypatch):
+    """A bug ends a feed (Feed.fail) while a new viewer's snapshot is being read: the
+    viewer, closed 1011 already, was admitted all the same, left behind, and caught up
+    from the feed's tail for ever without awaiting anything (the process froze)."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    writer = RemoteWriter(stream.pk)
+    await writer.write("The first words. ")
+    [first] = await watched(stream.pk, 1)
+    feed = hub().feeds[stream.pk]
+    original = hub_module.read_snapshot
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def held_read(*args: Any) -> Any:
+        body = await original(*args)
+        reading.set()
+        await release.wait()
+        return body
+
+    monkeypatch.setattr(hub_module, "read_snapshot", held_read)
+    late = Viewer(None, "late", WebsocketFrames())
+    joining = asyncio.create_task(hub().watch(late, stream.pk, 0))
+    await asyncio.wait_for(reading.wait(), 5)
+    hit = asyncio.Event()
+
+    def offer_text(*args: Any) -> None:
+        hit.set()
+        raise RuntimeError("a bug in the feed (injected)")
+
+    monkeypatch.setattr(feed, "_offer_text", offer_text)
+    await writer.write("More. ")
+    await asyncio.wait_for(hit.wait(), 5)
+    assert feed.closed and late.close_code == 1011
+    release.set()
+    await asyncio.wait_for(joining, 5)
+    catch_ups = 0
+    original_catch_up = feed.catch_up
+
+    async def counted(viewer: Viewer) -> None:
+        nonlocal catch_ups
+        catch_ups += 1
+        assert catch_ups < 3, "the closed viewer catches up for ever"
+        await original_catch_up(viewer)
+
+    monkeypatch.setattr(feed, "catch_up", counted)
+    async for _ in late.batches():
+        pass
+    assert late.close_code == 1011
+    hub().leave(late)
+    assert (await asyncio.wait_for(first, 5))["code"] == 1011
+
+
+class LikeUvicorn:
+    """A websocket server as uvicorn's ``websockets`` implementation behaves: once it
+    has handed the application the client's disconnect, a send raises RuntimeError
+    ("Unexpected ASGI message ..."), not an OSError."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.frames: list[dict[str, Any]] = []
+        self.gone = False
+        self.refused: list[str] = []
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self.incoming.get()
+        if message["type"] == "websocket.disconnect":
+            self.gone = True
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.gone:
+            self.refused.append(message["type"])
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}', after sending ...")
+        if message["type"] == "websocket.send":
+            self.frames.append(json.loads(message["text"]))
+
+
+async def test_a_client_that_leaves_as_a_delta_comes_is_no_bug(caplog):
+    """The client's disconnect is handed to the consumer while a delta wakes its
+    writer: the writer ran first, sent after the server had closed, and the consumer
+    took uvicorn's RuntimeError for a bug: logged with a traceback, closed 1011
+    (refused again), and the application raised."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    server = LikeUvicorn()
+    scope = {
+        "type": "websocket",
+        "path": f"/ws/streams/{stream.pk}/",
+        "query_string": b"",
+        "url_route": {"kwargs": {"stream_id": str(stream.pk)}},
+        "user": None,
+    }
+    server.incoming.put_nowait({"type": "websocket.connect"})
+    connection = asyncio.create_task(StreamConsumer.as_asgi()(scope, server.receive, server.send))
+    await until(lambda: len(server.frames) == 2)  # the snapshot: text and status
+    # In one step: the client leaves, and a committed delta is delivered locally.
+    server.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+    message = {"type": "stream.update", "stream": stream.pk.hex, "offset": 0,
+               "text": "Hello.", "status": "streaming", "error": None}  # fmt: skip
+    hub().deliver(message)
+    await asyncio.wait_for(connection, 5)  # (it raised ViewerFailed)
+    assert server.refused == [], "the consumer sent after the client had gone"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert hub().viewers == {}
