@@ -243,7 +243,8 @@ async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it
     writer = RemoteWriter(stream.pk)
     for i in range(8):  # nothing reads the viewer's frames: it is cut loose
         await writer.write(f"Piece number {i} of the stream. ")
-    assert viewer.behind
+    # (Through a channel layer of another process, the hub hears them a moment later.)
+    await until(lambda: viewer.behind and feed.end == writer.offset)
     original, reads = hub_module.read_snapshot, []
     first_read, release, second_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -274,6 +275,7 @@ async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it
     else:
         for i in range(8, 12):
             await writer.write(f"Piece number {i} of the stream. ")
+        await until(lambda: feed.end == writer.offset)  # the feed heard them
         assert reads[0] < feed._tail_start, "the feed did not move past the read"
         release.set()
         await asyncio.wait_for(second_read.wait(), 5)
