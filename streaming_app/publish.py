@@ -185,17 +185,22 @@ async def _send(outgoing: _Outgoing, *, to_layer: bool = True) -> None:
 
 
 class Publisher:
-    """An event loop's publications on their way to the channel layer, in the order
-    they were put, so that neither the writers nor a drive's first token wait for the
-    layer or for the signals' receivers (they run here too, after each send). While
-    more than ``MAX_QUEUED`` wait (the layer is away), updates are not sent to it
-    (viewers fill the gap from the database); the signals still are."""
+    """An event loop's publications on their way out, in the order they were put, so
+    that neither the writers nor a drive's first token wait for the channel layer or
+    for the signals' receivers. One task sends them to the layer; another, behind it,
+    runs their signals' receivers in the same order: a receiver that is slow, or never
+    returns, holds up the receivers after it (and :meth:`sent`), never fan-out. While
+    more than ``MAX_QUEUED`` wait for the layer (it is away), updates are not sent to
+    it (viewers fill the gap from the database); the signals still are."""
 
     MAX_QUEUED = 10_000
 
     def __init__(self) -> None:
         self._queue: deque[_Outgoing] = deque()
+        #: Items sent to the layer (or given up), whose receivers are still to run.
+        self._signals: deque[Update | None] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._signalling: asyncio.Task[None] | None = None
         #: Items put so far, and items sent (or given up) with their signals fired.
         self._put = 0
         self._done = 0
@@ -230,19 +235,34 @@ class Publisher:
     async def _send_queued(self) -> None:
         skipped = 0
         while self._queue:
-            outgoing = self._queue.popleft()
-            to_layer = len(self._queue) < self.MAX_QUEUED
-            skipped += not to_layer
-            try:
-                await _send(outgoing, to_layer=to_layer)
-            except Exception:  # a bug: the publications behind it still go
-                logger.exception("publishing %.200r failed", outgoing[1])
+            group, message, update = self._queue.popleft()
+            if len(self._queue) < self.MAX_QUEUED:
+                try:
+                    await group_send(group, message)
+                except Exception:  # a bug: the publications behind it still go
+                    logger.exception("publishing %.200r failed", message)
+            else:
+                skipped += 1
+            self._signals.append(update)
+            if self._signalling is None or self._signalling.done():
+                self._signalling = asyncio.get_running_loop().create_task(
+                    self._signal_queued(), context=contextvars.Context()
+                )
+        if skipped:
+            logger.warning("%d updates were not sent to the channel layer", skipped)
+
+    async def _signal_queued(self) -> None:
+        while self._signals:
+            update = self._signals.popleft()
+            if update is not None:
+                try:
+                    await _signal(update)
+                except Exception:  # a bug: the signals behind it still go
+                    logger.exception("the signals of %r failed", update)
             self._done += 1
             for waiter in self._waiters.pop(self._done, ()):
                 if not waiter.done():
                     waiter.set_result(None)
-        if skipped:
-            logger.warning("%d updates were not sent to the channel layer", skipped)
 
 
 _publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Publisher] = (

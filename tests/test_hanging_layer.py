@@ -198,3 +198,60 @@ async def test_a_drives_first_piece_waits_for_neither_the_layer_nor_the_receiver
         assert [offset for offset, _, _ in sent] == sorted(offset for offset, _, _ in sent)
     finally:
         stream_committed.disconnect(gate.receiver)
+
+
+@override_settings(CHANNEL_LAYERS=GATED, STREAMING_APP={"PUBLISH_TIMEOUT": 60})
+async def test_a_receiver_that_never_returns_holds_up_no_stream_on_the_layer():
+    """A ``stream_committed`` receiver that hangs (a webhook that never answers) on one
+    stream's first update: every stream's later updates, the other streams' and its
+    own, still go to the channel layer (other processes' viewers follow live); only
+    the receivers behind it wait, and a run's ``wait()`` for its end to go out."""
+    from streaming_app.run import StreamRun
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    heard: list[tuple[str, str]] = []
+
+    async def receiver(sender: Any, **kwargs: Any) -> None:
+        heard.append((kwargs["stream_id"].hex, kwargs["status"]))
+        if len(heard) == 1:
+            entered.set()
+            await release.wait()
+
+    async def source(name: str) -> Any:
+        for i in range(3):
+            yield f"{name} {i}. "
+            await asyncio.sleep(0.02)
+
+    ids = [await live_stream() for _ in range(3)]
+    stream_committed.connect(receiver, weak=False)
+    try:
+        runs = [StreamRun(pk, source(f"S{n}")) for n, pk in enumerate(ids)]
+        for run in runs:
+            run.start()
+        await asyncio.wait_for(entered.wait(), 10)  # the fault hit
+        for run in runs:  # (the task ends when the status has committed)
+            assert await asyncio.wait_for(asyncio.shield(run.task), 10) == Status.DONE
+        layer = get_channel_layer()
+        # While the receiver has still not returned, the layer has had every stream's
+        # last update, and the whole of each text.
+        await until(
+            lambda: (
+                {m["stream"] for m in layer.sent if m["status"] == Status.DONE}
+                == {pk.hex for pk in ids}
+            )
+        )
+        assert not release.is_set() and len(heard) == 1
+        for n, pk in enumerate(ids):
+            text = "".join(m["text"] for m in layer.sent if m["stream"] == pk.hex)
+            assert text == "".join(f"S{n} {i}. " for i in range(3))
+        # The run's wait() waits for its end's receivers: they run once the first
+        # returns, in order.
+        waiting = asyncio.ensure_future(runs[-1].wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        release.set()
+        assert await asyncio.wait_for(waiting, 10) == Status.DONE
+        assert [status for _, status in heard].count(Status.DONE) == 3
+    finally:
+        release.set()
+        stream_committed.disconnect(receiver)
