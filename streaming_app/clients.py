@@ -13,8 +13,9 @@ not told to trust it. Anonymous viewers through such a proxy would all be one ad
 and the 21st reader of a shared link would be refused; they count against
 ``MAX_VIEWERS_PER_PROXY`` together instead, and the first of them logs a warning that
 names the fix. A client that talks to the server directly and adds a made-up header of
-its own lands in that same bucket (its own address's): it cannot escape a bound by
-inventing addresses.
+its own is counted as such a proxy (its own address's ``proxy:`` key, beside its
+``address:`` one): it cannot escape a bound by inventing addresses, though it may hold
+``MAX_VIEWERS_PER_USER`` + ``MAX_VIEWERS_PER_PROXY`` sockets in all.
 """
 
 from __future__ import annotations
