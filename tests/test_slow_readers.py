@@ -142,9 +142,19 @@ async def test_under_daphne_a_viewer_held_to_a_window_gets_one_window_a_connecti
         )
         assert read["text"] == driven and read["statuses"][-1] == "done", "a reader held up"
         # All the server ever wrote to the stalled connection (it was told 4413 then).
-        await stalled.read()
-        assert 0 < stalled.length <= WINDOW, f"{stalled.length} characters sent unacknowledged"
-        assert stalled.close_code == 4413
+        # daphne (autobahn) waits 1 s for the answer to its close, then resets the
+        # connection, and what the client had not read is gone: on a loaded machine the
+        # drive may take longer than that. The client then resumes from what it has, as
+        # it does after a 4413.
+        try:
+            await stalled.read()
+        except ConnectionResetError:
+            reset = True
+        else:
+            reset = False
+            assert stalled.close_code == 4413
+        assert stalled.length <= WINDOW, f"{stalled.length} characters sent unacknowledged"
+        assert reset or stalled.length > 0
         text, connections = stalled.text, 1
         base = server.url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/"
         while True:
@@ -156,6 +166,7 @@ async def test_under_daphne_a_viewer_held_to_a_window_gets_one_window_a_connecti
                 break
         assert (again.close_code, again.statuses[-1]) == (1000, "done")
         assert text == browser.wait_finished(stream_id)["text"] == driven
-        assert connections == 5
+        # One window a connection: the reply is five windows long.
+        assert connections == (6 if reset else 5)
     finally:
         fake.close()
