@@ -62,6 +62,23 @@ async def until(condition: Callable[[], bool], within: float = 5) -> None:
         await asyncio.sleep(0.005)
 
 
+async def a_viewer_cut_loose() -> tuple[Any, Viewer, Feed, RemoteWriter]:
+    """A live stream written elsewhere, and a viewer here that reads none of its frames
+    (``VIEWER_BUFFER_CHARS`` small): once the hub has heard eight pieces, it is cut
+    loose."""
+    stream = await acreate_stream()
+    await aclaim_stream(stream.pk)
+    viewer = Viewer(None, "reader", WebsocketFrames())
+    await hub().watch(viewer, stream.pk, 0)
+    feed = hub().feeds[stream.pk]
+    writer = RemoteWriter(stream.pk)
+    for i in range(8):
+        await writer.write(f"Piece number {i} of the stream. ")
+    # (Through a channel layer of another process, the hub hears them a moment later.)
+    await until(lambda: viewer.behind and feed.end == writer.offset)
+    return stream, viewer, feed, writer
+
+
 # The in-process viewers all look alike to MAX_VIEWERS_PER_USER (no user, no address).
 MANY_VIEWERS = {"MAX_VIEWERS_PER_USER": None}
 
@@ -235,16 +252,7 @@ async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it
     commits (the read has all the text, not the status): the viewer must get the
     status the feed heard meanwhile (it was closed without it)."""
     monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
-    stream = await acreate_stream()
-    await aclaim_stream(stream.pk)
-    viewer = Viewer(None, "reader", WebsocketFrames())
-    await hub().watch(viewer, stream.pk, 0)
-    feed = hub().feeds[stream.pk]
-    writer = RemoteWriter(stream.pk)
-    for i in range(8):  # nothing reads the viewer's frames: it is cut loose
-        await writer.write(f"Piece number {i} of the stream. ")
-    # (Through a channel layer of another process, the hub hears them a moment later.)
-    await until(lambda: viewer.behind and feed.end == writer.offset)
+    stream, viewer, feed, writer = await a_viewer_cut_loose()
     original, reads = hub_module.read_snapshot, []
     first_read, release, second_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -372,15 +380,7 @@ async def test_a_viewer_whose_feed_fails_while_it_catches_up_is_closed_not_read_
     (the viewer is closed), so it was still behind and read the database again, and
     again, for ever: never closed, its slot held."""
     monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
-    stream = await acreate_stream()
-    await aclaim_stream(stream.pk)
-    viewer = Viewer(None, "reader", WebsocketFrames())
-    await hub().watch(viewer, stream.pk, 0)
-    feed = hub().feeds[stream.pk]
-    writer = RemoteWriter(stream.pk)
-    for i in range(8):  # nothing reads the viewer's frames: it is cut loose
-        await writer.write(f"Piece number {i} of the stream. ")
-    await until(lambda: viewer.behind)
+    stream, viewer, feed, writer = await a_viewer_cut_loose()
     original, reads = hub_module.read_snapshot, []
     first_read, release, again = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
