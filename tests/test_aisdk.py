@@ -533,8 +533,15 @@ async def test_a_resuming_reader_that_falls_behind_catches_up_exactly(caplog):
     resumed = (await resume(stream.pk, owner)).__aiter__()
     read = [(await resumed.__anext__()).decode()]
     words = [f"word{i} " for i in range(200)]
-    source.feed(*words[:100], ToolCall("c", "f", "{}"), ToolResult("c", 1), *words[100:])
-    await committed(stream.pk, 18 + len("".join(words)) + 2)  # the reader was cut loose
+    # In three flushes (each waited for), so that frames pile up behind the one the
+    # reader has not taken, whatever the flush policy would have batched: past
+    # VIEWER_BUFFER_CHARS the reader is cut loose.
+    source.feed(*words[:100])
+    await committed(stream.pk, 18 + len("".join(words[:100])))
+    source.feed(ToolCall("c", "f", "{}"), ToolResult("c", 1))
+    await committed(stream.pk, 18 + len("".join(words[:100])) + 2)
+    source.feed(*words[100:])
+    await committed(stream.pk, 18 + len("".join(words)) + 2)
     source.feed(None)
     read += [part.decode() async for part in resumed]
     assert "is not reading; it will catch up" in caplog.text, "never cut loose: proves nothing"
