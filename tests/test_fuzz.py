@@ -148,8 +148,9 @@ def test_no_websocket_frame_crashes_the_consumer(targets, frame):
         try:
             connected, _ = await communicator.connect(timeout=5)
             assert connected
-            await communicator.receive_json_from()
-            await communicator.receive_json_from()
+            # (Bounds, not paces: a loaded machine may take more than the default 1 s.)
+            await communicator.receive_json_from(timeout=10)
+            await communicator.receive_json_from(timeout=10)
             await communicator.send_input({"type": "websocket.receive", **frame})
             output = await communicator.receive_output(timeout=5)
             return int(output["code"])
