@@ -279,7 +279,9 @@ class StreamWriter:
             self._finish(True)
         status, error = batch.terminal or (Status.STREAMING, None)
         parts = batch.parts[batch.parts_from :] if batch.parts else ()
-        return self._update(batch.offset, batch.text, status, error, parts, batch.parts_from)
+        return Update(
+            self.stream_id, batch.offset, batch.text, status, error, parts, batch.parts_from
+        )
 
     def fault(self, exc: BaseException) -> None:
         """A fault in this stream's writing (its outcome, its batch, its bookkeeping):
@@ -301,18 +303,7 @@ class StreamWriter:
         if length is None:
             self._ended_elsewhere = True
             return None
-        return self._update(length, "", *self.faulted)
-
-    def _update(
-        self,
-        offset: int,
-        text: str,
-        status: str,
-        error: str | None,
-        parts: tuple[dict[str, Any], ...] = (),
-        parts_from: int = 0,
-    ) -> Update:
-        return Update(self.stream_id, offset, text, status, error, parts, parts_from)
+        return Update(self.stream_id, length, "", *self.faulted)
 
     def publish(self, update: Update) -> None:
         """Publish a committed update; the last one's ticket is kept: the run waits
