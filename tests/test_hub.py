@@ -62,6 +62,17 @@ async def until(condition: Callable[[], bool], within: float = 5) -> None:
         await asyncio.sleep(0.005)
 
 
+def websocket_scope(stream_id: Any) -> dict[str, Any]:
+    """The scope channels' router hands the stream consumer, for an anonymous viewer."""
+    return {
+        "type": "websocket",
+        "path": f"/ws/streams/{stream_id}/",
+        "query_string": b"",
+        "url_route": {"kwargs": {"stream_id": str(stream_id)}},
+        "user": None,
+    }
+
+
 async def a_viewer_cut_loose() -> tuple[Any, Viewer, Feed, RemoteWriter]:
     """A live stream written elsewhere, and a viewer here that reads none of its frames
     (``VIEWER_BUFFER_CHARS`` small): once the hub has heard eight pieces, it is cut
@@ -202,13 +213,7 @@ async def test_a_viewer_that_stops_reading_is_cut_loose_and_catches_up_exactly()
     await aclaim_stream(stream.pk)
     slow = StopsReading()
     app = StreamConsumer.as_asgi()
-    scope = {
-        "type": "websocket",
-        "path": f"/ws/streams/{stream.pk}/",
-        "query_string": b"",
-        "url_route": {"kwargs": {"stream_id": str(stream.pk)}},
-        "user": None,
-    }
+    scope = websocket_scope(stream.pk)
     slow.incoming.put_nowait({"type": "websocket.connect"})
     connection = asyncio.create_task(app(scope, slow.receive, slow.send))
     await asyncio.wait_for(slow.snapshot.wait(), 5)
@@ -507,13 +512,7 @@ async def test_a_client_that_leaves_as_a_delta_comes_is_no_bug(caplog):
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
     server = LikeUvicorn()
-    scope = {
-        "type": "websocket",
-        "path": f"/ws/streams/{stream.pk}/",
-        "query_string": b"",
-        "url_route": {"kwargs": {"stream_id": str(stream.pk)}},
-        "user": None,
-    }
+    scope = websocket_scope(stream.pk)
     server.incoming.put_nowait({"type": "websocket.connect"})
     connection = asyncio.create_task(StreamConsumer.as_asgi()(scope, server.receive, server.send))
     await until(lambda: len(server.frames) == 2)  # the snapshot: text and status
