@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -384,11 +384,13 @@ async def ws_watch(
     offset: int = 0,
     origin: str | None = None,
     arrivals: list[tuple[float, int]] | None = None,
+    on_status: Callable[[list[str]], None] | None = None,
 ) -> dict[str, Any]:
     """Watch a stream over a real websocket to its close, as a browser client would:
     append a text message when its offset is the text's length. Records the payload
     bytes received and when each piece of text arrived (in ``arrivals`` if given, to
-    follow it from another thread)."""
+    follow it from another thread); ``on_status`` is called with the statuses so far
+    as each comes."""
     from websockets.asyncio.client import connect
     from websockets.typing import Origin
 
@@ -410,6 +412,8 @@ async def ws_watch(
                 arrivals.append((time.monotonic(), offset + len(text)))
             else:
                 statuses.append(message["status"])
+                if on_status is not None:
+                    on_status(statuses)
         code = ws.close_code
     return {
         "text": text,

@@ -26,7 +26,7 @@ from streaming_app.writer import committer, open_writer
 
 from .helpers import assert_chunks_consistent, chunks_of, paced, stream_row
 from .layers import HeldLayer
-from .servers import ROOT, closing, server_env
+from .servers import ROOT, server_env, ws_watch
 
 QUICK = FlushPolicy(min_interval=0.0, max_interval=0.02, max_chars=4096)
 
@@ -215,23 +215,15 @@ def test_a_worker_that_runs_a_stream_and_exits_tells_its_viewers_and_receivers(
 async def watch_after_snapshot(base_url: str, stream_id: str, go: Any) -> dict[str, Any]:
     """Watch a stream over a real websocket; once the snapshot (the `pending` status)
     is in, the viewer's process follows the stream's group: tell the worker to go."""
-    from websockets.asyncio.client import connect
-    from websockets.typing import Origin
 
-    url = base_url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/"
-    text, statuses = "", []
-    async with asyncio.timeout(30), connect(url, origin=Origin(base_url), proxy=None) as ws:
-        async for raw in closing(ws):
-            message = json.loads(raw)
-            if message["type"] == "text":
-                assert message["offset"] == len(text), "overlap or gap"
-                text += message["text"]
-            else:
-                statuses.append(message["status"])
-                if statuses == ["pending"]:
-                    go.write("go\n")
-                    go.flush()
-        code = ws.close_code
-    with contextlib.suppress(BrokenPipeError):
-        go.close()
-    return {"text": text, "statuses": statuses, "code": code}
+    def on_status(statuses: list[str]) -> None:
+        if statuses == ["pending"]:
+            go.write("go\n")
+            go.flush()
+
+    try:
+        async with asyncio.timeout(30):
+            return await ws_watch(base_url, stream_id, on_status=on_status)
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            go.close()
