@@ -11,6 +11,9 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+#: The release, and the one place it is written: pyproject.toml reads it from here.
+__version__ = "0.1.0"
+
 if TYPE_CHECKING:
     from .exceptions import InvalidOffset, Overloaded, StreamNotPending
     from .flush import FlushPolicy
