@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 PYTHON_LATEST ?= python3.12
 VENV_LATEST ?= .venv-django6
 
-.PHONY: install demo test test-sqlite test-django6 lint bench bench-smoke clean
+.PHONY: install demo test test-sqlite test-django6 lint dist bench bench-smoke clean
 
 $(BIN)/.installed: requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/python manage.py makemigrations --check --dry-run
+
+# The sdist, then the wheel built from it (so a file the sdist lacks fails here), into
+# dist/; twine checks their metadata and README as PyPI would.
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # The benchmarks (bench/): each writes bench/results/<name>.json, then bench/report.py
 # writes docs/benchmarks.md from them. Those that run across processes need
