@@ -82,8 +82,15 @@ def test_the_wheel_carries_the_licence_and_says_what_it_supports(dists: Dists):
     assert "BSD 3-Clause License" in licence
     assert "Copyright (c) 2026, streaming_app developers" in licence
 
-    assert metadata["License-Expression"] == "BSD-3-Clause"
-    assert metadata.get_all("License-File") == ["LICENSE"]
+    # The app's own licence, and those of the browser libraries it vendors.
+    assert metadata["License-Expression"] == "BSD-3-Clause AND MIT AND (Apache-2.0 OR MPL-2.0)"
+    vendor = "streaming_app/static/streaming_app/vendor"
+    assert set(metadata.get_all("License-File") or []) == {
+        "LICENSE",
+        f"{vendor}/dompurify.LICENSE",
+        f"{vendor}/dompurify.LICENSE-MPL",
+        f"{vendor}/marked.LICENSE.md",
+    }
     assert {"openai", "redis"} <= set(metadata.get_all("Provides-Extra") or [])
     requires = metadata.get_all("Requires-Dist") or []
     assert any(r.startswith("openai") and 'extra == "openai"' in r for r in requires)
