@@ -108,7 +108,11 @@ def timeout() -> float:
 
 
 def create_stream(*, owner: Any = None, metadata: dict[str, Any] | None = None) -> Stream:
-    """Create a ``pending`` stream and return it. ``owner`` is a user or None."""
+    """Create a ``pending`` stream and return it. ``owner`` is a user or None; a user
+    who is not signed in (``AnonymousUser``, a view's ``request.user`` for a visitor)
+    counts as None: the stream has no owner."""
+    if owner is not None and not owner.is_authenticated:
+        owner = None
     return Stream.objects.create(owner=owner, metadata=metadata or {})
 
 
