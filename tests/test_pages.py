@@ -191,9 +191,8 @@ def test_purge_guests_removes_idle_guests_with_their_chats_and_streams():
     idle = [gone["id"], back["id"], live["id"]]
     User.objects.filter(chat__id__in=idle).update(last_login=long_ago, date_joined=long_ago)
     # The old guest's and the busy guest's prompts are old too; the returning guest's is
-    # today's. The old guest's reply was never driven: timed out, not live.
+    # today's. The old guest's reply was never driven: pending, which keeps nobody.
     Message.objects.filter(chat_id__in=[gone["id"], live["id"]]).update(created_at=long_ago)
-    Stream.objects.filter(pk=gone["stream_id"]).update(created_at=long_ago, updated_at=long_ago)
     User.objects.create_user("member", last_login=long_ago, date_joined=long_ago)
 
     out = StringIO()
