@@ -38,6 +38,7 @@ _LIMITS = {
     "MAX_VIEWERS_PER_PROXY": True,
     "MAX_LENGTH": True,
     "MAX_DURATION": False,
+    "PENDING_TIMEOUT": False,
 }
 
 

@@ -27,8 +27,11 @@ DEFAULTS: dict[str, Any] = {
     # A live writer touches its stream at least this often, even when the model is
     # silent, so that it is not mistaken for a dead one.
     "HEARTBEAT_INTERVAL": 5.0,
-    # A pending or streaming stream with no activity for this long is `timeout`.
+    # A streaming stream with no activity for this long is `timeout` (its writer died).
     "TIMEOUT": 60.0,
+    # A pending stream nobody has driven for this long is `timeout`. None: it waits for
+    # its driver for ever (it has no writer to die; its owner may come back later).
+    "PENDING_TIMEOUT": None,
     # A writer whose flush has failed, or has not come back, for this long (the database
     # is away) stops its generator and ends the stream as `error` as soon as that can
     # be written.

@@ -58,11 +58,18 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         """Streams with a terminal status."""
         return self.filter(status__in=TERMINAL_STATUSES)
 
-    def stale(self, timeout: float, *, now: datetime | None = None) -> StreamQuerySet:
-        """Live streams with no activity for ``timeout`` seconds: their writer died, or
-        nobody drove them. The one definition of stale (:meth:`Stream.is_stale` applies
-        it to a loaded row)."""
-        return self.live().filter(updated_at__lt=stale_cutoff(timeout, now))
+    def stale(
+        self, timeout: float, pending_timeout: float | None, *, now: datetime | None = None
+    ) -> StreamQuerySet:
+        """Live streams past their time: ``streaming`` ones with no activity for
+        ``timeout`` seconds (their writer died), ``pending`` ones nobody drove for
+        ``pending_timeout`` seconds (None: a pending stream waits for ever, it has no
+        writer to die). The one definition of stale (:meth:`Stream.is_stale` applies it
+        to a loaded row)."""
+        past = Q(status=Status.STREAMING, updated_at__lt=stale_cutoff(timeout, now))
+        if pending_timeout is not None:
+            past |= Q(status=Status.PENDING, updated_at__lt=stale_cutoff(pending_timeout, now))
+        return self.live().filter(past)
 
     def delete(self) -> tuple[int, dict[str, int]]:
         """Delete the streams and their chunks, with the streams' rows locked first.
@@ -121,7 +128,8 @@ class Stream(models.Model):
     # Committed length of the body, in Unicode code points.
     length = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-    # Last activity: creation, claim, flush or heartbeat. Expiry counts from here.
+    # Last activity: creation, claim, flush or heartbeat. Expiry counts from here (for a
+    # pending stream, from its creation: TIMEOUT does not apply, PENDING_TIMEOUT does).
     updated_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Set by a cancel while a writer drives the stream; the writer stops its generator,
@@ -166,9 +174,15 @@ class Stream(models.Model):
     def is_finished(self) -> bool:
         return is_finished(self.status)
 
-    def is_stale(self, timeout: float, *, now: datetime | None = None) -> bool:
+    def is_stale(
+        self, timeout: float, pending_timeout: float | None, *, now: datetime | None = None
+    ) -> bool:
         """Whether this row, as loaded, matches :meth:`StreamQuerySet.stale`."""
-        return not self.is_finished and self.updated_at < stale_cutoff(timeout, now)
+        if self.status == Status.STREAMING:
+            return self.updated_at < stale_cutoff(timeout, now)
+        if self.status == Status.PENDING and pending_timeout is not None:
+            return self.updated_at < stale_cutoff(pending_timeout, now)
+        return False
 
 
 #: A stream id as callers pass it: a UUID, or its text (from a URL, a task queue).

@@ -71,5 +71,25 @@ def load_stream(user: Any, stream_id: StreamId, action: Action) -> Stream:
     """
     stream = get_stream(stream_id)
     if not has_permission(user, stream, action):
-        raise PermissionDenied(f"you may not {action} this stream")
+        raise PermissionDenied(refusal(stream, action))
     return stream
+
+
+#: The app's policies under which a stream without owner is read-only.
+_READ_ONLY_OWNERLESS = (owner_policy, anyone_reads_policy)
+
+
+def refusal(stream: Stream, action: Action) -> str:
+    """Why ``action`` was refused, as the 403 says it: for a stream without owner under
+    a policy that makes it read-only, what to do instead (an anonymous visitor's
+    ``create_stream(owner=request.user)`` makes such a stream)."""
+    message = f"you may not {action} this stream"
+    if stream.owner_id is None and action != "read" and get_policy() in _READ_ONLY_OWNERLESS:
+        message += (
+            ": a stream without owner is read-only under the default permission policy. "
+            "Create it for a signed-in user (an anonymous visitor's stream has no owner), "
+            "drive it from server code (claim_stream and StreamRun), or set "
+            "STREAMING_APP['PERMISSION_POLICY'] to "
+            "'streaming_app.permissions.ownerless_open_policy'"
+        )
+    return message

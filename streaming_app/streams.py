@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -41,6 +41,7 @@ from .models import (
     Status,
     Stream,
     StreamId,
+    StreamQuerySet,
     is_finished,
     lock_streams,
     parse_stream_id,  # re-exported: the transports take it from here
@@ -104,11 +105,30 @@ def timeout() -> float:
     return float(conf.get("TIMEOUT"))
 
 
+def pending_timeout() -> float | None:
+    """``PENDING_TIMEOUT``: how long a stream nobody drives stays ``pending`` (None: for
+    ever)."""
+    seconds = conf.get("PENDING_TIMEOUT")
+    return None if seconds is None else float(seconds)
+
+
+def stale_streams(seconds: float | None = None, *, now: datetime | None = None) -> StreamQuerySet:
+    """The streams to expire: streaming ones silent for ``seconds`` (default
+    ``TIMEOUT``), pending ones older than ``PENDING_TIMEOUT``."""
+    return Stream.objects.stale(
+        timeout() if seconds is None else seconds, pending_timeout(), now=now
+    )
+
+
 # Create and claim ----------------------------------------------------------------------
 
 
 def create_stream(*, owner: Any = None, metadata: dict[str, Any] | None = None) -> Stream:
-    """Create a ``pending`` stream and return it. ``owner`` is a user or None."""
+    """Create a ``pending`` stream and return it. ``owner`` is a user or None; a user
+    who is not signed in (``AnonymousUser``, a view's ``request.user`` for a visitor)
+    counts as None: the stream has no owner."""
+    if owner is not None and not owner.is_authenticated:
+        owner = None
     return Stream.objects.create(owner=owner, metadata=metadata or {})
 
 
@@ -131,14 +151,14 @@ def claim_stream(stream_id: StreamId, *, max_live_per_owner: int | None = None) 
     """
     pk = parse_stream_id(stream_id)
     now = timezone.now()
-    # A pending stream nobody drove within the timeout has timed out.
+    # A pending stream nobody drove within PENDING_TIMEOUT (if set) has timed out.
     claimable = Stream.objects.filter(pk=pk, status=Status.PENDING).exclude(
-        pk__in=Stream.objects.stale(timeout(), now=now).filter(pk=pk).values("pk")
+        pk__in=stale_streams(now=now).filter(pk=pk).values("pk")
     )
     if max_live_per_owner is not None:
         owners_live = (
             Stream.objects.filter(owner=OuterRef("owner"), status=Status.STREAMING)
-            .exclude(pk__in=Stream.objects.stale(timeout(), now=now).values("pk"))
+            .exclude(pk__in=stale_streams(now=now).values("pk"))
             .order_by()
             .values("owner")
             .annotate(live=Count("pk"))
@@ -187,9 +207,9 @@ aget_stream = published_after(get_stream)
 
 
 def expire_if_stale(stream: Stream) -> Stream:
-    """``stream``, ended first if it is stale (its writer died, or nobody drove it):
-    what a read of a stream does before it answers."""
-    if stream.is_stale(timeout()):
+    """``stream``, ended first if it is stale (its writer died, or nobody drove it
+    within ``PENDING_TIMEOUT``): what a read of a stream does before it answers."""
+    if stream.is_stale(timeout(), pending_timeout()):
         expire_stream(stream.pk)
         stream.refresh_from_db()
     return stream
@@ -274,18 +294,19 @@ aget_stream_body = published_after(get_stream_body)
 
 
 def expire_stream(stream_id: StreamId, seconds: float | None = None) -> str | None:
-    """End a stream that is stale (no activity for ``seconds``, default ``TIMEOUT``):
-    ``cancelled`` if a cancel was asked of it, else ``timeout``. Returns the new status,
-    or None if the stream was not stale. Its committed text stays. Raises
+    """End a stream that is stale: ``streaming`` with no activity for ``seconds``
+    (default ``TIMEOUT``), or ``pending`` for longer than ``PENDING_TIMEOUT`` (if set).
+    It becomes ``cancelled`` if a cancel was asked of it, else ``timeout``. Returns the
+    new status, or None if the stream was not stale. Its committed text stays. Raises
     ``Stream.DoesNotExist`` for a malformed id."""
     stream_id = parse_stream_id(stream_id)
     seconds = timeout() if seconds is None else seconds
-    message = f"no activity for {round(seconds)} seconds"
+    waited = pending_timeout()
     now = timezone.now()
     with transaction.atomic():
         expired = (
-            Stream.objects.filter(pk=stream_id)
-            .stale(seconds, now=now)
+            stale_streams(seconds, now=now)
+            .filter(pk=stream_id)
             .update(
                 status=Case(
                     When(cancel_requested_at__isnull=False, then=Value(Status.CANCELLED)),
@@ -293,7 +314,11 @@ def expire_stream(stream_id: StreamId, seconds: float | None = None) -> str | No
                 ),
                 error=Case(
                     When(cancel_requested_at__isnull=False, then=Value("")),
-                    default=Value(message),
+                    When(
+                        status=Status.PENDING,
+                        then=Value(f"not driven within {round(waited or 0)} seconds"),
+                    ),
+                    default=Value(f"no activity for {round(seconds)} seconds"),
                 ),
                 finished_at=now,
             )
@@ -308,13 +333,14 @@ def expire_stream(stream_id: StreamId, seconds: float | None = None) -> str | No
 
 
 def expire_stale_streams(seconds: float | None = None, *, batch_size: int = 500) -> int:
-    """Expire every live stream with no activity for ``seconds`` (default: TIMEOUT).
-    Returns how many were expired."""
+    """Expire every streaming stream with no activity for ``seconds`` (default:
+    TIMEOUT), and every pending one older than ``PENDING_TIMEOUT`` (if set). Returns
+    how many were expired."""
     seconds = timeout() if seconds is None else seconds
     now = timezone.now()
     expired = 0
     while True:
-        ids = list(Stream.objects.stale(seconds, now=now).values_list("pk", flat=True)[:batch_size])
+        ids = list(stale_streams(seconds, now=now).values_list("pk", flat=True)[:batch_size])
         expired += sum(1 for pk in ids if expire_stream(pk, seconds))
         if len(ids) < batch_size:
             return expired

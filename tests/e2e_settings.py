@@ -6,7 +6,8 @@ the environment:
 - ``E2E_STREAMING_APP``: JSON merged into STREAMING_APP (short timeouts, say);
 - ``E2E_FLUSH=every``: commit every piece, so that lag is the database's and the
   layer's, not the flush policy's;
-- ``E2E_POOL_TIMEOUT``: seconds a request waits for a pooled connection (10).
+- ``E2E_POOL_TIMEOUT``: seconds a request waits for a pooled connection (10);
+- ``E2E_SETTINGS``: JSON of Django settings to set (``CSRF_COOKIE_NAME``, say).
 """
 
 from __future__ import annotations
@@ -41,3 +42,5 @@ if REDIS_URL and os.environ.get("E2E_CHANNEL_LAYER"):
 
 if os.environ.get("E2E_POOL_TIMEOUT") and "pool" in DATABASES["default"].get("OPTIONS", {}):
     DATABASES["default"]["OPTIONS"]["pool"]["timeout"] = float(os.environ["E2E_POOL_TIMEOUT"])
+
+globals().update(json.loads(os.environ.get("E2E_SETTINGS") or "{}"))

@@ -7,6 +7,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from example_project.chat.llm import demo_answer, demo_body, demo_reasoning
@@ -351,6 +352,58 @@ def test_the_template_tag_shows_the_committed_text_without_javascript(
     assert reply_texts(live) == [text]
     assert live.locator("stream-text h2").inner_text() == "What happens now"
     assert live.locator("stream-text ol > li").count() == 3
+
+
+@pytest.mark.parametrize(
+    ("csrf", "cookie", "header"),
+    [
+        (
+            {"CSRF_COOKIE_NAME": "othercsrf", "CSRF_HEADER_NAME": "HTTP_X_XSRF_TOKEN"},
+            "othercsrf",
+            "X-XSRF-TOKEN",
+        ),
+        ({"CSRF_COOKIE_HTTPONLY": True}, "csrftoken", "X-CSRFToken"),
+    ],
+    ids=["renamed-cookie-and-header", "httponly-cookie"],
+)
+def test_the_element_drives_and_stops_where_the_project_keeps_its_csrf_token_elsewhere(
+    daphne_factory, chromium, csrf, cookie, header
+):
+    """The page's <stream-text> sends the token the template tag gave it, in the header
+    the project reads, whatever the project calls its cookie or if scripts cannot read
+    it: the drive works, and so does the Stop button of a page that only watches."""
+    server = daphne_factory(DEMO_MODEL_DELAY="0.03", E2E_SETTINGS=json.dumps(csrf))
+    prompt = "Stop me when you like"
+    with httpx.Client(base_url=server.url) as http:
+        assert http.get("/").status_code == 200
+        created = http.post(
+            "/api/chats/",
+            content=json.dumps({"prompt": prompt}),
+            headers={header: http.cookies[cookie]},
+        )
+        assert created.status_code == 201, created.text
+        chat = created.json()
+        cookies = dict(http.cookies)
+    context = chromium.new_context(base_url=server.url)
+    context.add_cookies(
+        [
+            {"name": name, "value": value, "url": server.url, "httpOnly": name == cookie}
+            for name, value in cookies.items()
+        ]
+    )
+    page = context.new_page()
+    page.goto(chat["url"])  # the owner's page: its reply is still to be driven
+    written_at_least(page, 30)
+    page.reload()  # now the page watches the reply, which its first visit drives
+    wait_for_status(page, "streaming")
+    written_at_least(page, 40)
+    page.click("button.stop")
+    wait_for_status(page, "cancelled", timeout=10_000)
+    shown = reply_texts(page)[0]
+    assert 30 < len(shown) < len(demo_body(asked(prompt)))
+    with httpx.Client(base_url=server.url, cookies=cookies) as owner:
+        body = owner.get(f"/api/streams/{chat['stream_id']}/").json()
+    assert (body["status"], body["text"]) == ("cancelled", shown)
 
 
 def test_a_code_fence_split_over_many_pieces_renders_as_one_block_without_flicker(

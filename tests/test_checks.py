@@ -33,10 +33,19 @@ def test_the_defaults_pass():
         ({"HEARTBEAT_INTERVAL": 60, "TIMEOUT": 30}, "streaming_app.E005"),
         ({"PERMISSION_POLICY": "no.such.policy"}, "streaming_app.E006"),
         ({"PERMISSION_POLICY": 42}, "streaming_app.E006"),
+        ({"PENDING_TIMEOUT": 0}, "streaming_app.E003"),
+        ({"PENDING_TIMEOUT": -60}, "streaming_app.E003"),
+        ({"PENDING_TIMEOUT": "3600"}, "streaming_app.E003"),
+        ({"PENDING_TIMEOUT": True}, "streaming_app.E003"),
     ],
 )
 def test_bad_values_are_reported(value, error):
     assert errors_for(value) == [error]
+
+
+@pytest.mark.parametrize("seconds", [None, 3600, 0.5])
+def test_a_pending_timeout_is_none_or_a_positive_number(seconds):
+    assert errors_for({"PENDING_TIMEOUT": seconds}) == []
 
 
 def test_an_unknown_key_is_named_in_the_message():

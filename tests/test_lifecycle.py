@@ -16,6 +16,7 @@ from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 
+from streaming_app.exceptions import StreamNotPending
 from streaming_app.flush import FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
 from streaming_app.run import StreamRun
@@ -29,8 +30,17 @@ from streaming_app.streams import (
     get_stream_body,
 )
 
-from .helpers import committed_events, stream_row, thinking, wait_finished, written
-from .test_fanout import viewer, watch
+from .helpers import (
+    committed_events,
+    drive_in_process,
+    owned_stream,
+    paced,
+    stream_row,
+    thinking,
+    wait_finished,
+    written,
+)
+from .test_fanout import FAST, viewer, watch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -237,11 +247,50 @@ def test_a_stale_stream_times_out_when_read():
     assert [e["status"] for e in events] == ["timeout"], "viewers are told"
 
 
-def test_a_stale_pending_stream_cannot_be_claimed():
-    stream = create_stream()
-    age(stream.pk, 61)
-    with pytest.raises(Exception, match="already timeout"):
-        claim_stream(stream.pk)
+async def test_a_pending_stream_waits_for_its_driver_past_the_timeout():
+    """TIMEOUT is about dead writers; a stream nobody has driven yet has none. Its owner
+    comes back long after the timeout, cron's expire_streams having run meanwhile: the
+    stream is still pending, a viewer who opened it waits, and the drive gets it done."""
+    stream, owner = await owned_stream()
+    await sync_to_async(age)(stream.pk, 3600)
+    assert (await aget_stream_body(stream.pk)).status == Status.PENDING  # read: not expired
+    out = StringIO()
+    await sync_to_async(call_command)("expire_streams", stdout=out)
+    assert out.getvalue().strip() == "0 streams expired"
+    ready = asyncio.Event()
+    watching = asyncio.create_task(watch(await viewer(stream.pk, user=owner), ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+
+    answer = ["Better ", "late ", "than never."]
+    driven = await drive_in_process(stream.pk, paced(answer), user=owner, policy=FAST)
+    assert "".join(part for _, part in driven) == "Better late than never."
+    seen = await asyncio.wait_for(watching, 10)
+    assert (seen["text"], seen["statuses"][-1]) == ("Better late than never.", Status.DONE)
+    assert (await aget_stream_body(stream.pk)).status == Status.DONE
+
+
+@override_settings(STREAMING_APP={"PENDING_TIMEOUT": 30})
+def test_with_a_pending_timeout_a_stream_nobody_drove_times_out():
+    waited, recent, read, claimed = (create_stream() for _ in range(4))
+    for pk in (waited.pk, read.pk, claimed.pk):
+        age(pk, 31)
+    age(recent.pk, 20)
+    silent = written(["alive"])
+    age(silent.pk, 31)  # streaming: TIMEOUT (60) applies, not PENDING_TIMEOUT
+    # A read expires one lazily, and its viewers are told.
+    with committed_events() as events:
+        body = get_stream_body(read.pk)
+    assert (body.status, body.error) == (Status.TIMEOUT, "not driven within 30 seconds")
+    assert [e["status"] for e in events] == [Status.TIMEOUT]
+    with pytest.raises(StreamNotPending, match="already timeout"):
+        claim_stream(claimed.pk)
+
+    out = StringIO()
+    call_command("expire_streams", stdout=out)
+    assert out.getvalue().strip() == "1 stream expired"
+    assert get_stream_body(waited.pk).status == Status.TIMEOUT
+    assert get_stream_body(silent.pk).status == Status.STREAMING
+    claim_stream(recent.pk)  # younger than PENDING_TIMEOUT: still the driver's
 
 
 def test_the_timeout_counts_from_the_last_activity_not_from_creation():
@@ -255,15 +304,16 @@ def test_the_timeout_counts_from_the_last_activity_not_from_creation():
 
 def test_expire_streams_ends_stale_streams_and_says_how_many():
     stale = [written([f"stream {i}"]).pk for i in range(3)]
-    stale.append(create_stream().pk)  # pending, never driven
-    for pk in stale:
+    pending = create_stream().pk  # never driven: no writer died (PENDING_TIMEOUT is None)
+    for pk in [*stale, pending]:
         age(pk, 30)
     fresh = written(["alive"]).pk
     out = StringIO()
     call_command("expire_streams", "--timeout", "20", stdout=out)
-    assert out.getvalue().strip() == "4 streams expired"
+    assert out.getvalue().strip() == "3 streams expired"
     assert set(Stream.objects.filter(status="timeout").values_list("pk", flat=True)) == set(stale)
     assert Stream.objects.get(pk=fresh).status == "streaming"
+    assert Stream.objects.get(pk=pending).status == "pending"
     with pytest.raises(CommandError):
         call_command("expire_streams", "--timeout", "0")
 

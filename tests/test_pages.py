@@ -36,8 +36,7 @@ def finished(text: str, owner=None) -> Stream:
 
 
 def render(stream, user=None, **options) -> str:
-    request = RequestFactory().get("/")
-    request.user = user
+    request = request_of(user)
     args = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in options.items())
     template = Template("{% load streaming %}{% stream_text stream " + args + " %}")
     return template.render(Context({"stream": stream, "request": request}))
@@ -76,20 +75,66 @@ def test_a_finished_stream_costs_the_tag_no_more_queries_than_the_body_endpoint(
 
 
 @override_settings(STREAMING_APP={"PERMISSION_POLICY": "streaming_app.permissions.owner_policy"})
-def test_the_tag_refuses_who_may_not_read_and_names_an_unknown_stream():
+def test_the_tag_renders_nothing_for_a_stream_that_is_gone_unknown_or_not_the_users():
     owner = User.objects.create_user("owner")
     stream = finished("secret", owner=owner)
     stranger = User.objects.create_user("stranger")
-    from django.core.exceptions import PermissionDenied
-    from django.http import Http404
-
-    with pytest.raises(PermissionDenied):
-        render(stream, stranger)
-    with pytest.raises(PermissionDenied):
-        render(str(stream.pk), stranger)
-    with pytest.raises(Http404):
-        render("00000000-0000-0000-0000-000000000000", owner)
+    assert render(stream, stranger) == ""
+    assert render(str(stream.pk), stranger) == ""
+    assert render("00000000-0000-0000-0000-000000000000", owner) == ""
+    assert render("not-a-stream-id", owner) == ""
+    assert render(None, owner) == ""  # purged: the message's stream was SET_NULL
     assert "secret" in render(str(stream.pk), owner)
+
+    # A page listing them shows the ones the user may read, and is not a 403 or a 404.
+    mine = finished("mine", owner=stranger)
+    page = Template(
+        "{% load streaming %}{% for s in streams %}{% stream_text s %}{% endfor %}"
+    ).render(Context({"streams": [stream, None, mine], "request": request_of(stranger)}))
+    assert page.count("<stream-text ") == 1 and ">mine</div>" in page
+
+
+def request_of(user=None):
+    request = RequestFactory().get("/")
+    request.user = user
+    return request
+
+
+@override_settings(STREAMING_APP={"PERMISSION_POLICY": "streaming_app.permissions.owner_policy"})
+def test_the_tag_renders_the_cancel_url_only_for_who_may_cancel_the_live_stream():
+    owner = User.objects.create_user("owner")
+    stranger = User.objects.create_user("stranger")
+    live = written(["going "], owner=owner)
+    cancel = f'cancel-url="/api/streams/{live.pk}/cancel/"'
+    assert cancel in render(live, owner)
+    assert 'csrf-token="' in render(live, owner), "the cancel is a POST: it needs the token"
+    with override_settings(
+        STREAMING_APP={"PERMISSION_POLICY": "streaming_app.permissions.anyone_reads_policy"}
+    ):
+        assert "cancel-url" not in (watched := render(live, stranger))
+        assert 'status="streaming"' in watched and "csrf-token" not in watched
+        ownerless = written(["nobody's "])
+        assert "cancel-url" not in render(ownerless, owner)
+    assert "cancel-url" not in render(finished("over", owner=owner), owner)
+
+
+def test_the_tag_renders_the_csrf_token_and_where_the_project_keeps_it():
+    owner = User.objects.create_user("owner")
+    pending = create_stream(owner=owner)
+
+    def attributes(html: str) -> dict[str, str]:
+        return dict(re.findall(r' (csrf-[a-z]+)="([^"]*)"', html.split(">")[0]))
+
+    default = attributes(render(pending, owner, drive_url="/drive/"))
+    assert set(default) == {"csrf-token", "csrf-cookie"} and default["csrf-cookie"] == "csrftoken"
+    assert len(default["csrf-token"]) == 64
+    with override_settings(CSRF_COOKIE_NAME="othercsrf", CSRF_HEADER_NAME="HTTP_X_XSRF_TOKEN"):
+        named = attributes(render(pending, owner, drive_url="/drive/"))
+    assert (named["csrf-cookie"], named["csrf-header"]) == ("othercsrf", "X-XSRF-TOKEN")
+    for unreadable in ({"CSRF_COOKIE_HTTPONLY": True}, {"CSRF_USE_SESSIONS": True}):
+        with override_settings(**unreadable):
+            hidden = attributes(render(pending, owner, drive_url="/drive/"))
+        assert set(hidden) == {"csrf-token"}, unreadable
 
 
 def test_the_tag_renders_each_part_reasoning_and_tool_calls_folded_and_escaped():
@@ -191,9 +236,8 @@ def test_purge_guests_removes_idle_guests_with_their_chats_and_streams():
     idle = [gone["id"], back["id"], live["id"]]
     User.objects.filter(chat__id__in=idle).update(last_login=long_ago, date_joined=long_ago)
     # The old guest's and the busy guest's prompts are old too; the returning guest's is
-    # today's. The old guest's reply was never driven: timed out, not live.
+    # today's. The old guest's reply was never driven: pending, which keeps nobody.
     Message.objects.filter(chat_id__in=[gone["id"], live["id"]]).update(created_at=long_ago)
-    Stream.objects.filter(pk=gone["stream_id"]).update(created_at=long_ago, updated_at=long_ago)
     User.objects.create_user("member", last_login=long_ago, date_joined=long_ago)
 
     out = StringIO()

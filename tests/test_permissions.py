@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.test import AsyncClient
 from django.urls import path
@@ -25,7 +25,13 @@ from streaming_app import astream_response
 from streaming_app.aisdk import aui_message_stream_response
 from streaming_app.models import Status
 from streaming_app.run import StreamRun
-from streaming_app.streams import acancel_stream, aclaim_stream, acreate_stream, aget_stream_body
+from streaming_app.streams import (
+    acancel_stream,
+    aclaim_stream,
+    acreate_stream,
+    aget_stream_body,
+    create_stream,
+)
 
 from .helpers import owned_stream, read_all, stream_row
 from .test_fanout import FAST, Source, parse_events, viewer, wait_committed, watch
@@ -57,7 +63,14 @@ async def drive_ai(request: HttpRequest, stream_id: str) -> HttpResponseBase:
     return await aui_message_stream_response(request, stream_id, model(stream_id), policy=FAST)
 
 
+def ask(request: HttpRequest) -> JsonResponse:
+    """A project's view that makes a stream for whoever asks (the README's)."""
+    stream = create_stream(owner=request.user)
+    return JsonResponse({"stream_id": str(stream.pk)}, status=201)
+
+
 urlpatterns = [
+    path("ask/", ask),
     path("drive/<str:stream_id>/", drive),
     path("ai/drive/<str:stream_id>/", drive_ai),
     *example_urls.urlpatterns,
@@ -98,6 +111,17 @@ async def client_of(user: Any) -> AsyncClient:
     return client
 
 
+def read_only(action: str) -> tuple[int, Any]:
+    """The 403 for driving or cancelling a stream without owner: why, and what to do."""
+    return 403, {
+        "error": f"you may not {action} this stream: a stream without owner is read-only "
+        "under the default permission policy. Create it for a signed-in user (an anonymous "
+        "visitor's stream has no owner), drive it from server code (claim_stream and "
+        "StreamRun), or set STREAMING_APP['PERMISSION_POLICY'] to "
+        "'streaming_app.permissions.ownerless_open_policy'"
+    }
+
+
 def refusal(response: Any) -> tuple[int, Any]:
     """A response's status and JSON body (a streaming one: the drive went ahead)."""
     if response.streaming:
@@ -129,9 +153,9 @@ async def test_nobody_drives_or_cancels_an_ownerless_stream_over_http(default_po
     stream = await acreate_stream()
     client = await client_of(someone)
     for url in (f"/drive/{stream.pk}/", f"/ai/drive/{stream.pk}/"):
-        assert refusal(await client.post(url)) == (403, {"error": "you may not drive this stream"})
+        assert refusal(await client.post(url)) == read_only("drive")
     cancelled = await client.post(f"/api/streams/{stream.pk}/cancel/")
-    assert refusal(cancelled) == (403, {"error": "you may not cancel this stream"})
+    assert refusal(cancelled) == read_only("cancel")
     assert asked == [], "the model was asked: its budget spent by a stranger"
     row = await stream_row(stream.pk)
     assert (row.status, row.length) == (Status.PENDING, 0)
@@ -142,6 +166,29 @@ async def test_nobody_drives_or_cancels_an_ownerless_stream_over_http(default_po
     run.start()
     assert await asyncio.wait_for(run.wait(), 10) == Status.DONE
     assert (await aget_stream_body(stream.pk)).text == "An answer."
+
+
+async def test_an_anonymous_visitors_stream_has_no_owner_and_its_drive_says_why_not(
+    default_policy,
+):
+    client = await client_of(None)
+    asked_for = await client.post("/ask/")
+    assert asked_for.status_code == 201, asked_for.content
+    stream_id = asked_for.json()["stream_id"]
+    assert (await stream_row(stream_id)).owner_id is None
+    assert (await client.get(f"/api/streams/{stream_id}/")).json()["status"] == "pending"
+    assert refusal(await client.post(f"/drive/{stream_id}/")) == read_only("drive")
+    assert refusal(await client.post(f"/api/streams/{stream_id}/cancel/")) == read_only("cancel")
+    assert asked == []
+
+    # A signed-in visitor's stream is theirs, to drive.
+    user = await get_user_model().objects.acreate(username=f"asker-{uuid.uuid4().hex[:8]}")
+    client = await client_of(user)
+    stream_id = (await client.post("/ask/")).json()["stream_id"]
+    assert (await stream_row(stream_id)).owner_id == user.pk
+    driven = await client.post(f"/drive/{stream_id}/")
+    assert driven.status_code == 200
+    assert await asyncio.wait_for(read_all(driven), 10) == "An answer."
 
 
 async def test_an_ownerless_stream_is_read_by_anyone_and_cancelled_by_server_code(
@@ -164,7 +211,7 @@ async def test_an_ownerless_stream_is_read_by_anyone_and_cancelled_by_server_cod
     websocket = asyncio.create_task(watch(await viewer(stream.pk, user=someone or AnonymousUser())))
 
     refused = await client.post(f"/api/streams/{stream.pk}/cancel/")
-    assert refusal(refused) == (403, {"error": "you may not cancel this stream"})
+    assert refusal(refused) == read_only("cancel")
     source.feed("world.")  # the run goes on: it was not cancelled
     await wait_committed(stream.pk, len("Hello world."))
     assert (await stream_row(stream.pk)).status == Status.STREAMING
@@ -190,9 +237,9 @@ async def test_the_owner_drives_and_cancels_their_stream_and_not_an_ownerless_on
 
     ownerless = await acreate_stream()
     refused = await client.post(f"/drive/{ownerless.pk}/")
-    assert refusal(refused) == (403, {"error": "you may not drive this stream"})
+    assert refusal(refused) == read_only("drive")
     refused = await client.post(f"/api/streams/{ownerless.pk}/cancel/")
-    assert refusal(refused) == (403, {"error": "you may not cancel this stream"})
+    assert refusal(refused) == read_only("cancel")
     assert asked == [str(answered.pk), str(stopped.pk)]
     assert (await stream_row(ownerless.pk)).status == Status.PENDING
 

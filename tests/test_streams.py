@@ -198,12 +198,18 @@ def test_live_finished_and_stale_querysets():
 
     from django.utils import timezone
 
-    old = create_stream()
-    Stream.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
+    old, silent = create_stream(), written(["x"])
+    Stream.objects.filter(pk__in=[old.pk, silent.pk]).update(
+        updated_at=timezone.now() - timedelta(seconds=120)
+    )
     fresh = create_stream()
     finished = written(["x"], status=Status.DONE)
-    assert set(Stream.objects.live().values_list("pk", flat=True)) == {old.pk, fresh.pk}
-    assert list(Stream.objects.stale(60).values_list("pk", flat=True)) == [old.pk]
+    live = {old.pk, silent.pk, fresh.pk}
+    assert set(Stream.objects.live().values_list("pk", flat=True)) == live
+    # A pending stream is stale only past a pending timeout.
+    assert list(Stream.objects.stale(60, None).values_list("pk", flat=True)) == [silent.pk]
+    assert set(Stream.objects.stale(60, 100).values_list("pk", flat=True)) == {old.pk, silent.pk}
+    assert list(Stream.objects.stale(200, 100).values_list("pk", flat=True)) == [old.pk]
     assert list(Stream.objects.finished().values_list("pk", flat=True)) == [finished.pk]
 
 

@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from django import template
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.safestring import SafeString
@@ -38,10 +39,31 @@ def shown_parts(text: str, entries: tuple[Entry, ...]) -> list[dict[str, Any]]:
     return parts
 
 
+#: Django's default CSRF_HEADER_NAME: the header the element sends unless told another.
+DEFAULT_CSRF_HEADER = "HTTP_X_CSRFTOKEN"
+
+
+def csrf_attributes(request: Any) -> dict[str, str]:
+    """How the element proves a POST (drive, cancel) is the page's: the request's CSRF
+    token; the header to send it in, if the project named another one
+    (``CSRF_HEADER_NAME``); and the cookie that holds the current token, where a script
+    can read it (``CSRF_COOKIE_NAME``; none with ``CSRF_COOKIE_HTTPONLY`` or
+    ``CSRF_USE_SESSIONS``)."""
+    if request is None:
+        return {}
+    attributes = {"csrf-token": get_token(request)}
+    header = settings.CSRF_HEADER_NAME
+    if header != DEFAULT_CSRF_HEADER:
+        attributes["csrf-header"] = header.removeprefix("HTTP_").replace("_", "-")
+    if not settings.CSRF_USE_SESSIONS and not settings.CSRF_COOKIE_HTTPONLY:
+        attributes["csrf-cookie"] = settings.CSRF_COOKIE_NAME
+    return attributes
+
+
 @register.simple_tag(takes_context=True)
 def stream_text(
     context: template.Context,
-    stream: Stream | str,
+    stream: Stream | str | None,
     *,
     markdown: bool = False,
     drive_url: str | None = None,
@@ -58,23 +80,31 @@ def stream_text(
     still pending. ``socket_url`` is the stream's websocket path, if the project routes
     ``streaming_app.routing`` elsewhere than ``ws/streams/<id>/``.
 
-    The request's user must be allowed to ``read`` the stream (else 403); an unknown id
-    is a 404. A Stream instance is used as loaded: a finished one costs one query (its
-    text), as the body endpoint does.
+    It renders nothing for None (a stream purged under ``on_delete=SET_NULL``), an
+    unknown id, or a stream the request's user may not ``read``: one such stream does
+    not make the page a 404 or a 403. The cancel URL is rendered only for a user the
+    policy lets ``cancel`` the live stream. A Stream instance is used as loaded: a
+    finished one costs one query (its text), as the body endpoint does.
     """
     # A RequestContext knows its request; the request context processor puts it in.
     request = getattr(context, "request", None) or context.get("request")
     user = getattr(request, "user", None)
+    if stream is None:
+        return SafeString("")
     if isinstance(stream, Stream):
         if not has_permission(user, stream, "read"):
-            raise PermissionDenied("you may not read this stream")
+            return SafeString("")
     else:
         try:
             stream = load_stream(user, stream, "read")
-        except Stream.DoesNotExist:
-            raise Http404("no such stream") from None
+        except (Stream.DoesNotExist, PermissionDenied):
+            return SafeString("")
     body = body_of(expire_if_stale(stream))  # no query for a finished one
     pk = str(stream.pk)
+    drive = drive_url if body.status == "pending" else None
+    cancel = None
+    if not body.is_finished and has_permission(user, stream, "cancel"):
+        cancel = reverse("streaming_app:cancel", args=[pk])
     return render_to_string(
         "streaming_app/stream_text.html",
         {
@@ -82,11 +112,12 @@ def stream_text(
             "parts": shown_parts(body.text, body.parts) if body.parts else None,
             "part_map": json.dumps(list(body.parts), ensure_ascii=False) if body.parts else "",
             "markdown": markdown,
-            "drive_url": drive_url if body.status == "pending" else None,
+            "drive_url": drive,
             "body_url": reverse("streaming_app:body", args=[pk]),
             "events_url": reverse("streaming_app:events", args=[pk]),
-            "cancel_url": reverse("streaming_app:cancel", args=[pk]),
+            "cancel_url": cancel,
             "socket_url": socket_url or f"/ws/streams/{pk}/",
+            "csrf": csrf_attributes(request) if drive or cancel else {},
         },
         request=request,
     )

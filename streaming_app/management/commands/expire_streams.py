@@ -10,7 +10,8 @@ from streaming_app.streams import expire_stale_streams
 
 class Command(BaseCommand):
     help = (
-        "Mark pending or streaming streams with no activity for the timeout as timeout "
+        "Mark streaming streams with no activity for the timeout, and pending streams "
+        "older than STREAMING_APP['PENDING_TIMEOUT'] if it is set, as timeout "
         "(cancelled, if a cancel was asked of them). Their committed text stays."
     )
 
@@ -19,8 +20,8 @@ class Command(BaseCommand):
             "--timeout",
             type=float,
             default=None,
-            help="seconds without activity (default: STREAMING_APP['TIMEOUT'], "
-            f"{conf.DEFAULTS['TIMEOUT']:g} unless set)",
+            help="seconds without activity of a streaming stream (default: "
+            f"STREAMING_APP['TIMEOUT'], {conf.DEFAULTS['TIMEOUT']:g} unless set)",
         )
 
     def handle(self, *args: Any, timeout: float | None, **options: Any) -> None:

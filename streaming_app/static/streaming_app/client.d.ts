@@ -153,6 +153,9 @@ export interface FollowOptions {
   driveUrl?: string | null;
   /** What the page shows already: the committed text from code point 0. */
   text?: string;
+  /** Sent with the drive, e.g. `{ "X-CSRFToken": token }` (the header your
+   * `CSRF_HEADER_NAME` names): client.js reads no cookie. `<stream-text>` sends the
+   * token the template tag rendered. */
   headers?: HeadersInit;
   body?: BodyInit;
   signal?: AbortSignal;

@@ -17,9 +17,13 @@
 // Attributes: stream-id; offset and status (what the server rendered); error;
 // part-map (the map of the text rendered, for a stream with parts); body-url,
 // events-url, cancel-url, socket-url (where the app is mounted; by default
-// /api/streams/<id>/... and /ws/streams/<id>/); drive-url; csrf-token (for the drive
-// and cancel POSTs; by default the csrftoken cookie); markdown (render as Markdown,
-// safely, as it streams).
+// /api/streams/<id>/... and /ws/streams/<id>/; the template tag renders cancel-url only
+// for a user who may cancel the live stream, so a page shows its Stop button only
+// where the element has one); drive-url; csrf-token, csrf-header, csrf-cookie (the
+// drive and cancel POSTs send the token of the cookie named csrf-cookie, else
+// csrf-token, in the header csrf-header, by default X-CSRFToken; an element with
+// neither attribute sends the csrftoken cookie); markdown (render as Markdown, safely,
+// as it streams).
 // Properties: text (the whole body, every part's text included), parts (see assemble()
 // in client.js), status, error; cancel(). Events (bubbling): "stream-text" on each
 // piece, "stream-status" on each status ({status, error} in detail), "stream-end" once.
@@ -72,7 +76,8 @@ function renderedText(body, map) {
 }
 
 function cookie(name) {
-  const match = document.cookie.match(new RegExp(`(?:^|;\\s*)${name}=([^;]+)`));
+  const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const match = document.cookie.match(new RegExp(`(?:^|;\\s*)${escaped}=([^;]+)`));
   return match ? decodeURIComponent(match[1]) : "";
 }
 
@@ -112,10 +117,15 @@ export class StreamTextElement extends HTMLElement {
     return streamUrls(this.streamId, given);
   }
 
+  // The CSRF token of the drive and cancel POSTs, in the header the project reads.
   #headers() {
-    // The cookie first: it is current even after a login in another tab rotated the
-    // token the page was rendered with.
-    return { "X-CSRFToken": cookie("csrftoken") || this.getAttribute("csrf-token") || "" };
+    const token = this.getAttribute("csrf-token");
+    // The cookie first where the page names one: it is current even after a login in
+    // another tab rotated the token the page was rendered with. Django's default cookie
+    // only for an element given no token at all.
+    const name = this.getAttribute("csrf-cookie") ?? (token === null ? "csrftoken" : null);
+    const header = this.getAttribute("csrf-header") || "X-CSRFToken";
+    return { [header]: (name && cookie(name)) || token || "" };
   }
 
   async connectedCallback() {

@@ -17,8 +17,8 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from example_project.chat.models import Message
-from streaming_app.models import LIVE_STATUSES, Stream
-from streaming_app.streams import timeout
+from streaming_app.models import Status, Stream
+from streaming_app.streams import stale_streams
 
 GUEST_PREFIX = "guest-"
 
@@ -36,9 +36,10 @@ class Command(BaseCommand):
             self.stderr.write("--days must be 0 or more")
             raise SystemExit(2)
         cutoff = timezone.now() - timedelta(days=days)
-        # Live and not stale: a pending stream nobody drove has timed out already.
-        live = Stream.objects.filter(owner=OuterRef("pk"), status__in=LIVE_STATUSES).exclude(
-            pk__in=Stream.objects.stale(timeout()).values("pk")
+        # Being generated, by a writer still alive. A pending reply nobody drove does
+        # not keep an idle guest.
+        live = Stream.objects.filter(owner=OuterRef("pk"), status=Status.STREAMING).exclude(
+            pk__in=stale_streams().values("pk")
         )
         # A guest logs in once, when made: their last prompt says when they were here.
         last_prompt = (
