@@ -122,18 +122,23 @@ class Daphne:
         *,
         application: str = "example_project.asgi:application",
         options: Sequence[str] = (),
+        python: str = sys.executable,
+        cwd: Path = ROOT,
+        environ: dict[str, str] | None = None,
         **env: str,
     ) -> None:
-        """``options``: more command-line flags for the server (its proxy settings, say)."""
+        """``options``: more command-line flags for the server (its proxy settings, say).
+        ``python``, ``cwd`` and ``environ`` (instead of the example's environment and
+        ``env``): another interpreter's server, serving another project."""
         self.port = free_port()
         # Open for the server's lifetime; stop() closes it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"{self.name}-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.arguments(), *options, application],
-            cwd=ROOT,
-            env=server_env(database_url, **env),
+            [python, "-m", *self.arguments(), *options, application],
+            cwd=cwd,
+            env=server_env(database_url, **env) if environ is None else environ,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -291,6 +296,7 @@ class FakeOpenAI:
                 )
                 started = asyncio.get_running_loop().time()
                 for i, event in enumerate(self.events(body.get("model", "test"))):
+                    await self.before_event(i)
                     if i == self.fail_after:
                         if self.failure == "drop":
                             writer.transport.abort()
@@ -308,6 +314,10 @@ class FakeOpenAI:
             pass
         finally:
             writer.close()
+
+    async def before_event(self, index: int) -> None:
+        """Awaited before the answer's event ``index`` is sent: a subclass may hold the
+        model back there."""
 
     def events(self, model: str) -> Iterator[str]:
         for i, piece in enumerate([*self.pieces, None]):
