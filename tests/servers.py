@@ -115,6 +115,10 @@ class Daphne:
     """One real daphne process serving the example project on a free port."""
 
     name = "daphne"
+    #: The interpreter that runs the server, in this directory (a subclass may serve
+    #: another project from another virtualenv).
+    python: str = sys.executable
+    cwd: Path = ROOT
 
     def __init__(
         self,
@@ -122,30 +126,32 @@ class Daphne:
         *,
         application: str = "example_project.asgi:application",
         options: Sequence[str] = (),
-        python: str = sys.executable,
-        cwd: Path = ROOT,
-        environ: dict[str, str] | None = None,
         **env: str,
     ) -> None:
-        """``options``: more command-line flags for the server (its proxy settings, say).
-        ``python``, ``cwd`` and ``environ`` (instead of the example's environment and
-        ``env``): another interpreter's server, serving another project."""
+        """``options``: more command-line flags for the server (its proxy settings, say)."""
         self.port = free_port()
         # Open for the server's lifetime; stop() closes it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"{self.name}-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [python, "-m", *self.arguments(), *options, application],
-            cwd=cwd,
-            env=server_env(database_url, **env) if environ is None else environ,
+            [self.python, "-m", *self.arguments(), *options, application],
+            cwd=self.cwd,
+            env=self.environment(database_url, env),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.port, process=self.process)
+        try:
+            wait_for_port(self.port, process=self.process)
+        except RuntimeError as exc:  # it exited: say why
+            raise RuntimeError(f"{exc}:\n{self.output()}") from None
 
     def arguments(self) -> list[str]:
         return ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+
+    def environment(self, database_url: str, env: dict[str, str]) -> dict[str, str]:
+        """The server's environment: the example's, on ``database_url``, with ``env``."""
+        return server_env(database_url, **env)
 
     @property
     def url(self) -> str:

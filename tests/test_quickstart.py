@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .servers import ROOT, Daphne, FakeOpenAI, Uvicorn, closing
+from .servers import ROOT, Daphne, FakeOpenAI, closing
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
@@ -311,8 +311,22 @@ class SteppedOpenAI(FakeOpenAI):
         self.loop.call_soon_threadsafe(self.permits.release)
 
 
-class QuickstartUvicorn(Uvicorn):
-    """``uvicorn mysite.asgi:application``, as the page says (no lifespan flag)."""
+class ProjectDaphne(Daphne):
+    """``daphne mysite.asgi:application``, as the page says, from the project's
+    virtualenv, in its directory."""
+
+    def __init__(self, project: Project, environ: dict[str, str]) -> None:
+        self.python, self.cwd, self.environ = str(project.venv.python), project.directory, environ
+        super().__init__("unused", application="mysite.asgi:application")
+
+    def environment(self, database_url: str, env: dict[str, str]) -> dict[str, str]:
+        return self.environ
+
+
+class ProjectUvicorn(ProjectDaphne):
+    """``uvicorn mysite.asgi:application`` (no lifespan flag, as the page says)."""
+
+    name = "uvicorn"
 
     def arguments(self) -> list[str]:
         return ["uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -420,18 +434,17 @@ def site(request: pytest.FixtureRequest, project: Project) -> Iterator[Site]:
     """The project served by a real uvicorn or daphne from its virtualenv, its model
     the fake, as OPENAI_API_KEY and OPENAI_BASE_URL say."""
     model = SteppedOpenAI(PIECES, delay=0.02)
-    kind = QuickstartUvicorn if request.param == "uvicorn" else Daphne
-    server = kind(
-        "unused",
-        application="mysite.asgi:application",
-        python=str(project.venv.python),
-        cwd=project.directory,
-        environ=clean_environment(OPENAI_API_KEY="sk-quickstart", OPENAI_BASE_URL=model.base_url),
-    )
+    kind = ProjectUvicorn if request.param == "uvicorn" else ProjectDaphne
     try:
-        yield Site(project, server, model)
+        server = kind(
+            project,
+            clean_environment(OPENAI_API_KEY="sk-quickstart", OPENAI_BASE_URL=model.base_url),
+        )
+        try:
+            yield Site(project, server, model)
+        finally:
+            server.stop()
     finally:
-        server.stop()
         model.close()
 
 
