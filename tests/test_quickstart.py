@@ -515,6 +515,7 @@ def test_the_quickstart_streams_to_its_owner_and_a_viewer(site: Site):
     ]
     body = alice.finished(message["stream_id"])
     assert (body["status"], body["text"]) == ("done", ANSWER)
+    assert f'href="{message["url"]}"' in alice.http.get("/").text, "not on the index"
     page = alice.http.get(message["url"])
     assert page.status_code == 200 and ANSWER in page.text and 'status="done"' in page.text
     site.assert_no_server_errors()
