@@ -115,6 +115,10 @@ class Daphne:
     """One real daphne process serving the example project on a free port."""
 
     name = "daphne"
+    #: The interpreter that runs the server, in this directory (a subclass may serve
+    #: another project from another virtualenv).
+    python: str = sys.executable
+    cwd: Path = ROOT
 
     def __init__(
         self,
@@ -131,16 +135,23 @@ class Daphne:
             prefix=f"{self.name}-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.arguments(), *options, application],
-            cwd=ROOT,
-            env=server_env(database_url, **env),
+            [self.python, "-m", *self.arguments(), *options, application],
+            cwd=self.cwd,
+            env=self.environment(database_url, env),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.port, process=self.process)
+        try:
+            wait_for_port(self.port, process=self.process)
+        except RuntimeError as exc:  # it exited: say why
+            raise RuntimeError(f"{exc}:\n{self.output()}") from None
 
     def arguments(self) -> list[str]:
         return ["daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+
+    def environment(self, database_url: str, env: dict[str, str]) -> dict[str, str]:
+        """The server's environment: the example's, on ``database_url``, with ``env``."""
+        return server_env(database_url, **env)
 
     @property
     def url(self) -> str:
@@ -291,6 +302,7 @@ class FakeOpenAI:
                 )
                 started = asyncio.get_running_loop().time()
                 for i, event in enumerate(self.events(body.get("model", "test"))):
+                    await self.before_event(i)
                     if i == self.fail_after:
                         if self.failure == "drop":
                             writer.transport.abort()
@@ -308,6 +320,10 @@ class FakeOpenAI:
             pass
         finally:
             writer.close()
+
+    async def before_event(self, index: int) -> None:
+        """Awaited before the answer's event ``index`` is sent: a subclass may hold the
+        model back there."""
 
     def events(self, model: str) -> Iterator[str]:
         for i, piece in enumerate([*self.pieces, None]):
