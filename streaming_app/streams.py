@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import (
     Case,
     Count,
@@ -44,6 +43,7 @@ from .models import (
     is_finished,
     lock_streams,
     parse_stream_id,  # re-exported: the transports take it from here
+    write_transaction,
 )
 from .publish import Update, cancel_on_commit, publish_on_commit, published_after
 
@@ -148,7 +148,7 @@ def claim_stream(stream_id: StreamId, *, max_live_per_owner: int | None = None) 
             Q(owner__isnull=True)
             | Q(LessThan(Coalesce(Subquery(owners_live), 0), max_live_per_owner))
         )
-    with transaction.atomic():
+    with write_transaction():
         if max_live_per_owner is not None:
             # Claims of one owner's streams take turns (other owners' do not wait).
             owner = Stream.objects.filter(pk=pk).values("owner_id")[:1]
@@ -282,7 +282,7 @@ def expire_stream(stream_id: StreamId, seconds: float | None = None) -> str | No
     seconds = timeout() if seconds is None else seconds
     message = f"no activity for {round(seconds)} seconds"
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         expired = (
             Stream.objects.filter(pk=stream_id)
             .stale(seconds, now=now)
@@ -335,7 +335,7 @@ def cancel_stream(stream_id: StreamId) -> str:
     """
     pk = parse_stream_id(stream_id)
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         if Stream.objects.filter(pk=pk, status=Status.PENDING).update(
             status=Status.CANCELLED, finished_at=now, updated_at=now
         ):
@@ -386,7 +386,7 @@ def purge_streams(
         )
         if not ids:
             return deleted
-        with transaction.atomic():
+        with write_transaction():
             # Chunks first, in one statement, rather than through the collector.
             Chunk.objects.filter(stream_id__in=ids).delete()
             deleted += Stream.objects.filter(pk__in=ids).delete()[1].get("streaming_app.Stream", 0)
@@ -404,7 +404,7 @@ def compact_stream(stream_id: StreamId) -> bool:
         pk = parse_stream_id(stream_id)
     except Stream.DoesNotExist:
         return False
-    with transaction.atomic():
+    with write_transaction():
         # The row lock keeps a deletion or another compaction out until we commit.
         if not lock_streams(Stream.objects.finished().filter(pk=pk)):
             return False
