@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import AsyncIterator
 
 from bench import _django
 
@@ -47,7 +48,7 @@ async def drive(streams: int, seconds: float) -> dict[str, float]:
         nonlocal opened
         opened += 1
 
-    async def model():  # type: ignore[no-untyped-def]
+    async def model() -> AsyncIterator[str]:
         # Started at random moments within a second, as requests come.
         await asyncio.sleep(random.random())
         deadline = time.monotonic() + seconds

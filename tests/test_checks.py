@@ -56,8 +56,9 @@ def test_the_hint_of_w001_gives_the_one_process_layer_which_silences_it():
     with override_settings(CHANNEL_LAYERS=None):
         (warning,) = check_channel_layer()
     layer = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    assert f"CHANNEL_LAYERS = {layer!r}" in warning.hint
-    assert "channels_redis.pubsub.RedisPubSubChannelLayer" in warning.hint
+    hint = warning.hint or ""
+    assert f"CHANNEL_LAYERS = {layer!r}" in hint
+    assert "channels_redis.pubsub.RedisPubSubChannelLayer" in hint
     with override_settings(CHANNEL_LAYERS=layer):
         assert check_channel_layer() == []
 
