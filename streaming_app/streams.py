@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -98,6 +98,23 @@ def parse_offset(value: Any) -> int:
     if offset < 0:
         raise InvalidOffset("offset must not be negative")
     return offset
+
+
+def offset_parameter(values: Sequence[str]) -> str:
+    """The one ``offset`` of a request's query (all its values, in order), not yet
+    parsed: ``"0"`` when absent. Raises InvalidOffset when it is given more than once,
+    on every endpoint alike (docs/protocol.md#offsets)."""
+    if len(values) > 1:
+        raise InvalidOffset("offset is given more than once")
+    return values[0] if values else "0"
+
+
+def ended_before(status: str, length: int, offset: int) -> str:
+    """Why a viewer waiting at ``offset`` past a live stream's end is refused when the
+    stream ends shorter (websocket close 4400, docs/protocol.md#offsets)."""
+    return (
+        f"the stream ended ({status}) at {length} characters, before the requested offset {offset}"
+    )
 
 
 def timeout() -> float:
@@ -235,10 +252,7 @@ def body_of(
     """
     start = parse_offset(offset)
     if start > stream.length and stream.is_finished and not past_end_ok:
-        raise InvalidOffset(
-            f"offset {start} is past the end of this {stream.status} stream "
-            f"({stream.length} characters)"
-        )
+        raise InvalidOffset(ended_before(stream.status, stream.length, start))
     return StreamBody(
         id=stream.id,
         status=stream.status,
