@@ -90,10 +90,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 )
             )
     if not errors:
-        if conf.get("MIN_FLUSH_INTERVAL") > conf.get("MAX_FLUSH_INTERVAL"):
+        least, most = conf.get("MIN_FLUSH_INTERVAL"), conf.get("MAX_FLUSH_INTERVAL")
+        if least > most:
             errors.append(
                 Error(
-                    "STREAMING_APP['MIN_FLUSH_INTERVAL'] must not exceed MAX_FLUSH_INTERVAL.",
+                    f"STREAMING_APP['MIN_FLUSH_INTERVAL'] ({least!r}) must not exceed "
+                    f"MAX_FLUSH_INTERVAL ({most!r}).",
+                    hint="MIN_FLUSH_INTERVAL is the least time between two flushes of a "
+                    "stream, MAX_FLUSH_INTERVAL the most a piece waits (docs/flush-policy.md).",
                     id="streaming_app.E004",
                 )
             )
@@ -137,6 +141,10 @@ def _check_callable(name: str, shape: str) -> list[Error]:
     return []
 
 
+#: The one-process layer, as W001's hint gives it.
+IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
 @register(Tags.compatibility)
 def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     if getattr(settings, "CHANNEL_LAYERS", None):
@@ -147,8 +155,9 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]
             "driving a stream learn of its text by reading the database every "
             "RESYNC_INTERVAL (later, not less), and a cancel from another process reaches "
             "the run at its next flush or heartbeat.",
-            hint="Use channels_redis for several processes, or "
-            "channels.layers.InMemoryChannelLayer for one.",
+            hint=f"For one process: CHANNEL_LAYERS = {IN_MEMORY_LAYER!r}. For several: "
+            "channels_redis's pub/sub layer, channels_redis.pubsub.RedisPubSubChannelLayer "
+            "(docs/deployment.md#the-channel-layer).",
             id="streaming_app.W001",
         )
     ]
@@ -156,9 +165,17 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[Warning]
 
 @register(Tags.compatibility)
 def check_database_connections(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
-    """Writers flush a few times a second per stream, each time on a connection that
-    Django closes after the call: on PostgreSQL without a pool, each flush connects."""
+    """The writers of a process commit together, one transaction per ``FLUSH_TICK`` at
+    the most, each in a thread that closes its connection after it, as Django does
+    outside requests: on PostgreSQL without a pool (or ``CONN_MAX_AGE``), each of those
+    transactions connects (bench/connections.py counts them)."""
     warnings = []
+    tick = conf.get("FLUSH_TICK")
+    most = (
+        f"up to {1 / tick:.0f} a second per process (1 / FLUSH_TICK)"
+        if _is_number(tick, False) and tick > 0
+        else "one per flush of each stream (FLUSH_TICK is 0)"
+    )
     for alias, database in settings.DATABASES.items():
         if database.get("ENGINE") != "django.db.backends.postgresql":
             continue
@@ -166,11 +183,14 @@ def check_database_connections(app_configs: Any = None, **kwargs: Any) -> list[W
             continue
         warnings.append(
             Warning(
-                f"DATABASES[{alias!r}] opens a new PostgreSQL connection for every flush of "
-                "every stream (about 3 a second per live stream).",
+                f"DATABASES[{alias!r}] has no connection pool: the stream writers of each "
+                "process open a new PostgreSQL connection for every transaction, which "
+                "holds the flushes of all its streams due at that moment: about 3 a second "
+                f"for one live stream, {most} however many streams it drives. Each "
+                "connect adds its round trips to the flush.",
                 hint="Turn Django's connection pool on: OPTIONS {'pool': True} with "
-                "psycopg[pool] installed (see docs/deployment.md). Behind an external "
-                "pooler (PgBouncer), silence streaming_app.W002.",
+                "psycopg[pool] installed (see docs/deployment.md#databases). Behind an "
+                "external pooler (PgBouncer), silence streaming_app.W002.",
                 id="streaming_app.W002",
             )
         )

@@ -12,7 +12,6 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from .clients import scope_viewer_key
-from .exceptions import InvalidOffset
 from .hub import (
     WINDOW_SPENT,
     Hub,
@@ -24,7 +23,7 @@ from .hub import (
     to_json,
 )
 from .parts import Entry
-from .streams import parse_flag, parse_offset, parse_stream_id
+from .streams import offset_parameter, parse_flag, parse_offset, parse_stream_id
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +31,7 @@ logger = logging.getLogger(__name__)
 def query_offset(query_string: bytes) -> int:
     """The ``offset`` of a query string; 0 when absent. Raises InvalidOffset."""
     values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("offset", [])
-    if len(values) > 1:
-        raise InvalidOffset("offset is given more than once")
-    return parse_offset(values[0]) if values else 0
+    return parse_offset(offset_parameter(values))
 
 
 class WebsocketFrames:
@@ -185,7 +182,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
                     if self.closed:
                         return
             code = viewer.close_code or 1000
-            await self.close(code=code, reason=REASONS.get(code, ""))
+            await self.close(code=code, reason=viewer.close_reason or REASONS.get(code, ""))
         except OSError:
             pass  # the client has gone (uvicorn's ClientDisconnected): nothing to close
         except Exception:

@@ -55,7 +55,7 @@ from .publish import (
 )
 from .publish import published_after as _published_after
 from .run import StreamRun
-from .streams import StreamBody, body_of, expire_if_stale, get_stream, read_text
+from .streams import StreamBody, body_of, ended_before, expire_if_stale, get_stream, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ class Viewer:
         #: Entries of the part map handed to a part-aware viewer (its frames' ``parts``).
         self.parts_sent = 0
         self.close_code: int | None = None
+        #: Why, for a refusal whose reason is its own (None: the code's usual one).
+        self.close_reason: str | None = None
         self.feed: Feed | None = None
         self._queue: deque[tuple[str, int, str | None]] = deque()
         self._chars = 0
@@ -251,11 +253,12 @@ class Viewer:
     def stream_id(self) -> uuid.UUID | None:
         return self.feed.stream_id if self.feed else None
 
-    def end(self, code: int) -> None:
+    def end(self, code: int, reason: str | None = None) -> None:
         """Close once the queued frames are written (1000), or at once (a refusal)."""
         if self.close_code is not None:
             return
         self.close_code = code
+        self.close_reason = reason
         if code != 1000:
             self._queue.clear()
             self.behind = False
@@ -294,6 +297,16 @@ class Viewer:
                     await asyncio.wait_for(self._ready.wait(), keepalive)
                 except TimeoutError:
                     yield []
+
+
+def ended_short(viewer: Viewer, status: str, end: int) -> bool:
+    """Refuse ``viewer`` if it waits past ``end``, where the stream has ended with
+    ``status``: 4400, as a new viewer at its offset would be (docs/protocol.md#offsets),
+    never a terminal status at an offset the body does not reach."""
+    if not is_finished(status) or viewer.sent <= end:
+        return False
+    viewer.end(4400, ended_before(status, end, viewer.sent))
+    return True
 
 
 # One stream's viewers in this process ---------------------------------------------------
@@ -420,6 +433,8 @@ class Feed:
             shared: dict[int, str] = {}
             for viewer in list(self.viewers):
                 if viewer.joined and not viewer.behind and _rank(viewer.status) < _rank(status):
+                    if ended_short(viewer, status, self.end):
+                        continue
                     with self._alone(viewer):
                         frames = id(viewer.frames)
                         if viewer.sent != self.end:
@@ -529,6 +544,8 @@ class Feed:
         (handed when it acknowledges). True if it has the whole body, False if only a
         window of it, None if the viewer failed (it is closed)."""
         self._learn_parts(body.parts)
+        if ended_short(viewer, body.status, body.length):
+            return None
         with self._alone(viewer):
             viewer.offer(
                 viewer.frames.text(body.offset, body.text, body.parts),
@@ -551,6 +568,8 @@ class Feed:
         assert self.end is not None
         if viewer.sent < self._tail_start:
             return False
+        if ended_short(viewer, self.status or "", self.end):
+            return True
         with self._alone(viewer):
             stop = viewer.reach(self.end)
             if viewer.sent < stop or (

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import models, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.models import Q
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
@@ -21,6 +23,7 @@ __all__ = [
     "parse_stream_id",
     "stale_cutoff",
     "storable",
+    "write_transaction",
 ]
 
 
@@ -47,6 +50,32 @@ def is_finished(status: str) -> bool:
 def stale_cutoff(timeout: float, now: datetime | None = None) -> datetime:
     """The instant before which a live stream's last activity makes it stale."""
     return (now or timezone.now()) - timedelta(seconds=timeout)
+
+
+@contextmanager
+def write_transaction(using: str | None = None, *, savepoint: bool = True) -> Iterator[None]:
+    """``transaction.atomic()`` for the app's transactions, which read before they write.
+
+    SQLite's transactions are DEFERRED unless the project sets ``transaction_mode``: one
+    takes the write lock at its first write. One that has read first and finds another
+    writer there fails at once with "database is locked", not after the busy
+    timeout: the two would wait on each other. So on SQLite the first statement of the
+    outermost transaction here is a write that changes nothing: it waits for the lock
+    (the busy timeout) before anything is read, as ``BEGIN IMMEDIATE`` would. Other
+    databases lock rows (SELECT ... FOR UPDATE) instead.
+    """
+    connection = connections[using or DEFAULT_DB_ALIAS]
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(using=using, savepoint=savepoint):
+        if (
+            outermost
+            and connection.vendor == "sqlite"
+            and getattr(connection, "transaction_mode", None) not in ("IMMEDIATE", "EXCLUSIVE")
+        ):
+            with connection.cursor() as cursor:
+                table = connection.ops.quote_name(Stream._meta.db_table)
+                cursor.execute(f"UPDATE {table} SET id = id WHERE 0")  # noqa: S608
+        yield
 
 
 class StreamQuerySet(models.QuerySet["Stream"]):
@@ -79,7 +108,7 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         violation on PostgreSQL). With the rows locked, the writer either commits first
         (and its chunk is deleted too) or finds its stream gone and stops.
         """
-        with transaction.atomic(using=self.db, savepoint=False):
+        with write_transaction(self.db, savepoint=False):
             lock_for_deletion(self)
             return super().delete()
 
@@ -164,7 +193,7 @@ class Stream(models.Model):
     ) -> tuple[int, dict[str, int]]:
         """Delete the stream and its chunks; see :meth:`StreamQuerySet.delete`."""
         using = using or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using, savepoint=False):
+        with write_transaction(using, savepoint=False):
             lock_for_deletion(Stream.objects.using(using).filter(pk=self.pk))
             return super().delete(using=using, keep_parents=keep_parents)
 

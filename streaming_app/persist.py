@@ -27,14 +27,13 @@ from django.db import (
     close_old_connections,
     connection,
     models,
-    transaction,
 )
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from . import conf
 from .flush import Batch
-from .models import Chunk, Status, Stream
+from .models import Chunk, Status, Stream, write_transaction
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -108,7 +107,7 @@ def write(writes: Sequence[Write]) -> dict[uuid.UUID, Outcome]:
     compact = bool(conf.get("COMPACT_FINISHED"))
     ids = [w.stream_id for w in writes]
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         rows = Stream.objects.filter(pk__in=ids)
         if connection.features.has_select_for_update_skip_locked:
             # A row someone else holds (a deletion) is skipped, not waited for: one
@@ -203,7 +202,7 @@ def end_where_it_is(stream_id: uuid.UUID, terminal: tuple[str, str | None]) -> i
     its batch or its bookkeeping). Its committed text stays. Returns the stream's final
     length, or None if it was no longer live. One transaction; raises what the
     database raises."""
-    with transaction.atomic():
+    with write_transaction():
         length = (
             Stream.objects.select_for_update()
             .filter(pk=stream_id, status=Status.STREAMING)

@@ -15,13 +15,22 @@ from . import conf
 from .clients import request_viewer_key
 from .hub import Hub, Viewer, hub, status_message, text_message, to_json
 from .parts import Entry
-from .streams import parse_flag, parse_stream_id
+from .streams import offset_parameter, parse_flag, parse_stream_id
 from .views import STREAM_ERRORS, JsonView, error_for, request_user
 
 
-def sse_event(kind: str, event_id: int, data: str) -> str:
-    """One event; ``id`` is the offset after it, so that ``Last-Event-ID`` resumes."""
-    return f"event: {kind}\nid: {event_id}\ndata: {data}\n\n"
+def sse_event(kind: str, event_id: int | None, data: str) -> str:
+    """One event; ``id`` is the offset after it, so that ``Last-Event-ID`` resumes
+    (None: no id, the last one stands)."""
+    label = "" if event_id is None else f"id: {event_id}\n"
+    return f"event: {kind}\n{label}data: {data}\n\n"
+
+
+def close_event(code: int, reason: str) -> str:
+    """What a websocket viewer would learn from its close frame, as the last event of
+    a response that ends short of a terminal status: the same code and reason
+    (docs/protocol.md), and no ``id``."""
+    return sse_event("close", None, to_json({"type": "close", "code": code, "reason": reason}))
 
 
 class EventFrames:
@@ -63,7 +72,6 @@ class StreamEventsView(JsonView):
     async def get(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
         user = await request_user(request)
         resuming = "Last-Event-ID" in request.headers
-        offset = request.headers.get("Last-Event-ID") or request.GET.get("offset", "0")
         key = request_viewer_key(request, user)
         viewer = Viewer(
             user,
@@ -74,6 +82,9 @@ class StreamEventsView(JsonView):
         )
         followed = hub()
         try:
+            offset = request.headers.get("Last-Event-ID") or offset_parameter(
+                request.GET.getlist("offset")
+            )
             body = await followed.watch(viewer, parse_stream_id(stream_id), offset)
         except STREAM_ERRORS as exc:
             return error_for(exc)
@@ -97,5 +108,7 @@ class StreamEventsView(JsonView):
             async for frames in viewer.batches(keepalive=float(conf.get("SSE_KEEPALIVE"))):
                 yield prefix + ("".join(frames) if frames else ": keep-alive\n\n")
                 prefix = ""
+            if viewer.close_reason is not None and viewer.close_code is not None:
+                yield prefix + close_event(viewer.close_code, viewer.close_reason)
         finally:
             followed.leave(viewer)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import (
     Case,
     Count,
@@ -45,6 +44,7 @@ from .models import (
     is_finished,
     lock_streams,
     parse_stream_id,  # re-exported: the transports take it from here
+    write_transaction,
 )
 from .publish import Update, cancel_on_commit, publish_on_commit, published_after
 
@@ -99,6 +99,23 @@ def parse_offset(value: Any) -> int:
     if offset < 0:
         raise InvalidOffset("offset must not be negative")
     return offset
+
+
+def offset_parameter(values: Sequence[str]) -> str:
+    """The one ``offset`` of a request's query (all its values, in order), not yet
+    parsed: ``"0"`` when absent. Raises InvalidOffset when it is given more than once,
+    on every endpoint alike (docs/protocol.md#offsets)."""
+    if len(values) > 1:
+        raise InvalidOffset("offset is given more than once")
+    return values[0] if values else "0"
+
+
+def ended_before(status: str, length: int, offset: int) -> str:
+    """Why a viewer waiting at ``offset`` past a live stream's end is refused when the
+    stream ends shorter (websocket close 4400, docs/protocol.md#offsets)."""
+    return (
+        f"the stream ended ({status}) at {length} characters, before the requested offset {offset}"
+    )
 
 
 def timeout() -> float:
@@ -168,7 +185,7 @@ def claim_stream(stream_id: StreamId, *, max_live_per_owner: int | None = None) 
             Q(owner__isnull=True)
             | Q(LessThan(Coalesce(Subquery(owners_live), 0), max_live_per_owner))
         )
-    with transaction.atomic():
+    with write_transaction():
         if max_live_per_owner is not None:
             # Claims of one owner's streams take turns (other owners' do not wait).
             owner = Stream.objects.filter(pk=pk).values("owner_id")[:1]
@@ -255,10 +272,7 @@ def body_of(
     """
     start = parse_offset(offset)
     if start > stream.length and stream.is_finished and not past_end_ok:
-        raise InvalidOffset(
-            f"offset {start} is past the end of this {stream.status} stream "
-            f"({stream.length} characters)"
-        )
+        raise InvalidOffset(ended_before(stream.status, stream.length, start))
     return StreamBody(
         id=stream.id,
         status=stream.status,
@@ -303,7 +317,7 @@ def expire_stream(stream_id: StreamId, seconds: float | None = None) -> str | No
     seconds = timeout() if seconds is None else seconds
     waited = pending_timeout()
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         expired = (
             stale_streams(seconds, now=now)
             .filter(pk=stream_id)
@@ -361,7 +375,7 @@ def cancel_stream(stream_id: StreamId) -> str:
     """
     pk = parse_stream_id(stream_id)
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         if Stream.objects.filter(pk=pk, status=Status.PENDING).update(
             status=Status.CANCELLED, finished_at=now, updated_at=now
         ):
@@ -412,7 +426,7 @@ def purge_streams(
         )
         if not ids:
             return deleted
-        with transaction.atomic():
+        with write_transaction():
             # Chunks first, in one statement, rather than through the collector.
             Chunk.objects.filter(stream_id__in=ids).delete()
             deleted += Stream.objects.filter(pk__in=ids).delete()[1].get("streaming_app.Stream", 0)
@@ -430,7 +444,7 @@ def compact_stream(stream_id: StreamId) -> bool:
         pk = parse_stream_id(stream_id)
     except Stream.DoesNotExist:
         return False
-    with transaction.atomic():
+    with write_transaction():
         # The row lock keeps a deletion or another compaction out until we commit.
         if not lock_streams(Stream.objects.finished().filter(pk=pk)):
             return False

@@ -31,6 +31,7 @@ from .streams import (
     cancel_stream,
     claim_stream,
     expire_if_stale,
+    offset_parameter,
     parse_flag,
 )
 
@@ -349,9 +350,11 @@ class StreamBodyView(JsonView):
     """``GET /api/streams/<id>/[?offset=N]``: the committed body from an offset."""
 
     async def get(self, request: HttpRequest, stream_id: str) -> HttpResponse:
-        offset = request.GET.get("offset", "0")
+        offsets = request.GET.getlist("offset")
         try:
-            body = await act_on(request, stream_id, "read", lambda s: body_of(s, offset))
+            body = await act_on(
+                request, stream_id, "read", lambda s: body_of(s, offset_parameter(offsets))
+            )
         except STREAM_ERRORS as exc:
             return error_for(exc)
         return JsonResponse(body.as_dict())

@@ -61,6 +61,24 @@ def test_a_missing_channel_layer_is_a_warning():
     assert warning.id == "streaming_app.W001"
 
 
+def test_the_hint_of_w001_gives_the_one_process_layer_which_silences_it():
+    with override_settings(CHANNEL_LAYERS=None):
+        (warning,) = check_channel_layer()
+    layer = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    hint = warning.hint or ""
+    assert f"CHANNEL_LAYERS = {layer!r}" in hint
+    assert "channels_redis.pubsub.RedisPubSubChannelLayer" in hint
+    with override_settings(CHANNEL_LAYERS=layer):
+        assert check_channel_layer() == []
+
+
+def test_min_over_max_flush_interval_names_both_values():
+    with override_settings(STREAMING_APP={"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1.5}):
+        (error,) = check_settings()
+    assert error.id == "streaming_app.E004"
+    assert "['MIN_FLUSH_INTERVAL'] (2)" in error.msg and "MAX_FLUSH_INTERVAL (1.5)" in error.msg
+
+
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_postgres_without_a_pool_is_a_warning(settings):
     from streaming_app.checks import check_database_connections
@@ -75,3 +93,14 @@ def test_postgres_without_a_pool_is_a_warning(settings):
     (warning,) = check_database_connections()
     assert warning.id == "streaming_app.W002"
     assert "DATABASES['plain']" in warning.msg
+    # What a missing pool costs with the committer (bench/connections.py): a connection
+    # per transaction, and transactions bounded per process by FLUSH_TICK.
+    assert "every flush of every stream" not in warning.msg
+    assert "for every transaction" in warning.msg
+    assert "up to 20 a second per process (1 / FLUSH_TICK)" in warning.msg
+    settings.STREAMING_APP = {"FLUSH_TICK": 0.1}
+    (warning,) = check_database_connections()
+    assert "up to 10 a second per process" in warning.msg
+    settings.STREAMING_APP = {"FLUSH_TICK": "bad"}  # E003's; W002 still speaks
+    (warning,) = check_database_connections()
+    assert warning.id == "streaming_app.W002"
