@@ -59,9 +59,10 @@ dist: install
 
 # The benchmarks (bench/): each writes bench/results/<name>.json, then bench/report.py
 # writes docs/benchmarks.md from them. Those that run across processes need
-# DATABASE_URL (PostgreSQL) and REDIS_URL; flush_policy and compaction run on SQLite and,
-# when DATABASE_URL is PostgreSQL, there too. bench-smoke runs each for seconds (CI),
-# into bench/results/smoke/, and renders the report from those to a scratch file.
+# DATABASE_URL (PostgreSQL) and REDIS_URL; flush_cost and connections need PostgreSQL;
+# flush_policy and compaction run on SQLite and, when DATABASE_URL is PostgreSQL, there
+# too. bench-smoke runs each for seconds (CI), into bench/results/smoke/, and renders
+# the report from those to a scratch file.
 BENCH_ARGS ?=
 BENCH_OUT ?= docs/benchmarks.md
 
@@ -71,8 +72,9 @@ define benchmarks
 	@case "$$DATABASE_URL" in postgres*) \
 		$(BIN)/python -m bench.flush_policy $(1) && \
 		$(BIN)/python -m bench.compaction $(1) && \
-		$(BIN)/python -m bench.flush_cost $(1);; \
-	*) echo "flush_policy, compaction (PostgreSQL) and flush_cost skipped: set DATABASE_URL=postgres://...";; esac
+		$(BIN)/python -m bench.flush_cost $(1) && \
+		$(BIN)/python -m bench.connections $(1);; \
+	*) echo "flush_policy, compaction (PostgreSQL), flush_cost and connections skipped: set DATABASE_URL=postgres://...";; esac
 	@if [ -n "$$REDIS_URL" ] && case "$$DATABASE_URL" in postgres*) true;; *) false;; esac; then \
 		$(BIN)/python -m bench.fanout $(1) && \
 		$(BIN)/python -m bench.capacity $(1) && \

@@ -16,11 +16,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-from bench.results import write
+from bench.results import in_child, write
 
 
 def measure(flushes: int) -> dict[str, float]:
@@ -59,15 +57,7 @@ def measure(flushes: int) -> dict[str, float]:
 
 
 def run(pool_size: str, flushes: int) -> dict[str, float]:
-    env = {**os.environ, "DATABASE_POOL_SIZE": pool_size}
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.flush_cost", "--child", str(flushes)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return dict(json.loads(out.splitlines()[-1]))
+    return in_child("bench.flush_cost", str(flushes), pool_size=pool_size)
 
 
 def main() -> None:

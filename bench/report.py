@@ -278,6 +278,42 @@ def flush_cost(result: dict[str, Any], images: Path) -> str:
     )
 
 
+def connections(result: dict[str, Any], images: Path) -> str:
+    parameters = result["parameters"]
+    ceiling = next((r["ceiling"] for r in result["summary"] if r["ceiling"]), None)
+    return "\n".join(
+        [
+            "## PostgreSQL connections of a process's writers (`bench/connections.py`)",
+            "",
+            provenance(result),
+            "",
+            "N streams driven at once in one process (each starts within a second, then "
+            f"a word every 20 ms for {parameters['seconds']:g} s), with `CONN_MAX_AGE = 0`: "
+            "*no pool*, as startproject leaves it, and the example's pool (`min_size` 2), "
+            "the same-run baseline. Connections as the server counts them "
+            "(`pg_stat_database.sessions`): opened while the streams were live, and by the "
+            "process in all (migrations and pool included). The writers' transactions "
+            "are one per tick at most"
+            + (f" ({ceiling:g} a second, `1 / FLUSH_TICK`)" if ceiling else "")
+            + "; without a pool each opens a connection.",
+            "",
+            table(
+                result["summary"],
+                [
+                    ("N", "n", number()),
+                    ("connections", "mode", text),
+                    ("opened while live", "connections", number()),
+                    ("per second", "connections_per_second", number(1)),
+                    ("of 1 / FLUSH_TICK", "ceiling_ratio", ratio),
+                    ("writer tx/s", "transactions_per_second", number(1)),
+                    ("opened per tx", "per_transaction", number(2)),
+                    ("opened in all", "process_connections", number()),
+                ],
+            ),
+        ]
+    )
+
+
 def fanout(result: dict[str, Any], images: Path) -> str:
     return "\n".join(
         [
@@ -352,6 +388,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("flush_policy_sqlite", flush_policy),
     ("flush_policy_postgresql", flush_policy),
     ("flush_cost", flush_cost),
+    ("connections", connections),
     ("fanout", fanout),
     ("compaction_sqlite", compaction),
     ("compaction_postgresql", compaction),
@@ -381,6 +418,7 @@ def main() -> None:
             missing.append(name)
     if missing:
         parts += ["", "Not run yet: " + ", ".join(f"`{name}`" for name in missing) + "."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts) + "\n")
     print(f"wrote {args.out}")
 

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -62,6 +63,19 @@ def write(
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {path.relative_to(RESULTS.parent.parent)}")
     return path
+
+
+def in_child(module: str, *args: str, pool_size: str) -> dict[str, Any]:
+    """What ``python -m <module> --child <args>`` measured (the JSON of its last line of
+    output), in a fresh process with ``DATABASE_POOL_SIZE=<pool_size>``."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--child", *args],
+        env={**os.environ, "DATABASE_POOL_SIZE": pool_size},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(json.loads(out.splitlines()[-1]))
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
