@@ -144,7 +144,8 @@ CHAT_MAX_CONTEXT_CHARS = 64_000
 # Seconds between the offline demo model's pieces ("a human pace").
 DEMO_MODEL_DELAY = env_number("DEMO_MODEL_DELAY", "0.03", float)
 
-CSRF_FAILURE_VIEW = "example_project.chat.views.csrf_failure"
+# JSON for the drives' fetches, Django's page for a form a page posted.
+CSRF_FAILURE_VIEW = "streaming_app.views.csrf_failure"
 
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = "en-us"

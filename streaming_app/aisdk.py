@@ -45,7 +45,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
@@ -54,17 +53,19 @@ from .clients import request_viewer_key
 from .errors import GENERIC
 from .flush import FlushPolicy
 from .hub import Hub, Viewer, hub
-from .models import Status, Stream, is_finished
+from .models import Status, is_finished
 from .parts import FINISH, REASONING, TEXT, TOOL_CALL, TOOL_RESULT, Entry
-from .publish import published_after
 from .run import Source, StreamRun
 from .sse import leave_soon
 from .streams import StreamId, parse_stream_id
 from .views import (
+    ENDED_WITHOUT_MESSAGE,
     STREAM_ERRORS,
     DriverFeed,
     aclaim_to_drive,
+    end_with_outcome,
     error_for,
+    post_only,
     request_user,
     require_asgi,
 )
@@ -85,12 +86,6 @@ KEEPALIVE = ": keep-alive\n\n"
 
 #: The finish reasons every AI SDK since v5 accepts; any other is ``other``.
 FINISH_REASONS = frozenset({"stop", "length", "content-filter", "tool-calls", "error", "other"})
-
-#: What a reader is told when a stream ends in a way that carries no message.
-ENDED_WITHOUT_MESSAGE: dict[str, str] = {
-    Status.ERROR: GENERIC,
-    Status.TIMEOUT: "the reply timed out",
-}
 
 
 def sse_chunk(chunk: Chunk) -> str:
@@ -361,43 +356,6 @@ def _streaming_response(content: Any, stream_id: Any) -> StreamingHttpResponse:
 # Driving ---------------------------------------------------------------------------------
 
 
-def _error_of(stream_id: Any) -> str:
-    row = Stream.objects.filter(pk=stream_id).values_list("error", flat=True).first()
-    return row or ""
-
-
-_read_error = published_after(_error_of, thread_sensitive=False)
-
-
-async def _outcome(run: StreamRun) -> tuple[str, str | None]:
-    """How a run ended: its status and, for an error, the public message its stream
-    holds (what every other reader of the stream is told)."""
-    try:
-        # The run's task, not wait(): the driver is told once the status has
-        # committed, without waiting for the channel layer.
-        status = await asyncio.shield(run.task)
-    except asyncio.CancelledError:
-        if not run.task.done():
-            raise  # this task was cancelled, not the run
-        status = run.status or Status.CANCELLED
-    except Exception:
-        logger.exception("the run of stream %s failed", run.stream_id)
-        return Status.ERROR, None
-    if status not in (Status.ERROR, Status.TIMEOUT):
-        return status, None
-    if run.error:
-        return status, run.error
-    try:
-        return status, await _read_error(run.stream_id) or None
-    except (OperationalError, InterfaceError) as exc:
-        logger.warning("the error of stream %s could not be read: %r", run.stream_id, exc)
-        return status, None
-
-
-# The tasks that end driving responses: referenced until done (the loop keeps weak ones).
-_ending: set[asyncio.Task[None]] = set()
-
-
 async def aui_message_stream_response(
     request: HttpRequest,
     stream_id: StreamId,
@@ -410,8 +368,10 @@ async def aui_message_stream_response(
     is generated, before it commits.
 
     The stream is claimed and run as :func:`~streaming_app.views.astream_response`
-    does, with the same answers before it starts (JSON errors: 404, 403, 409, 503 and
-    429 with ``Retry-After``); once it runs, generation goes on if the browser hangs up
+    does, with the same answers before it starts (JSON errors: 405 for anything but
+    POST, 404, 403, 409, 503 and 429 with ``Retry-After``); unlike it, the response
+    starts at once (with ``start``), and how the stream ended is always its last
+    chunk; once it runs, generation goes on if the browser hangs up
     (see ``CANCEL_ON_DISCONNECT``). ``source`` yields ``str`` pieces or the parts of
     :mod:`streaming_app.parts`. ``message_id`` names the assistant message (by
     default the stream's id, which :func:`aresume_response` uses too). The stream ends
@@ -420,6 +380,9 @@ async def aui_message_stream_response(
     WSGI it raises RuntimeError.
     """
     require_asgi(request)
+    refused = post_only(request)
+    if refused is not None:
+        return refused
     user = await request_user(request)
     try:
         stream = await aclaim_to_drive(user, stream_id)
@@ -437,21 +400,8 @@ async def aui_message_stream_response(
         feed.push(encoder.text(offset, text, run.parts))
         offset += len(text)
 
-    async def end() -> None:
-        try:
-            status, error = await _outcome(run)
-            feed.push(encoder.status(status, error, run.parts))
-        finally:
-            feed.end()
-
-    def generation_ended() -> None:
-        # The status is known once the run has ended, a moment later.
-        task = asyncio.get_running_loop().create_task(end())
-        _ending.add(task)
-        task.add_done_callback(_ending.discard)
-
     run.tap = tap
-    run.start(on_end=generation_ended)
+    run.start(on_end=end_with_outcome(run, feed, lambda s, e: encoder.status(s, e, run.parts)))
     return _streaming_response(feed, stream.pk)
 
 

@@ -8,19 +8,26 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.log import log_response
+from django.utils.module_loading import import_string
 from django.views import View
+from django.views import csrf as django_csrf
+from django.views.decorators.csrf import csrf_exempt
 
 from . import conf
+from .errors import GENERIC
 from .exceptions import InvalidOffset, Overloaded, StreamNotPending
 from .flush import FlushPolicy
-from .hub import text_message, to_json
-from .models import Stream
+from .hub import status_message, text_message, to_json
+from .models import Status, Stream
 from .permissions import Action, load_stream
 from .publish import published_after
 from .run import Source, StreamRun, live_runs
@@ -43,6 +50,85 @@ T = TypeVar("T")
 def error_response(code: int, message: str, **extra: Any) -> JsonResponse:
     """A JSON error: ``{"error": message, ...extra}`` with HTTP status ``code``."""
     return JsonResponse({"error": message, **extra}, status=code)
+
+
+def method_not_allowed(request: HttpRequest, allowed: list[str], hint: str = "") -> JsonResponse:
+    """405, as JSON, with ``Allow``."""
+    response = error_response(405, f"{request.method} is not allowed{hint or ' here'}")
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
+def post_only(request: HttpRequest) -> JsonResponse | None:
+    """What every driving response checks before it claims anything: a stream is driven
+    by POST (which the CSRF check covers), never by a GET a link or a prefetch makes."""
+    if request.method == "POST":
+        return None
+    return method_not_allowed(request, ["POST"], ": drive by POST")
+
+
+# CSRF ------------------------------------------------------------------------------------
+
+#: Django's logger of CSRF refusals.
+csrf_logger = logging.getLogger("django.security.csrf")
+
+
+def csrf_error(reason: str) -> JsonResponse:
+    """The JSON 403 of a request that failed Django's CSRF check for ``reason``."""
+    return error_response(403, f"CSRF verification failed: {reason}")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A ``CSRF_FAILURE_VIEW`` for a project whose drives are fetched: the JSON 403 of
+    :func:`csrf_error`, except for a browser's page asking for HTML (``Accept`` has
+    ``text/html``: a form posted by a page), which gets Django's own page."""
+    if "text/html" in request.headers.get("Accept", ""):
+        return django_csrf.csrf_failure(request, reason=reason)
+    return csrf_error(reason)
+
+
+def _refuse_as_json(self: CsrfViewMiddleware, request: HttpRequest, reason: str) -> HttpResponse:
+    response = csrf_error(reason)
+    log_response(
+        "Forbidden (%s): %s",
+        reason,
+        request.path,
+        response=response,
+        request=request,
+        logger=csrf_logger,
+    )
+    return response
+
+
+_json_checks: dict[type[CsrfViewMiddleware], type[CsrfViewMiddleware]] = {}
+
+
+def _json_check(middleware: type[CsrfViewMiddleware]) -> type[CsrfViewMiddleware]:
+    # ``_reject`` is the hook Django's own ``requires_csrf_token`` overrides; everything
+    # else (the origin, the referer, the token) is the project's middleware's.
+    if middleware not in _json_checks:
+        name = f"Json{middleware.__name__}"
+        _json_checks[middleware] = type(name, (middleware,), {"_reject": _refuse_as_json})
+    return _json_checks[middleware]
+
+
+def _unchecked(request: HttpRequest) -> HttpResponse:  # the view the check is told of
+    return HttpResponse()  # pragma: no cover - never called
+
+
+def csrf_refusal(request: HttpRequest) -> JsonResponse | None:
+    """Django's CSRF check of ``request``, as the project's ``CsrfViewMiddleware``
+    makes it, refusing with JSON (:func:`csrf_error`) whatever ``CSRF_FAILURE_VIEW``
+    says; None if it passes, or the project has no such middleware. For a view that is
+    ``csrf_exempt`` so that the middleware leaves the check to it; synchronous (with
+    ``CSRF_USE_SESSIONS`` it reads the session)."""
+    for dotted in settings.MIDDLEWARE:
+        middleware = import_string(dotted)
+        if isinstance(middleware, type) and issubclass(middleware, CsrfViewMiddleware):
+            check = _json_check(middleware)(_unchecked)
+            refused = check.process_view(request, _unchecked, (), {})
+            return refused if isinstance(refused, JsonResponse) else None
+    return None
 
 
 #: What reading, driving or cancelling a stream may raise, each answered by
@@ -188,8 +274,8 @@ class DriverFeed:
     """The driving browser's response body: each piece the moment it is produced.
 
     A run's tap pushes pieces in; the response reads them out, all that is waiting at
-    once. If the browser goes away the run is told, and goes on without it (or stops,
-    with ``CANCEL_ON_DISCONNECT``).
+    once, and ends with the last piece given to :meth:`end`. If the browser goes away
+    the run is told, and goes on without it (or stops, with ``CANCEL_ON_DISCONNECT``).
     """
 
     def __init__(self, run: StreamRun) -> None:
@@ -201,6 +287,9 @@ class DriverFeed:
         self._ended = False
         self._eof = False
         self._hung_up = False
+        self._last = ""
+        # What first() took from the queue, for the response to read.
+        self._held: list[str | None] = []
 
     def push(self, piece: str) -> None:
         if self._hung_up or not piece:
@@ -217,9 +306,26 @@ class DriverFeed:
             return
         self._queue.put_nowait(piece)
 
-    def end(self) -> None:
+    def end(self, last: str = "") -> None:
+        """The body ends, with ``last`` (which is not a piece: see :meth:`first`)."""
+        if self._ended:
+            return
         self._ended = True
+        self._last = last
         self._queue.put_nowait(None)
+
+    async def first(self) -> bool:
+        """Wait for the first piece, or the end: whether a piece came first (False: the
+        run ended before producing one). The response reads it as if nothing had been
+        waited for. Cancelled (the browser hung up meanwhile), it hangs up."""
+        try:
+            piece = await self._queue.get()
+        except asyncio.CancelledError:
+            self._hang_up()
+            raise
+        self._held.append(piece)
+        # Abandoned meanwhile: the response fails as it would have.
+        return piece is not None or self._hung_up
 
     def __aiter__(self) -> DriverFeed:
         return self
@@ -227,11 +333,14 @@ class DriverFeed:
     async def __anext__(self) -> bytes:
         if self._eof:
             raise StopAsyncIteration
-        try:
-            piece = await self._queue.get()
-        except asyncio.CancelledError:
-            self._hang_up()
-            raise
+        if self._held:
+            piece = self._held.pop()
+        else:
+            try:
+                piece = await self._queue.get()
+            except asyncio.CancelledError:
+                self._hang_up()
+                raise
         parts: list[str] = []
         while piece is not None:
             parts.append(piece)
@@ -244,6 +353,8 @@ class DriverFeed:
                 # Abandoned, not finished: fail the response rather than end it
                 # cleanly, so the browser does not take a part for the whole.
                 raise ConnectionAbortedError("the driving browser stopped reading")
+            if self._last:
+                parts.append(self._last)
             if not parts:
                 raise StopAsyncIteration
         text = "".join(parts)
@@ -267,6 +378,106 @@ class DriverFeed:
             self._run.cancel()
 
 
+# How a run ended -------------------------------------------------------------------------
+
+#: What a driver is told when a stream ends in a way that carries no message.
+ENDED_WITHOUT_MESSAGE: dict[str, str] = {
+    Status.ERROR: GENERIC,
+    Status.TIMEOUT: "the reply timed out",
+    Status.CANCELLED: "the reply was cancelled",
+}
+
+#: The HTTP status of a drive whose run ended before its first piece, by how it ended
+#: (``done`` is 200 with an empty body; a stream gone from the database, 502).
+ENDED_CODES: dict[str, int] = {Status.ERROR: 502, Status.TIMEOUT: 504, Status.CANCELLED: 409}
+
+
+def _error_of(stream_id: Any) -> str:
+    row = Stream.objects.filter(pk=stream_id).values_list("error", flat=True).first()
+    return row or ""
+
+
+_read_error = published_after(_error_of, thread_sensitive=False)
+
+
+async def run_outcome(run: StreamRun) -> tuple[str, str | None]:
+    """How a run ended: its status and, for an error, the public message its stream
+    holds (what every other reader of the stream is told). Returns once the status has
+    committed, without waiting for the channel layer; cancelling the wait leaves the
+    run alone."""
+    try:
+        status = await asyncio.shield(run.task)
+    except asyncio.CancelledError:
+        if not run.task.done():
+            raise  # this task was cancelled, not the run
+        status = run.status or Status.CANCELLED
+    except Exception:
+        logger.exception("the run of stream %s failed", run.stream_id)
+        return Status.ERROR, None
+    if status not in (Status.ERROR, Status.TIMEOUT):
+        return status, None
+    if run.error:
+        return status, run.error
+    try:
+        return status, await _read_error(run.stream_id) or None
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning("the error of stream %s could not be read: %r", run.stream_id, exc)
+        return status, None
+
+
+# The tasks that end driving responses: referenced until done (the loop keeps weak ones).
+_ending: set[asyncio.Task[None]] = set()
+
+
+def end_with_outcome(
+    run: StreamRun, feed: DriverFeed, last: Callable[[str, str | None], str]
+) -> Callable[[], None]:
+    """An ``on_end`` for ``run`` that ends ``feed`` with ``last(status, error)`` once
+    the run's status is known (:func:`run_outcome`), a moment after generation ends."""
+
+    async def end() -> None:
+        try:
+            status, error = await run_outcome(run)
+            feed.end(last(status, error))
+        finally:
+            feed.end()
+
+    def generation_ended() -> None:
+        task = asyncio.get_running_loop().create_task(end())
+        _ending.add(task)
+        task.add_done_callback(_ending.discard)
+
+    return generation_ended
+
+
+def status_line(status: str, error: str | None) -> str:
+    """The NDJSON drive's last line: the websocket's status message."""
+    return to_json(status_message(status, error)) + "\n"
+
+
+def _driving_headers(response: HttpResponseBase, stream_id: Any) -> HttpResponseBase:
+    response["Cache-Control"] = "no-cache, no-transform"
+    # nginx and other proxies must not hold the tokens back.
+    response["X-Accel-Buffering"] = "no"
+    response["X-Stream-Id"] = str(stream_id)
+    return response
+
+
+def ended_response(
+    stream_id: Any, status: str, error: str | None, content_type: str
+) -> HttpResponseBase:
+    """The answer to a drive whose run ended before its first piece: 200 and an empty
+    body for ``done``; otherwise ``{"error", "status", "id"}`` with the status code of
+    :data:`ENDED_CODES` (502 for ``error``, 504 ``timeout``, 409 ``cancelled``)."""
+    if status == Status.DONE:
+        return _driving_headers(HttpResponse(b"", content_type=content_type), stream_id)
+    message = error or ENDED_WITHOUT_MESSAGE.get(status, GENERIC)
+    response = error_response(
+        ENDED_CODES.get(status, 502), message, status=status or Status.ERROR, id=str(stream_id)
+    )
+    return _driving_headers(response, stream_id)
+
+
 async def astream_response(
     request: HttpRequest,
     stream_id: StreamId,
@@ -278,24 +489,36 @@ async def astream_response(
 ) -> HttpResponseBase:
     """Drive a stream: return the response that streams its text as it is generated.
 
-    ``generate`` is an async iterable of text pieces (an async generator, an ``openai``
-    stream mapped to its deltas), or an async callable that receives ``append`` and
-    awaits ``append(text)`` for each piece. The stream is claimed first: a second
-    driver gets 409, an unknown stream 404, a user the permission policy refuses 403.
-    Over this process's ``MAX_LIVE_STREAMS`` the answer is 503, over the user's
-    ``MAX_LIVE_STREAMS_PER_USER`` 429, both with ``Retry-After``; the stream stays
-    ``pending`` for the retry.
+    Only a POST drives: anything else is answered 405 (JSON, ``Allow: POST``) before
+    anything is claimed. ``generate`` is an async iterable of text pieces (an
+    ``openai`` stream mapped to its deltas), or an async callable that receives
+    ``append`` and awaits ``append(text)`` for each piece. The stream is claimed
+    first: a second driver gets 409, an unknown stream 404, a user the permission
+    policy refuses 403. Over this process's ``MAX_LIVE_STREAMS`` the answer is 503,
+    over the user's ``MAX_LIVE_STREAMS_PER_USER`` 429, both with ``Retry-After``; the
+    stream stays ``pending`` for the retry.
+
+    The response starts with the run's first piece. A run that ends before producing
+    one is answered with how it ended (:func:`ended_response`): 502 with the stream's
+    public error message for ``error``, 504 for ``timeout``, 409 for ``cancelled``
+    (JSON ``{"error", "status", "id"}``), 200 with an empty body for ``done``. Once the
+    body has begun it can only end: its last line, with ``parts``, says how.
 
     Generation runs in a task of its own: it goes on to the end if the browser hangs
-    up (see ``CANCEL_ON_DISCONNECT``), and the database never holds the response up.
-    Once claimed, the stream holds no database connection of the request's. Needs an
-    ASGI server (daphne, uvicorn): under WSGI it raises RuntimeError.
+    up, before the first piece or after (see ``CANCEL_ON_DISCONNECT``), and the
+    database never holds the response up. Once claimed, the stream holds no database
+    connection of the request's. Needs an ASGI server (daphne, uvicorn): under WSGI it
+    raises RuntimeError.
 
     With ``parts`` (by default: the request's ``?parts=1``) the body is the websocket's
     text messages, with the part map, one JSON object per line (NDJSON; see
-    docs/protocol.md), for a client that shows reasoning and tool calls apart.
+    docs/protocol.md), ending with its status message, for a client that shows
+    reasoning and tool calls apart.
     """
     require_asgi(request)
+    refused = post_only(request)
+    if refused is not None:
+        return refused
     user = await request_user(request)
     try:
         stream = await aclaim_to_drive(user, stream_id)
@@ -306,18 +529,19 @@ async def astream_response(
     feed = DriverFeed(run)
     if parts is None:
         parts = parse_flag(request.GET.get("parts"))
+    on_end: Callable[[], None]
     if parts:
         run.tap = part_lines(run, feed.push)
         content_type = "application/x-ndjson; charset=utf-8"
+        on_end = end_with_outcome(run, feed, status_line)
     else:
         run.tap = feed.push
-    run.start(on_end=feed.end)
-    response = StreamingHttpResponse(feed, content_type=content_type)
-    response["Cache-Control"] = "no-cache, no-transform"
-    # nginx and other proxies must not hold the tokens back.
-    response["X-Accel-Buffering"] = "no"
-    response["X-Stream-Id"] = str(stream.pk)
-    return response
+        on_end = feed.end  # at once: the text has no last line to wait for
+    run.start(on_end=on_end)
+    if not await feed.first():
+        status, error = await run_outcome(run)
+        return ended_response(stream.pk, status, error, content_type)
+    return _driving_headers(StreamingHttpResponse(feed, content_type=content_type), stream.pk)
 
 
 def stream_response(
@@ -326,17 +550,39 @@ def stream_response(
     generate: Source,
     **kwargs: Any,
 ) -> HttpResponseBase:
-    """:func:`astream_response` for a synchronous view, served under ASGI."""
+    """:func:`astream_response` for a synchronous view, served under ASGI. (The view's
+    thread waits for the first piece; a browser that hangs up meanwhile is noticed
+    once the response is returned.)"""
     require_asgi(request)
     return async_to_sync(astream_response)(request, stream_id, generate, **kwargs)
 
 
 class JsonView(View):
-    """A view whose every answer, errors included, is JSON."""
+    """A view whose every answer, errors included, is JSON: its CSRF check too, made
+    here rather than by ``CsrfViewMiddleware`` (which answers with
+    ``CSRF_FAILURE_VIEW``, HTML by default), as the middleware would make it."""
+
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
+        # The middleware leaves the check to dispatch().
+        return csrf_exempt(super().as_view(**initkwargs))
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        dispatch: Any = super().dispatch
+        if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+            return dispatch(request, *args, **kwargs)
+        if not self.view_is_async:
+            return csrf_refusal(request) or dispatch(request, *args, **kwargs)
+
+        async def checked() -> Any:
+            refused = await sync_to_async(csrf_refusal)(request)
+            return refused or await dispatch(request, *args, **kwargs)
+
+        return checked()
 
     def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        response = error_response(405, f"{request.method} is not allowed here")
-        response["Allow"] = ", ".join(m.upper() for m in self.http_method_names if hasattr(self, m))
+        allowed = [m.upper() for m in self.http_method_names if hasattr(self, m)]
+        response = method_not_allowed(request, allowed)
         if self.view_is_async:
 
             async def answer() -> HttpResponse:

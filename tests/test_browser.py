@@ -12,7 +12,7 @@ import pytest
 
 from example_project.chat.llm import demo_answer, demo_body, demo_reasoning
 
-from .servers import ScriptedOpenAI
+from .servers import FakeOpenAI, ScriptedOpenAI
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow, pytest.mark.browser]
 
@@ -126,6 +126,47 @@ def test_closing_the_tab_mid_reply_loses_nothing(daphne_factory, chromium):
     wait_for_status(again, "done")
     assert reply_answers(again) == [demo_answer(asked("Keep going without me"))]
     assert reply_texts(again) == [demo_body(asked("Keep going without me"))]
+
+
+# Counts the websockets a page opens.
+COUNT_SOCKETS = """
+window.__sockets = [];
+const RealWebSocket = window.WebSocket;
+window.WebSocket = class extends RealWebSocket {
+  constructor(url, ...rest) {
+    super(url, ...rest);
+    window.__sockets.push(String(url));
+  }
+};
+"""
+
+
+def test_a_model_that_fails_before_any_text_shows_its_error_from_the_drive_alone(
+    daphne_factory, chromium
+):
+    fake = FakeOpenAI(["never"], status=400)
+    try:
+        server = daphne_factory(
+            OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=fake.base_url, OPENAI_MODEL="test-model"
+        )
+        context = chromium.new_context(base_url=server.url)
+        context.add_init_script(COUNT_SOCKETS)
+        answers: list[int] = []
+        context.on(
+            "response",
+            lambda r: (
+                answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None
+            ),
+        )
+        page = ask(context, "Fail at once")
+        wait_for_status(page, "error")
+        status_line = page.locator("stream-text .stream-text-status").first.text_content()
+        assert status_line == "error: the model answered with an error (HTTP 400)"
+        assert answers == [502]
+        # The drive's answer said how it ended: the page did not watch to learn it.
+        assert page.evaluate("window.__sockets") == []
+    finally:
+        fake.close()
 
 
 def test_the_stop_button_cancels_the_reply_and_keeps_what_was_written(

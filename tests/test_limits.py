@@ -35,6 +35,7 @@ async def read(response: Any) -> str:
 async def test_over_the_process_limit_a_drive_gets_503_and_the_stream_stays_pending():
     (first, owner), (second, other) = await owned_stream(), await owned_stream()
     source = Fed()
+    source.feed("Working. ")  # the answer starts with the first piece
     live = await astream_response(drive_request(owner), first.pk, source, policy=QUICK)
     assert live.status_code == 200
     refused = await astream_response(drive_request(other), second.pk, paced(["x"]), policy=QUICK)
@@ -56,6 +57,7 @@ async def test_over_the_users_limit_a_drive_gets_429_and_others_are_not_held_up(
     alice, bob = await users.acreate(username="alice"), await users.acreate(username="bob")
     streams = [await sync_to_async(create_stream)(owner=u) for u in (alice, alice, bob)]
     source = Fed()
+    source.feed("Working. ")
     live = await astream_response(drive_request(alice), streams[0].pk, source, policy=QUICK)
     assert live.status_code == 200
     refused = await astream_response(drive_request(alice), streams[1].pk, paced(["x"]))

@@ -305,7 +305,9 @@ async def test_a_part_aware_driver_gets_every_piece_with_its_part_as_ndjson():
     assert response["Content-Type"] == "application/x-ndjson; charset=utf-8"
     raw = b"".join([chunk async for chunk in response])  # type: ignore[attr-defined]
     text, entries = "", list[dict[str, Any]]()
-    for line in raw.decode().splitlines():
+    *lines, last = raw.decode().splitlines()
+    assert json.loads(last) == {"type": "status", "status": "done", "error": None}
+    for line in lines:
         message = json.loads(line)
         assert message["type"] == "text" and message["offset"] == len(text)
         text += message["text"]

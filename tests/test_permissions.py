@@ -138,10 +138,10 @@ async def drive_then_cancel(client: AsyncClient, answered: Any, stopped: Any, vi
     assert await asyncio.wait_for(read_all(driven), 10) == "An answer."
 
     sources[str(stopped.pk)] = source = Source()
+    source.feed("Partial ")  # a text drive answers with its first piece
     live = await client.post(f"{via}{stopped.pk}/")
     assert live.status_code == 200
     reading = asyncio.create_task(read_all(live))
-    source.feed("Partial ")
     await wait_committed(stopped.pk, len("Partial "))
     cancelled = await client.post(f"/api/streams/{stopped.pk}/cancel/")
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")

@@ -35,10 +35,6 @@ class BadRequest(Exception):
         return error_response(self.status, str(self))
 
 
-def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
-    return error_response(403, f"CSRF verification failed: {reason}")
-
-
 def read_prompt(request: HttpRequest) -> str:
     """The ``prompt`` of a JSON body, refusing oversize bodies before reading them."""
     limit = int(settings.CHAT_MAX_PROMPT_CHARS)

@@ -5,8 +5,12 @@ export type Status = "pending" | "streaming" | "done" | "error" | "cancelled" | 
 /** A refusal: an HTTP status (400, 403, 404, 429, 503...) or a websocket close code
  * (4400, 4403, 4404; 1011 once the server has failed past SERVER_ERROR_RETRIES). */
 export class StreamError extends Error {
-  constructor(status: number, message: string);
+  constructor(status: number, message: string, streamStatus?: Status | null);
   status: number;
+  /** How the stream ended, when the answer says: a drive whose run ended before its
+   * first piece (502 "error", 504 "timeout", 409 "cancelled"); the message is then
+   * the stream's public error. Otherwise null. */
+  streamStatus: Status | null;
 }
 
 export const TERMINAL: ReadonlySet<Status>;
@@ -124,6 +128,8 @@ export function drive(
      * message brought only entries. */
     parts?: boolean;
     onMap?: OnMap;
+    /** With `parts`: the stream's final status, the body's last line. */
+    onStatus?: OnStatus;
   },
 ): Promise<string>;
 

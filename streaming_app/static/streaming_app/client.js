@@ -3,10 +3,14 @@
 // Offsets count Unicode code points, as Python's len() does: use codePoints(), never
 // String.prototype.length (UTF-16 units), to compare them.
 
+// `status`: the HTTP status or websocket close code. `streamStatus`: how the stream
+// ended, when the answer says (a drive whose run ended before its first piece: 502
+// "error", 504 "timeout", 409 "cancelled"; docs/api.md), else null.
 export class StreamError extends Error {
-  constructor(status, message) {
+  constructor(status, message, streamStatus = null) {
     super(message);
     this.status = status;
+    this.streamStatus = streamStatus;
   }
 }
 
@@ -19,7 +23,8 @@ export function codePoints(text) {
 async function errorOf(response) {
   try {
     const data = await response.json();
-    return new StreamError(response.status, data.error || response.statusText);
+    const ended = TERMINAL.has(data.status) ? data.status : null;
+    return new StreamError(response.status, data.error || response.statusText, ended);
   } catch {
     return new StreamError(response.status, response.statusText);
   }
@@ -201,10 +206,12 @@ function withParameter(url, parameter) {
 // onStart() is called once the server has accepted the drive (the stream is streaming).
 // With `parts`, it asks for the part map too (?parts=1: one JSON message a line):
 // onMap(first, entries) gets the entries each piece comes with, before onText gets the
-// piece ("" when only entries came). A view that answers plain text anyway is read as
-// plain text.
+// piece ("" when only entries came), and onStatus(status, error) the stream's status,
+// the body's last line. A view that answers plain text anyway is read as plain text.
+// A run that ended before its first piece rejects with a StreamError whose
+// `streamStatus` says how ("error": its message is the stream's public error).
 export async function drive(url, {
-  onText, onStart, onMap, parts = false, headers = {}, body, signal, retries = 5,
+  onText, onStart, onMap, onStatus, parts = false, headers = {}, body, signal, retries = 5,
 } = {}) {
   let response;
   for (let attempt = 0; ; attempt++) {
@@ -235,7 +242,12 @@ export async function drive(url, {
         const message = line.slice(0, end).trim();
         line = line.slice(end + 1);
         if (!message) continue;
-        const { text: piece = "", parts: entries, parts_from: first = 0 } = JSON.parse(message);
+        const data = JSON.parse(message);
+        if (data.type === "status") {
+          if (onStatus) onStatus(data.status, data.error ?? null);
+          continue;
+        }
+        const { text: piece = "", parts: entries, parts_from: first = 0 } = data;
         if (entries && onMap) onMap(first, entries);
         text += piece;
         if (onText) onText(text, piece);
@@ -564,8 +576,14 @@ export async function follow({
       });
     } catch (reason) {
       if (signal?.aborted) throw reason;
+      const refused = reason instanceof StreamError && !WATCH_INSTEAD.has(reason.status);
+      // The run ended before its first piece: the answer says how.
+      if (refused && reason.streamStatus) {
+        if (onStatus) onStatus(reason.streamStatus, reason.message);
+        return ended(reason.streamStatus, reason.message);
+      }
       // A refusal other than "watch instead" is final; a dropped connection is not.
-      if (reason instanceof StreamError && !WATCH_INSTEAD.has(reason.status)) throw reason;
+      if (refused) throw reason;
     }
   }
   for (let reread = false; ; reread = true) {
