@@ -283,6 +283,12 @@ class DriverFeed:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._max_backlog = int(conf.get("MAX_PENDING_CHARS"))
+        # Until the server asks for the body (the response still on its way out, through
+        # the middleware), the driver has not stopped reading: it has not started. The
+        # feed then holds what comes, up to the most a stream may hold.
+        longest = conf.get("MAX_LENGTH")
+        self._max_unread = max(self._max_backlog, int(longest or 0))
+        self._reading = False
         self._backlog = 0
         self._ended = False
         self._eof = False
@@ -295,7 +301,7 @@ class DriverFeed:
         if self._hung_up or not piece:
             return
         self._backlog += len(piece)
-        if self._backlog > self._max_backlog:
+        if self._backlog > (self._max_backlog if self._reading else self._max_unread):
             logger.warning(
                 "the driver of stream %s stopped reading; its response is abandoned, "
                 "generation goes on",
@@ -333,6 +339,7 @@ class DriverFeed:
     async def __anext__(self) -> bytes:
         if self._eof:
             raise StopAsyncIteration
+        self._reading = True
         if self._held:
             piece = self._held.pop()
         else:
