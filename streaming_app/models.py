@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
@@ -63,8 +63,12 @@ def write_transaction(using: str | None = None, *, savepoint: bool = True) -> It
     outermost transaction here is a write that changes nothing: it waits for the lock
     (the busy timeout) before anything is read, as ``BEGIN IMMEDIATE`` would. Other
     databases lock rows (SELECT ... FOR UPDATE) instead.
+
+    ``using``: by default the database the router sends the app's writes to (where the
+    rows are), not necessarily ``default``.
     """
-    connection = connections[using or DEFAULT_DB_ALIAS]
+    using = using or router.db_for_write(Stream)
+    connection = connections[using]
     outermost = not connection.in_atomic_block
     with transaction.atomic(using=using, savepoint=savepoint):
         if (

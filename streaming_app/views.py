@@ -116,18 +116,20 @@ def _unchecked(request: HttpRequest) -> HttpResponse:  # the view the check is t
     return HttpResponse()  # pragma: no cover - never called
 
 
-def csrf_refusal(request: HttpRequest) -> JsonResponse | None:
+def csrf_refusal(request: HttpRequest) -> HttpResponseBase | None:
     """Django's CSRF check of ``request``, as the project's ``CsrfViewMiddleware``
     makes it, refusing with JSON (:func:`csrf_error`) whatever ``CSRF_FAILURE_VIEW``
-    says; None if it passes, or the project has no such middleware. For a view that is
+    says (or with the answer of a project's subclass that refuses in its own way);
+    None if it passes, or the project has no such middleware. For a view that is
     ``csrf_exempt`` so that the middleware leaves the check to it; synchronous (with
     ``CSRF_USE_SESSIONS`` it reads the session)."""
     for dotted in settings.MIDDLEWARE:
         middleware = import_string(dotted)
         if isinstance(middleware, type) and issubclass(middleware, CsrfViewMiddleware):
             check = _json_check(middleware)(_unchecked)
-            refused = check.process_view(request, _unchecked, (), {})
-            return refused if isinstance(refused, JsonResponse) else None
+            # Any answer is a refusal: the JSON one of _reject, or the project's own.
+            refused: HttpResponseBase | None = check.process_view(request, _unchecked, (), {})
+            return refused
     return None
 
 
@@ -576,7 +578,10 @@ class JsonView(View):
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         dispatch: Any = super().dispatch
-        if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        # A subclass the project exempts as Django says (method_decorator(csrf_exempt,
+        # name="dispatch")) is not checked: the exemption is on its dispatch.
+        exempt = getattr(type(self).dispatch, "csrf_exempt", False)
+        if exempt or request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
             return dispatch(request, *args, **kwargs)
         if not self.view_is_async:
             return csrf_refusal(request) or dispatch(request, *args, **kwargs)
