@@ -287,9 +287,9 @@ class DriverFeed:
         self._max_backlog = int(conf.get("MAX_PENDING_CHARS"))
         # Until the server asks for the body (the response still on its way out, through
         # the middleware), the driver has not stopped reading: it has not started. The
-        # feed then holds what comes, up to the most a stream may hold.
+        # feed then holds what comes, up to the most a stream may hold (no limit: all).
         longest = conf.get("MAX_LENGTH")
-        self._max_unread = max(self._max_backlog, int(longest or 0))
+        self._max_unread = None if longest is None else max(self._max_backlog, int(longest))
         self._reading = False
         self._backlog = 0
         self._ended = False
@@ -303,7 +303,8 @@ class DriverFeed:
         if self._hung_up or not piece:
             return
         self._backlog += len(piece)
-        if self._backlog > (self._max_backlog if self._reading else self._max_unread):
+        bound = self._max_backlog if self._reading else self._max_unread
+        if bound is not None and self._backlog > bound:
             logger.warning(
                 "the driver of stream %s stopped reading; its response is abandoned, "
                 "generation goes on",
