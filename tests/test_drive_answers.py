@@ -181,6 +181,74 @@ async def test_hanging_up_before_the_first_piece_is_not_stopping(cancel_on_disco
     assert body.text == ("" if cancel_on_disconnect else "Still written.")
 
 
+# A driver that stops reading ---------------------------------------------------------
+
+#: The log line of an abandoned drive (DriverFeed.push).
+STOPPED_READING = "stopped reading; its response is abandoned"
+BOUND = 1_000
+
+
+def long_text(characters: int) -> list[str]:
+    """``characters`` in numbered pieces of 100, so that a gap or overlap shows."""
+    return [f"{i:05d}:" + "x" * 93 + "\n" for i in range(characters // 100)]
+
+
+@pytest.mark.parametrize("max_length", [100_000, None], ids=["max-length", "no-max-length"])
+async def test_a_response_not_yet_read_holds_more_than_the_bound_and_gives_it_all(
+    max_length, caplog
+):
+    """A response the server has not asked for its body yet (on its way out through
+    the middleware) has not stopped reading: the whole reply, many times
+    ``MAX_PENDING_CHARS``, generated to its end before the first read, all reaches it
+    and its body ends cleanly."""
+    stream, owner = await owned_stream()
+    source = Fed()
+    pieces = long_text(20 * BOUND)
+    settings = {"MAX_PENDING_CHARS": BOUND, "MAX_LENGTH": max_length}
+    with override_settings(STREAMING_APP=settings):
+        async with started_run() as run_started:
+            answer = asyncio.ensure_future(
+                views.astream_response(drive_request(owner), stream.pk, source, policy=FAST)
+            )
+            run = await run_started
+        source.feed(*pieces)
+        source.end()
+        response = await asyncio.wait_for(answer, 10)
+        # The run has ended (and pushed everything) before the body's first read.
+        assert await asyncio.wait_for(run.wait(), 10) == Status.DONE
+        assert (await read(response)).decode() == "".join(pieces)
+    assert STOPPED_READING not in caplog.text
+    assert (await aget_stream_body(stream.pk)).text == "".join(pieces)
+
+
+async def test_a_driver_that_stops_reading_is_cut_off_and_the_reply_goes_on(caplog):
+    """Once the body is being read, more than ``MAX_PENDING_CHARS`` waiting for the
+    driver abandon it: its next read fails (ConnectionAbortedError: the server cuts the
+    response, so the browser cannot take a part for the whole) and the run goes on to
+    ``done`` with all its text."""
+    stream, owner = await owned_stream()
+    source = Fed()
+    pieces = long_text(20 * BOUND)
+    with override_settings(STREAMING_APP={"MAX_PENDING_CHARS": BOUND}):
+        async with started_run() as run_started:
+            answer = asyncio.ensure_future(
+                views.astream_response(drive_request(owner), stream.pk, source, policy=FAST)
+            )
+            run = await run_started
+        source.feed(pieces[0])
+        response = await asyncio.wait_for(answer, 10)
+        body: AsyncIterator[bytes] = aiter(response)  # type: ignore[arg-type]
+        assert await anext(body) == pieces[0].encode()  # reading has begun
+        source.feed(*pieces[1:])
+        source.end()
+        assert await asyncio.wait_for(run.wait(), 10) == Status.DONE
+        assert STOPPED_READING in caplog.text
+        with pytest.raises(ConnectionAbortedError):
+            await anext(body)
+    stored = await aget_stream_body(stream.pk)
+    assert (stored.status, stored.text) == (Status.DONE, "".join(pieces))
+
+
 # The NDJSON drive ends with the stream's status -------------------------------------
 
 
