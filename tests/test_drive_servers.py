@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .servers import Daphne, FakeOpenAI, Uvicorn, closing, ws_watch
+from .servers import Browser, Daphne, FakeOpenAI, Uvicorn, closing, ws_watch
+from .slow import stalled_request
+from .test_slow_readers import TCP_WMEM, long_reply, start
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
@@ -150,3 +152,143 @@ def test_the_websocket_route_takes_the_path_with_or_without_its_slash(
     assert (with_slash["text"], with_slash["statuses"]) == (text, ["done"])
     for malformed in ("/ws/streams/not-a-stream", "/ws/streams/a/b/", "/ws/streams/"):
         assert asyncio.run(watch(malformed))["code"] == 4404, malformed
+
+
+# A driver that stops reading ---------------------------------------------------------
+
+#: The log line of an abandoned drive (streaming_app.views.DriverFeed.push).
+STOPPED_READING = "stopped reading; its response is abandoned, generation goes on"
+#: MAX_PENDING_CHARS for these tests: well over what the model's client reads at once
+#: (64 KiB), which the run pushes to the driver in one turn of the event loop, a driver
+#: reading or not.
+PENDING = 200_000
+
+
+class HeldOpenAI(FakeOpenAI):
+    """A FakeOpenAI that sends the first piece, then holds the rest until the test opens
+    the gate."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.gate = threading.Event()
+        super().__init__(pieces)
+
+    async def before_event(self, index: int) -> None:
+        if index == 1:
+            await asyncio.to_thread(self.gate.wait, 60)
+
+
+async def a_drive_that_stops_reading(
+    server: Daphne, browser: Browser, fake: HeldOpenAI
+) -> tuple[socket.socket, dict[str, Any], bytes]:
+    """POST a new chat's drive over a tiny-buffer socket, read until its first piece has
+    come, then let the model go on: from then on the driver reads nothing. Returns the
+    socket, the chat and what was read."""
+    chat = browser.new_chat("Tell me everything")
+    url = urlsplit(server.url)
+    cookies = "; ".join(f"{k}={v}" for k, v in browser.http.cookies.items())
+    sock = await stalled_request(
+        server.url,
+        f"POST {chat['drive_url']} HTTP/1.1\nHost: {url.netloc}\nCookie: {cookies}\n"
+        f"X-CSRFToken: {browser.headers()['X-CSRFToken']}\nContent-Length: 0",
+    )
+    loop = asyncio.get_running_loop()
+    received = b""
+    while b"0000000:" not in received.partition(b"\r\n\r\n")[2]:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 30)
+        assert data, f"the drive ended before its first piece: {received!r}"
+        received += data
+    fake.gate.set()
+    return sock, chat, received
+
+
+def chunked(received: bytes) -> tuple[str, str, bool]:
+    """A response so far: its head, its body's text, and whether that body has ended
+    (the chunked encoding's last chunk)."""
+    head, _, rest = received.partition(b"\r\n\r\n")
+    body = b""
+    while b"\r\n" in rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return head.decode(), body.decode(), rest == b"\r\n"
+        if len(rest) < size + 2:
+            break  # inside a chunk
+        body, rest = body + rest[:size], rest[size + 2 :]
+    return head.decode(), body.decode(errors="replace"), False
+
+
+async def read_to_the_end(sock: socket.socket, received: bytes) -> tuple[str, str, bool]:
+    """Read the rest of the response, to its last chunk or the connection's end (a cut
+    response): its head, its body's text, and whether that body ended."""
+    loop = asyncio.get_running_loop()
+    while not (response := chunked(received))[2]:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 30)
+        if not data:
+            break
+        received += data
+    return response
+
+
+async def stall_a_drive_through_its_reply(
+    factories: tuple[Any, Any], kind: type[Daphne], fake: HeldOpenAI, *, abandoned: bool
+) -> tuple[Daphne, str, str, bool]:
+    """Start ``kind``, drive a reply with a driver that stops reading after the first
+    piece, wait (when ``abandoned``) for the server to say it abandoned the drive, then
+    for the stream to end ``done`` with all the reply, and only then read the driver's
+    response to its end. The server, and the response's head, text and whether it
+    ended."""
+    daphne_factory, browser_factory = factories
+    server = start(daphne_factory, kind, fake, MAX_PENDING_CHARS=PENDING)
+    browser = browser_factory(server.url)
+    sock, chat, received = await a_drive_that_stops_reading(server, browser, fake)
+    with sock:
+        deadline = asyncio.get_running_loop().time() + 120
+        while abandoned and STOPPED_READING not in server.output():
+            assert asyncio.get_running_loop().time() < deadline, "never abandoned"
+            await asyncio.sleep(0.05)
+        body = await asyncio.to_thread(browser.wait_finished, chat["stream_id"], 120)
+        assert (body["status"], body["text"]) == ("done", "".join(fake.pieces))
+        return server, *await read_to_the_end(sock, received)
+
+
+async def test_under_uvicorn_a_driver_that_stops_reading_is_abandoned_and_its_response_cut(
+    daphne_factory, browser_factory
+):
+    """A driver that reads its first piece, then nothing, while a reply far longer than
+    ``MAX_PENDING_CHARS`` and every kernel buffer is generated: the server abandons it
+    (and says so), the stream ends ``done`` with all the text, and when the driver
+    reads again its response ends cut (no last chunk): it cannot take the part it had
+    for the whole."""
+    most = int((await asyncio.to_thread(TCP_WMEM.read_text)).split()[2])
+    fake = HeldOpenAI(long_reply(most + 2_000_000))
+    reply = "".join(fake.pieces)
+    try:
+        _, head, text, ended = await stall_a_drive_through_its_reply(
+            (daphne_factory, browser_factory), Uvicorn, fake, abandoned=True
+        )
+        assert head.startswith("HTTP/1.1 200") and "transfer-encoding: chunked" in head.lower()
+        assert not ended, "an abandoned drive ended as if it were whole"
+        assert fake.pieces[0] in text and reply.startswith(text) and len(text) < len(reply)
+    finally:
+        fake.gate.set()
+        fake.close()
+
+
+async def test_under_daphne_a_driver_that_stops_reading_is_sent_the_whole_reply(
+    daphne_factory, browser_factory
+):
+    """Under daphne the server's writes never wait for the client, so the drive cannot
+    be bounded (docs/deployment.md): a driver that stops reading is not abandoned,
+    however far the reply passes ``MAX_PENDING_CHARS``; the stream ends ``done`` and
+    when the driver reads again it gets the whole reply, ending cleanly."""
+    fake = HeldOpenAI(long_reply(10 * PENDING))
+    try:
+        server, head, text, ended = await stall_a_drive_through_its_reply(
+            (daphne_factory, browser_factory), Daphne, fake, abandoned=False
+        )
+        assert head.startswith("HTTP/1.1 200")
+        assert (ended, text == "".join(fake.pieces)) == (True, True)
+        assert STOPPED_READING not in server.output()
+    finally:
+        fake.gate.set()
+        fake.close()
