@@ -72,7 +72,12 @@ def pieces(size: int) -> list[str]:
 
 
 def server_env(fake: FakeOpenAI, size: int, **streaming_app: Any) -> dict[str, str]:
-    settings = {"MAX_LENGTH": size + PIECE, "MAX_VIEWERS_PER_USER": None, **streaming_app}
+    settings = {
+        "MAX_LENGTH": size + PIECE,
+        "MAX_VIEWERS_PER_USER": None,
+        "MAX_VIEWERS_PER_ADDRESS": None,
+        **streaming_app,
+    }
     return {
         "OPENAI_API_KEY": "sk-bench",
         "OPENAI_BASE_URL": fake.base_url,

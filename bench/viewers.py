@@ -150,7 +150,9 @@ def main() -> None:
     rows = []
     try:
         with e2e_database(database_url) as url:
-            env = model.server_env(redis_url, MAX_VIEWERS_PER_USER=None)
+            env = model.server_env(
+                redis_url, MAX_VIEWERS_PER_USER=None, MAX_VIEWERS_PER_ADDRESS=None
+            )
             driver = Daphne(url, application=APP, **env)
             try:
                 for count in args.v:

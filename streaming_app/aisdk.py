@@ -447,17 +447,18 @@ async def aresume_response(
 
     204 when there is no live reply: ``stream_id`` is None, or the stream has ended.
     Otherwise the request's user must be allowed to ``read`` the stream (403, 404 as
-    JSON, like every reader) and be within ``MAX_VIEWERS_PER_USER`` (429). The chunks
-    are those of the live drive (with the same ``message_id``, by default the stream's
-    id), each part's deltas joined up to where the replay catches up. Holds no thread
-    and no database connection while it follows the stream.
+    JSON, like every reader) and be within ``MAX_VIEWERS_PER_USER`` and
+    ``MAX_VIEWERS_PER_ADDRESS`` (429). The chunks are those of the live drive (with the
+    same ``message_id``, by default the stream's id), each part's deltas joined up to
+    where the replay catches up. Holds no thread and no database connection while it
+    follows the stream.
     """
     if stream_id is None:
         return HttpResponse(status=204)
     user = await request_user(request)
     deltas = _Deltas()
     key = request_viewer_key(request, user)
-    viewer = Viewer(user, key.key, deltas, limit=key.limit)
+    viewer = Viewer(user, key.key, deltas, limit=key.limit, also=key.also)
     followed = hub()
     try:
         body = await followed.watch(viewer, parse_stream_id(stream_id), 0)

@@ -35,6 +35,7 @@ _LIMITS = {
     "MAX_LIVE_STREAMS": True,
     "MAX_LIVE_STREAMS_PER_USER": True,
     "MAX_VIEWERS_PER_USER": True,
+    "MAX_VIEWERS_PER_ADDRESS": True,
     "MAX_VIEWERS_PER_PROXY": True,
     "MAX_LENGTH": True,
     "MAX_DURATION": False,

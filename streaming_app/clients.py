@@ -1,21 +1,26 @@
 """Whose a viewer is, for the viewer limits: a user, an anonymous session, a client's
 address, or a proxy's address (docs/deployment.md#proxies).
 
-The transports (websocket, SSE, the AI SDK resume) make the key here from what their
-server handed them and give it to the hub, which counts keys and knows nothing of
-addresses or headers.
+The transports (websocket, SSE, the AI SDK resume) make the keys here from what their
+server handed them and give them to the hub, which counts keys and knows nothing of
+addresses or headers. A viewer counts against its own key (a user's or a session's,
+within ``MAX_VIEWERS_PER_USER``) and against its client's address (within
+``MAX_VIEWERS_PER_ADDRESS``): guests minted for free (one per cookie-less visit, in the
+example) each have a user's limit, but from one address they share the address's. A
+viewer with neither user nor session counts against its address alone.
 
 An address is taken for a client's unless the request carries forwarding headers
 (``X-Forwarded-For``, ``X-Real-IP``, ``Forwarded``) that the server did not apply. When
 uvicorn or daphne trust a proxy, they replace the client address with one *from* the
 header, so an address that is not among the header's is the proxy's own: the server was
-not told to trust it. Anonymous viewers through such a proxy would all be one address,
-and the 21st reader of a shared link would be refused; they count against
-``MAX_VIEWERS_PER_PROXY`` together instead, and the first of them logs a warning that
-names the fix. A client that talks to the server directly and adds a made-up header of
-its own is counted as such a proxy (its own address's ``proxy:`` key, beside its
-``address:`` one): it cannot escape a bound by inventing addresses, though it may hold
-``MAX_VIEWERS_PER_USER`` + ``MAX_VIEWERS_PER_PROXY`` sockets in all.
+not told to trust it. Everyone through such a proxy would be one address, and the
+101st reader of a shared link would be refused; its viewers count against
+``MAX_VIEWERS_PER_PROXY`` together instead (its ``proxy:`` key, in place of the
+``address:`` one), and the first of them logs a warning that names the fix. A client
+that talks to the server directly and adds a made-up header of its own is counted as
+such a proxy (its own address's ``proxy:`` key): it cannot escape a bound by inventing
+addresses, though it may hold ``MAX_VIEWERS_PER_ADDRESS`` + ``MAX_VIEWERS_PER_PROXY``
+sockets in all, with and without the header.
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ FORWARDING_HEADERS = ("x-forwarded-for", "x-real-ip", "forwarded")
 
 class ViewerKey(NamedTuple):
     """``key`` identifies whose a viewer is; ``limit`` names the setting that bounds how
-    many viewers one key holds open on a process."""
+    many viewers one key holds open on a process; ``also``, the other keys (and their
+    limits) the viewer counts against: its client's address, when ``key`` is not that."""
 
     key: str
     limit: str
+    also: tuple[tuple[str, str], ...] = ()
 
 
 _warned = False
@@ -49,17 +56,26 @@ _warned = False
 def viewer_key(
     user: Any, session_key: str | None, address: str | None, forwarding: Mapping[str, str]
 ) -> ViewerKey:
-    """A user, else an anonymous session, else the client's address, else (forwarding
-    headers the server did not apply) the proxy's address.
+    """A user, else an anonymous session, each also counted against :func:`address_key`;
+    else that key alone. Where the server gives no address (a Unix socket), users and
+    sessions count against their own key only: "unknown" is everyone's address.
 
     ``forwarding`` holds the request's :data:`FORWARDING_HEADERS` (lower-case names,
     repeated headers joined with commas)."""
+    where = address_key(address, forwarding)
+    also = ((where.key, where.limit),) if address else ()
     if user is not None and getattr(user, "is_authenticated", False):
-        return ViewerKey(f"user:{user.pk}", "MAX_VIEWERS_PER_USER")
+        return ViewerKey(f"user:{user.pk}", "MAX_VIEWERS_PER_USER", also)
     if session_key:
-        return ViewerKey(f"session:{session_key}", "MAX_VIEWERS_PER_USER")
+        return ViewerKey(f"session:{session_key}", "MAX_VIEWERS_PER_USER", also)
+    return where
+
+
+def address_key(address: str | None, forwarding: Mapping[str, str]) -> ViewerKey:
+    """The client's address, else (forwarding headers the server did not apply) the
+    proxy's, which logs a warning the first time."""
     if not forwarding or _canonical(address or "") in forwarded_addresses(forwarding):
-        return ViewerKey(f"address:{address or 'unknown'}", "MAX_VIEWERS_PER_USER")
+        return ViewerKey(f"address:{address or 'unknown'}", "MAX_VIEWERS_PER_ADDRESS")
     _warn(address, sorted(forwarding))
     return ViewerKey(f"proxy:{address or 'unknown'}", "MAX_VIEWERS_PER_PROXY")
 
@@ -130,7 +146,7 @@ def _warn(address: str | None, headers: list[str]) -> None:
     _warned = True
     logger.warning(
         "A request from %s carries %s, which the server did not apply: %s is a proxy whose "
-        "headers are not trusted, or a client that made them up. Anonymous viewers from it "
+        "headers are not trusted, or a client that made them up. The viewers from it "
         "share MAX_VIEWERS_PER_PROXY (%s) on this process. Behind a proxy, tell the server "
         "to trust it: uvicorn --forwarded-allow-ips=<the proxy's address>, daphne "
         "--proxy-headers (docs/deployment.md#proxies). Logged once per process.",

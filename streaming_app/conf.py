@@ -78,13 +78,20 @@ DEFAULTS: dict[str, Any] = {
     # is stopped: the stream ends `error`, its text kept. None: no limit.
     "MAX_DURATION": 900.0,
     "MAX_LENGTH": 1_000_000,
-    # Websocket and Server-Sent Events viewers one user (or anonymous session, or
-    # address) may hold open on one process: past it, close 4429 or HTTP 429.
+    # Websocket and Server-Sent Events viewers one user (or anonymous session) may hold
+    # open on one process: past it, close 4429 or HTTP 429.
     "MAX_VIEWERS_PER_USER": 20,
-    # Anonymous viewers whose address is a proxy's (forwarding headers the server did
-    # not apply: its proxy settings are missing, docs/deployment.md#proxies) may hold
-    # this many open on one process, all of them together; a client that adds such
-    # headers itself is bounded by it too. None: no limit.
+    # Viewers from one client address may hold open on one process, whoever they are
+    # (users, guests, sessions and session-less visitors together): guests minted for
+    # free multiply MAX_VIEWERS_PER_USER, an address does not. Past it, close 4429 or
+    # HTTP 429. 100: an office or school behind one NAT address, a tab or two each on
+    # a shared link (docs/deployment.md#viewers-per-address). None: no limit.
+    "MAX_VIEWERS_PER_ADDRESS": 100,
+    # Viewers whose address is a proxy's (forwarding headers the server did not apply:
+    # its proxy settings are missing, docs/deployment.md#proxies) may hold this many
+    # open on one process, all of them together (users, guests and anonymous ones), in
+    # place of MAX_VIEWERS_PER_ADDRESS; a client that adds such headers itself is
+    # bounded by it too. None: no limit.
     "MAX_VIEWERS_PER_PROXY": 500,
     # Characters of frames waiting to be written to one viewer: past it the viewer is
     # cut loose and catches up from the database when it reads again.

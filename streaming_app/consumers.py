@@ -157,6 +157,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
             key.key,
             frames,
             limit=key.limit,
+            also=key.also,
             acks=parse_flag((query.get("ack") or [""])[-1]),
             resumes=True,  # client.js, and any client the protocol describes
         )

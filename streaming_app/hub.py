@@ -129,7 +129,10 @@ class Viewer:
 
     ``key`` identifies whose it is (a user, an anonymous session, an address: the
     transport says, see :mod:`streaming_app.clients`); ``limit`` names the setting that
-    bounds how many viewers one key holds open on the process. The transport iterates
+    bounds how many viewers one key holds open on the process; ``also`` gives other
+    ``(key, limit)`` pairs it counts against besides (its client's address). It holds a
+    place under each of them from :meth:`Hub.watch` to :meth:`Hub.leave`, or under none
+    if it is refused. The transport iterates
     :meth:`batches` and writes each frame; when the iteration ends it closes with
     :attr:`close_code`.
 
@@ -150,12 +153,17 @@ class Viewer:
         frames: Frames,
         *,
         limit: str = "MAX_VIEWERS_PER_USER",
+        also: Sequence[tuple[str, str]] = (),
         acks: bool = False,
         resumes: bool = False,
     ) -> None:
         self.user = user
         self.key = key
         self.limit = limit
+        #: Every key it counts against, once each, with the setting that bounds it.
+        self.counted: dict[str, str] = {}
+        for name, setting in ((key, limit), *also):
+            self.counted.setdefault(name, setting)
         self.frames = frames
         limited = acks or (resumes and bool(conf.get("LIMIT_UNACKED_VIEWERS")))
         #: Characters it may be handed past :attr:`acked`; None: no bound.
@@ -880,20 +888,21 @@ class Hub:
         :class:`~streaming_app.exceptions.Overloaded` (too many viewers for its key),
         or a database error; the viewer is not registered then.
         """
-        limit = conf.get(viewer.limit)
-        if limit is not None and self.viewers[viewer.key] >= int(limit):
-            raise Overloaded(
-                f"too many open viewers (the limit is {limit})",
-                status_code=429,
-                retry_after=int(conf.get("RETRY_AFTER")),
-            )
+        for key, setting in viewer.counted.items():
+            limit = conf.get(setting)
+            if limit is not None and self.viewers[key] >= int(limit):
+                raise Overloaded(
+                    f"too many open viewers: {setting} is {limit} on this process",
+                    status_code=429,
+                    retry_after=int(conf.get("RETRY_AFTER")),
+                )
         feed = self.feeds.get(stream_id)
         if feed is None:
             feed = self.feeds[stream_id] = Feed(self, stream_id)
             self.ensure_groups()
         feed.viewers.add(viewer)
         viewer.feed = feed
-        self.viewers[viewer.key] += 1
+        self.viewers.update(viewer.counted.keys())
         try:
             # Subscribed before the snapshot is read: nothing that commits in between
             # is missed (what is heard twice is dropped). A layer that does not answer
@@ -914,9 +923,10 @@ class Hub:
         feed, viewer.feed = viewer.feed, None
         if viewer in feed.viewers:
             feed.remove(viewer)
-        self.viewers[viewer.key] -= 1
-        if self.viewers[viewer.key] <= 0:
-            del self.viewers[viewer.key]
+        for key in viewer.counted:
+            self.viewers[key] -= 1
+            if self.viewers[key] <= 0:
+                del self.viewers[key]
 
     # Runs ------------------------------------------------------------------------------
 

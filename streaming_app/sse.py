@@ -78,6 +78,7 @@ class StreamEventsView(JsonView):
             key.key,
             EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS,
             limit=key.limit,
+            also=key.also,
             resumes=True,  # an EventSource comes back with Last-Event-ID
         )
         followed = hub()

@@ -28,8 +28,8 @@ from .test_fanout import RemoteWriter, live_stream, viewer, watch, watched
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The in-process viewers all look alike to MAX_VIEWERS_PER_USER (no user, no address).
-MANY_VIEWERS = {"MAX_VIEWERS_PER_USER": None}
+# The in-process viewers all look alike to the viewer limits (no user, no address).
+MANY_VIEWERS = {"MAX_VIEWERS_PER_USER": None, "MAX_VIEWERS_PER_ADDRESS": None}
 
 
 class Fault:

@@ -27,6 +27,9 @@ def test_the_defaults_pass():
         ({"MAX_BUFFER_CHARS": "4096"}, "streaming_app.E003"),
         ({"WRITER_THREADS": 0}, "streaming_app.E003"),
         ({"MAX_VIEWERS_PER_PROXY": 0}, "streaming_app.E003"),
+        ({"MAX_VIEWERS_PER_ADDRESS": 0}, "streaming_app.E003"),
+        ({"MAX_VIEWERS_PER_ADDRESS": "100"}, "streaming_app.E003"),
+        ({"MAX_VIEWERS_PER_ADDRESS": 2.5}, "streaming_app.E003"),
         ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E003"),
         ({"COMPACT_FINISHED": 1}, "streaming_app.E003"),
         ({"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1}, "streaming_app.E004"),
@@ -46,6 +49,11 @@ def test_bad_values_are_reported(value, error):
 @pytest.mark.parametrize("seconds", [None, 3600, 0.5])
 def test_a_pending_timeout_is_none_or_a_positive_number(seconds):
     assert errors_for({"PENDING_TIMEOUT": seconds}) == []
+
+
+@pytest.mark.parametrize("viewers", [None, 1, 100])
+def test_max_viewers_per_address_is_none_or_a_positive_integer(viewers):
+    assert errors_for({"MAX_VIEWERS_PER_ADDRESS": viewers}) == []
 
 
 def test_an_unknown_key_is_named_in_the_message():

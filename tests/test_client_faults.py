@@ -1,10 +1,11 @@
 """Clients that misbehave, against real uvicorn and daphne processes over raw sockets:
 whatever a viewer does and whenever (closes before reading, aborts with a TCP reset,
 sends frames, goes away during the snapshot or the final close), its
-``MAX_VIEWERS_PER_USER`` slot and the process's subscription to the stream's group go
-when it does. After three times the limit of such connections from one user and from
-one anonymous address, a well-behaved viewer from the same user and address is served,
-and the server has left the stream's group on Redis (``PUBSUB NUMSUB``).
+``MAX_VIEWERS_PER_USER`` slot, its ``MAX_VIEWERS_PER_ADDRESS`` slot and the process's
+subscription to the stream's group go when it does. After three times the limit of
+such connections from one user and from one anonymous address, a well-behaved viewer
+from the same user and address is served, and the server has left the stream's group
+on Redis (``PUBSUB NUMSUB``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def server(request: Any, database_url: str, fake: FakeOpenAI) -> Iterator[Daphne
             url,
             REDIS_URL=os.environ["REDIS_URL"],
             E2E_CHANNEL_LAYER="pubsub",
-            E2E_STREAMING_APP=json.dumps({"MAX_VIEWERS_PER_USER": LIMIT}),
+            # A user's viewer counts under its user and its address, an anonymous
+            # one's under its address: each of those slots must come back.
+            E2E_STREAMING_APP=json.dumps(
+                {"MAX_VIEWERS_PER_USER": LIMIT, "MAX_VIEWERS_PER_ADDRESS": LIMIT}
+            ),
             OPENAI_API_KEY="test",
             OPENAI_BASE_URL=fake.base_url,
         )

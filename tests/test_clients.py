@@ -15,6 +15,7 @@ import pytest
 from streaming_app.clients import ViewerKey, forwarded_addresses, viewer_key
 
 USER = "MAX_VIEWERS_PER_USER"
+ADDRESS = "MAX_VIEWERS_PER_ADDRESS"
 PROXY = "MAX_VIEWERS_PER_PROXY"
 
 
@@ -33,7 +34,8 @@ PROXY = "MAX_VIEWERS_PER_PROXY"
     ],
 )
 def test_an_address_the_server_took_from_the_header_is_a_clients(address, forwarding):
-    assert viewer_key(None, None, address, forwarding) == ViewerKey(f"address:{address}", USER)
+    expected = ViewerKey(f"address:{address}", ADDRESS)
+    assert viewer_key(None, None, address, forwarding) == expected
 
 
 @pytest.mark.parametrize(
@@ -50,11 +52,31 @@ def test_an_address_with_headers_the_server_did_not_apply_is_a_proxys(forwarding
     assert viewer_key(None, None, "10.0.0.1", forwarding) == ViewerKey("proxy:10.0.0.1", PROXY)
 
 
-def test_users_and_sessions_are_themselves_whatever_the_headers_say():
+def test_users_and_sessions_are_themselves_and_count_against_their_address_too():
+    user = SimpleNamespace(is_authenticated=True, pk=7)
+    address = (("address:192.0.2.7", ADDRESS),)
+    assert viewer_key(user, "abc", "192.0.2.7", {}) == ViewerKey("user:7", USER, address)
+    assert viewer_key(None, "abc", "192.0.2.7", {}) == ViewerKey("session:abc", USER, address)
+    # The address the server took from a proxy's header is the client's.
+    forwarding = {"x-forwarded-for": "192.0.2.7"}
+    assert viewer_key(None, "abc", "192.0.2.7", forwarding).also == address
+
+
+def test_users_and_sessions_through_a_proxy_not_believed_count_against_the_proxy():
     user = SimpleNamespace(is_authenticated=True, pk=7)
     forwarding = {"x-forwarded-for": "192.0.2.7"}
-    assert viewer_key(user, "abc", "10.0.0.1", forwarding) == ViewerKey("user:7", USER)
-    assert viewer_key(None, "abc", "10.0.0.1", forwarding) == ViewerKey("session:abc", USER)
+    proxy = (("proxy:10.0.0.1", PROXY),)
+    assert viewer_key(user, "abc", "10.0.0.1", forwarding) == ViewerKey("user:7", USER, proxy)
+    assert viewer_key(None, "abc", "10.0.0.1", forwarding) == ViewerKey("session:abc", USER, proxy)
+
+
+def test_without_an_address_users_and_sessions_count_against_their_own_key_alone():
+    """A server on a Unix socket gives no client address: "unknown" would be everyone's,
+    and one address's limit would bound every logged-in viewer of the process."""
+    user = SimpleNamespace(is_authenticated=True, pk=7)
+    assert viewer_key(user, None, None, {}) == ViewerKey("user:7", USER)
+    assert viewer_key(None, "abc", None, {}) == ViewerKey("session:abc", USER)
+    assert viewer_key(None, None, None, {}) == ViewerKey("address:unknown", ADDRESS)
 
 
 def test_the_addresses_a_forwarded_header_names():

@@ -30,7 +30,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 GATED = {"default": {"BACKEND": "tests.layers.GatedLayer"}}
 # Calls are given up on after 0.2 s; a silent feed reads the database every 0.1 s.
-BOUNDED = {"PUBLISH_TIMEOUT": 0.2, "RESYNC_INTERVAL": 0.1, "MAX_VIEWERS_PER_USER": None}
+BOUNDED = {
+    "PUBLISH_TIMEOUT": 0.2,
+    "RESYNC_INTERVAL": 0.1,
+    "MAX_VIEWERS_PER_USER": None,
+    "MAX_VIEWERS_PER_ADDRESS": None,
+}
 
 
 async def until(condition: Callable[[], bool], within: float = 10) -> None:

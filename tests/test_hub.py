@@ -20,6 +20,7 @@ from django.test import AsyncClient, override_settings
 from streaming_app import adisconnect_viewers
 from streaming_app import hub as hub_module
 from streaming_app.consumers import StreamConsumer, WebsocketFrames
+from streaming_app.exceptions import InvalidOffset, Overloaded
 from streaming_app.hub import Feed, Viewer, hub
 from streaming_app.models import Status, Stream
 from streaming_app.publish import group_name
@@ -73,13 +74,15 @@ def websocket_scope(stream_id: Any) -> dict[str, Any]:
     }
 
 
-async def a_viewer_cut_loose() -> tuple[Any, Viewer, Feed, RemoteWriter]:
-    """A live stream written elsewhere, and a viewer here that reads none of its frames
-    (``VIEWER_BUFFER_CHARS`` small): once the hub has heard eight pieces, it is cut
-    loose."""
+async def a_viewer_cut_loose(
+    viewer: Viewer | None = None,
+) -> tuple[Any, Viewer, Feed, RemoteWriter]:
+    """A live stream written elsewhere, and a viewer here (``viewer``, or one of its
+    own) that reads none of its frames (``VIEWER_BUFFER_CHARS`` small): once the hub
+    has heard eight pieces, it is cut loose."""
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
-    viewer = Viewer(None, "reader", WebsocketFrames())
+    viewer = viewer or Viewer(None, "reader", WebsocketFrames())
     await hub().watch(viewer, stream.pk, 0)
     feed = hub().feeds[stream.pk]
     writer = RemoteWriter(stream.pk)
@@ -90,8 +93,8 @@ async def a_viewer_cut_loose() -> tuple[Any, Viewer, Feed, RemoteWriter]:
     return stream, viewer, feed, writer
 
 
-# The in-process viewers all look alike to MAX_VIEWERS_PER_USER (no user, no address).
-MANY_VIEWERS = {"MAX_VIEWERS_PER_USER": None}
+# The in-process viewers all look alike to the viewer limits (no user, no address).
+MANY_VIEWERS = {"MAX_VIEWERS_PER_USER": None, "MAX_VIEWERS_PER_ADDRESS": None}
 
 
 @override_settings(
@@ -326,6 +329,85 @@ async def test_past_max_viewers_per_user_a_viewer_gets_4429_and_sse_429():
     assert (await again.receive_json_from())["type"] == "text", "a place was freed"
     for one in (second, again):
         await one.disconnect()
+
+
+ADDRESS = ("address:192.0.2.1", "MAX_VIEWERS_PER_ADDRESS")
+
+
+def guest_at_one_address(name: str) -> Viewer:
+    """A viewer of guest ``name``, counted under its own key and its address's, as the
+    transports count one (streaming_app.clients)."""
+    return Viewer(None, f"user:{name}", WebsocketFrames(), also=[ADDRESS])
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "tests.layers.GatedLayer"}},
+    STREAMING_APP={
+        "MAX_VIEWERS_PER_USER": 1,
+        "MAX_VIEWERS_PER_ADDRESS": 2,
+        "VIEWER_BUFFER_CHARS": 200,
+        "PUBLISH_TIMEOUT": 30,
+    },
+)
+async def test_a_viewer_counted_under_two_keys_frees_both_on_every_exit_path():
+    """Invariant 13: a viewer holds a place under its key and its address's from its
+    watch to its leave; refused by either bound, it holds none; and closed, failed,
+    cancelled or cut loose, it gives both back."""
+    followed = hub()
+    stream = await acreate_stream()
+    first = guest_at_one_address("a")
+    await followed.watch(first, stream.pk, 0)
+    assert followed.viewers == {"user:a": 1, ADDRESS[0]: 1}
+    # Over the user's bound: refused, naming it; nothing counted for it.
+    with pytest.raises(Overloaded, match="MAX_VIEWERS_PER_USER is 1"):
+        await followed.watch(guest_at_one_address("a"), stream.pk, 0)
+    second = guest_at_one_address("b")
+    await followed.watch(second, stream.pk, 0)
+    # Over the address's bound, a third guest is refused though its own key is free.
+    with pytest.raises(Overloaded, match="MAX_VIEWERS_PER_ADDRESS is 2"):
+        await followed.watch(guest_at_one_address("c"), stream.pk, 0)
+    assert followed.viewers == {"user:a": 1, "user:b": 1, ADDRESS[0]: 2}
+    # Closed.
+    for one in (first, second):
+        followed.leave(one)
+    assert not followed.viewers
+
+    # Failed after it was counted: an unknown stream, an offset past a finished one's end.
+    finished = await acreate_stream()
+    await aclaim_stream(finished.pk)
+    await RemoteWriter(finished.pk).write("Done.", "done")
+    for stream_id, offset, error in [
+        (uuid.uuid4(), 0, Stream.DoesNotExist),
+        (finished.pk, 99, InvalidOffset),
+    ]:
+        with pytest.raises(error):
+            await followed.watch(guest_at_one_address("d"), stream_id, offset)
+        assert not followed.viewers
+
+    # Cancelled while it waits for its process to join the stream's group.
+    layer = get_channel_layer()
+    hanging = await acreate_stream()
+    layer.hang.add(("group_add", group_name(hanging.pk)))
+    waiting = asyncio.create_task(followed.watch(guest_at_one_address("e"), hanging.pk, 0))
+    await until(lambda: ("group_add", group_name(hanging.pk)) in layer.calls)
+    assert followed.viewers == {"user:e": 1, ADDRESS[0]: 1}
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not followed.viewers
+    layer.answer()
+
+    # Cut loose (it stopped reading), then gone.
+    _, loose, _, _ = await a_viewer_cut_loose(guest_at_one_address("f"))
+    assert loose.behind and followed.viewers == {"user:f": 1, ADDRESS[0]: 1}
+    followed.leave(loose)
+    assert not followed.viewers
+    # And the places are there to take again.
+    again = [guest_at_one_address(name) for name in ("g", "h")]
+    for one in again:
+        await followed.watch(one, stream.pk, 0)
+    for one in again:
+        followed.leave(one)
 
 
 def public_policy(user: Any, stream: Stream, action: str) -> bool:

@@ -9,14 +9,14 @@ cover it, so "without the flags" means what it means in production.
 What the design promises (docs/deployment.md, "Proxies"):
 
 - with the flags the docs give, every reader counts as itself: all 200 are served,
-  while MAX_VIEWERS_PER_USER is 2 and MAX_VIEWERS_PER_PROXY 50;
+  while MAX_VIEWERS_PER_USER and MAX_VIEWERS_PER_ADDRESS are 2 and MAX_VIEWERS_PER_PROXY 50;
 - without them, the readers (whose address is then nginx's) count together against
   MAX_VIEWERS_PER_PROXY: exactly 50 are served, and the server logs one warning that
   names the fix (the old code served MAX_VIEWERS_PER_USER of them: 2);
 - a client that reaches the server directly and varies a made-up X-Forwarded-For stays
   within MAX_VIEWERS_PER_PROXY (daphne with --proxy-headers believes anyone: it is the
   documented exception, kept reachable only from the proxy); one that sends it through
-  nginx counts as its real address, within MAX_VIEWERS_PER_USER.
+  nginx counts as its real address, within MAX_VIEWERS_PER_ADDRESS.
 
 The readers watch a pending stream, so that each one, once it has its snapshot, holds
 its place until the test drives the stream: every reader is open (or refused) at once,
@@ -60,7 +60,7 @@ NGINX = os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 PROXY_ADDRESS = "127.0.0.250"
 READERS = 200
 SSE_READERS = 20  # of the 200
-LIMITS = {"MAX_VIEWERS_PER_USER": 2, "MAX_VIEWERS_PER_PROXY": 50}
+LIMITS = {"MAX_VIEWERS_PER_USER": 2, "MAX_VIEWERS_PER_ADDRESS": 2, "MAX_VIEWERS_PER_PROXY": 50}
 DIRECT_SPOOFS = 60  # connections of one direct client, each with another made-up address
 PROXIED_SPOOFS = 5  # the same through nginx
 WARNING = "A request from "  # what the app logs when a forwarding header was not applied
@@ -315,13 +315,13 @@ async def test_anonymous_readers_behind_nginx_are_counted_as_themselves(
         assert sum(ok) == READERS, f"{READERS - sum(ok)} refused; nginx: {proxy.errors()[-2000:]}"
         assert all(ok[:SSE_READERS])
     # Through nginx, a made-up X-Forwarded-For is replaced by the client's real address:
-    # with the flags it is that address, within MAX_VIEWERS_PER_USER; without, nginx's.
+    # with the flags it is that address, within MAX_VIEWERS_PER_ADDRESS; without, nginx's.
     through = sum(served(r, text, websocket=True) for r in proxied_spoofed)
     assert all(
         served(r, text, websocket=True) or refused(r, websocket=True) for r in proxied_spoofed
     )
     if configured:
-        assert through == LIMITS["MAX_VIEWERS_PER_USER"]
+        assert through == LIMITS["MAX_VIEWERS_PER_ADDRESS"]
     else:
         # Everyone through a proxy the server does not believe shares MAX_VIEWERS_PER_PROXY
         # (the old code: MAX_VIEWERS_PER_USER, 2 of them).

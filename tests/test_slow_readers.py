@@ -37,7 +37,12 @@ def long_reply(characters: int) -> list[str]:
 
 
 def start(factory: Any, kind: type[Daphne], fake: FakeOpenAI, **streaming_app: Any) -> Daphne:
-    settings = {"MAX_LENGTH": 10_000_000, "MAX_VIEWERS_PER_USER": None, **streaming_app}
+    settings = {
+        "MAX_LENGTH": 10_000_000,
+        "MAX_VIEWERS_PER_USER": None,
+        "MAX_VIEWERS_PER_ADDRESS": None,
+        **streaming_app,
+    }
     return factory(
         kind,
         OPENAI_API_KEY="sk-test",
