@@ -885,7 +885,7 @@ class Hub:
         """Register ``viewer`` and read its snapshot; it then gets every committed delta.
 
         Raises ``Stream.DoesNotExist``, ``PermissionDenied``, ``InvalidOffset``,
-        :class:`~streaming_app.exceptions.Overloaded` (too many viewers for its key),
+        :class:`~streaming_app.exceptions.Overloaded` (too many viewers for one of its keys),
         or a database error; the viewer is not registered then.
         """
         for key, setting in viewer.counted.items():
