@@ -133,9 +133,10 @@ def test_one_client_minting_guests_is_refused_and_a_visitor_elsewhere_is_served(
             problems.append(
                 f"the model received {calls} calls of the attacker's, expected at most {most}"
             )
-    refused = attacker["codes"]["drive"].get(429, 0) + attacker["codes"]["ai"].get(429, 0)
-    if not refused:
-        problems.append(f"the attacker was never refused a drive with 429: {attacker['codes']}")
+    # Past the limits the attacker is refused (429), whether its drives or the chats
+    # and guests before them are.
+    if not attacker["all_codes"].get(429):
+        problems.append(f"the attacker was never refused with 429: {attacker['codes']}")
     if attacker["refusals_without_retry_after"]:
         problems.append(f"{attacker['refusals_without_retry_after']} refusals had no Retry-After")
     failures = {code: n for code, n in attacker["all_codes"].items() if int(code) >= 500}
