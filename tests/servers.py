@@ -401,12 +401,13 @@ async def ws_watch(
     origin: str | None = None,
     arrivals: list[tuple[float, int]] | None = None,
     on_status: Callable[[list[str]], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Watch a stream over a real websocket to its close, as a browser client would:
     append a text message when its offset is the text's length. Records the payload
     bytes received and when each piece of text arrived (in ``arrivals`` if given, to
     follow it from another thread); ``on_status`` is called with the statuses so far
-    as each comes."""
+    as each comes. ``options`` go to websockets' ``connect`` (``local_addr``, say)."""
     from websockets.asyncio.client import connect
     from websockets.typing import Origin
 
@@ -418,6 +419,7 @@ async def ws_watch(
         origin=Origin(origin or base_url),
         proxy=None,
         compression=None,
+        **options,
     ) as ws:
         async for raw in closing(ws):
             payload += len(raw.encode() if isinstance(raw, str) else raw)
