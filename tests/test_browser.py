@@ -67,9 +67,11 @@ def ask(context: Any, prompt: str) -> Any:
     return page
 
 
+# wait_for_function's predicates are functions ("() => ..."): playwright runs a bare
+# expression with the page's eval(), which the example's Content-Security-Policy refuses.
 def written_at_least(page: Any, characters: int) -> None:
     page.wait_for_function(
-        f"(document.querySelector('stream-text')?.text?.length ?? 0) > {characters}"
+        f"() => (document.querySelector('stream-text')?.text?.length ?? 0) > {characters}"
     )
 
 
@@ -326,7 +328,9 @@ def test_a_tool_call_is_shown_folded_with_its_name_and_arguments_as_text(daphne_
 
         for shown in (page, viewer, rendered):
             blocks = shown.eval_on_selector_all(
-                "stream-text .stream-text-body > *", "els => els.map(e => e.className)"
+                # (Its first class: a rendered Markdown part has stream-text-markdown too.)
+                "stream-text .stream-text-body > *",
+                "els => els.map(e => e.classList[0])",
             )
             assert blocks == ["stream-reasoning", "stream-tool-call", "stream-text-part"]
             call = shown.locator("stream-text details.stream-tool-call")
@@ -389,7 +393,7 @@ def test_the_template_tag_shows_the_committed_text_without_javascript(
     live = chromium.new_context(base_url=server.url).new_page()
     live.goto(url)
     wait_for_status(live, "done")
-    live.wait_for_function("document.querySelector('stream-text h2') !== null")
+    live.wait_for_function("() => document.querySelector('stream-text h2') !== null")
     assert reply_texts(live) == [text]
     assert live.locator("stream-text h2").inner_text() == "What happens now"
     assert live.locator("stream-text ol > li").count() == 3
@@ -454,9 +458,9 @@ def test_a_code_fence_split_over_many_pieces_renders_as_one_block_without_flicke
     page = ask(chromium.new_context(base_url=server.url), "Show me some code")
     # Mid-fence: the unfinished fence is shown as a code block already.
     page.wait_for_function(
-        "document.querySelector('stream-text')?.text?.includes('async for piece')"
+        "() => document.querySelector('stream-text')?.text?.includes('async for piece')"
     )
-    page.wait_for_function("document.querySelector('stream-text pre code') !== null")
+    page.wait_for_function("() => document.querySelector('stream-text pre code') !== null")
     assert "```" not in page.locator("stream-text .stream-text-body").inner_text()
     # Mark the blocks above the code: if a later piece re-rendered the whole message,
     # the marks would be gone.
@@ -497,12 +501,12 @@ def test_html_the_model_writes_never_runs(daphne_factory, chromium, browser_fact
     context.on("dialog", lambda dialog: refuse(dialog, dialogs))
     page = ask(context, injection)
     wait_for_status(page, "done")
-    page.wait_for_function("document.querySelector('stream-text .markdown-block') !== null")
+    page.wait_for_function("() => document.querySelector('stream-text .markdown-block') !== null")
     # A viewer renders it from the database too.
     viewer = context.new_page()
     viewer.goto(page.url)
     wait_for_status(viewer, "done")
-    viewer.wait_for_function("document.querySelector('stream-text .markdown-block') !== null")
+    viewer.wait_for_function("() => document.querySelector('stream-text .markdown-block') !== null")
 
     for shown in (page, viewer):
         assert injection in reply_texts(shown)[0], "the reply is not the model's text"
