@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -592,34 +594,64 @@ def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
     assert browser_factory(server.url).body(stream_id)["text"] == reasoning + answer
 
 
+class HeldOpenAI(FakeOpenAI):
+    """A FakeOpenAI that holds the first answer to reach its second piece until
+    ``release()``: a stream that stays live for as long as a test needs."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.held = False
+        self.released = asyncio.Event()
+        super().__init__(pieces)
+
+    async def before_event(self, index: int) -> None:
+        if index == 1 and not self.held:
+            self.held = True
+            await self.released.wait()
+
+    def release(self) -> None:
+        self.loop.call_soon_threadsafe(self.released.set)
+
+
 def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
     daphne_factory, chromium, browser_factory
 ):
-    server = daphne_factory(
-        DEMO_MODEL_DELAY="0.01", E2E_STREAMING_APP='{"MAX_LIVE_STREAMS": 1, "RETRY_AFTER": 1}'
-    )
-    # Another visitor's reply takes the server's only live stream.
-    other = browser_factory(server.url)
-    busy_chat = other.new_chat("Keep the server busy")
-    import threading
+    pieces = ["Your ", "turn ", "came."]
+    model = HeldOpenAI(pieces)
+    try:
+        server = daphne_factory(
+            OPENAI_API_KEY="sk-test",
+            OPENAI_BASE_URL=model.base_url,
+            OPENAI_MODEL="m",
+            E2E_STREAMING_APP='{"MAX_LIVE_STREAMS": 1, "RETRY_AFTER": 1}',
+        )
+        # Another visitor's reply takes the server's only live stream, and keeps it
+        # until the visitor below has been refused.
+        other = browser_factory(server.url)
+        busy_chat = other.new_chat("Keep the server busy")
+        holder = threading.Thread(target=other.drive, args=(busy_chat,))
+        holder.start()
+        while not model.held:
+            time.sleep(0.02)
 
-    holder = threading.Thread(target=other.drive, args=(busy_chat,))
-    holder.start()
-    while other.body(busy_chat["stream_id"])["status"] == "pending":
-        time.sleep(0.02)
-
-    context = chromium.new_context(base_url=server.url)
-    answers: list[int] = []
-    context.on(
-        "response",
-        lambda r: answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None,
-    )
-    page = ask(context, "Wait your turn")
-    wait_for_status(page, "done")
-    holder.join()
-    assert answers[0] == 503, answers
-    assert answers[-1] == 200, answers
-    assert reply_answers(page) == [demo_answer(asked("Wait your turn"))]
+        context = chromium.new_context(base_url=server.url)
+        answers: list[int] = []
+        context.on(
+            "response",
+            lambda r: (
+                answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None
+            ),
+        )
+        page = ask(context, "Wait your turn")
+        while not answers:
+            page.wait_for_timeout(20)
+        model.release()
+        wait_for_status(page, "done")
+        holder.join()
+        assert answers[0] == 503, answers
+        assert answers[-1] == 200, answers
+        assert reply_answers(page) == ["".join(pieces)]
+    finally:
+        model.close()
 
 
 # A network that does not carry websockets: every socket fails before it opens.
