@@ -145,6 +145,16 @@ window.WebSocket = class extends RealWebSocket {
 """
 
 
+def drive_answers(context: Any) -> list[int]:
+    """The statuses of the drives the context's pages post, as they come."""
+    answers: list[int] = []
+    context.on(
+        "response",
+        lambda r: answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None,
+    )
+    return answers
+
+
 def test_a_model_that_fails_before_any_text_shows_its_error_from_the_drive_alone(
     daphne_factory, chromium
 ):
@@ -155,13 +165,7 @@ def test_a_model_that_fails_before_any_text_shows_its_error_from_the_drive_alone
         )
         context = chromium.new_context(base_url=server.url)
         context.add_init_script(COUNT_SOCKETS)
-        answers: list[int] = []
-        context.on(
-            "response",
-            lambda r: (
-                answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None
-            ),
-        )
+        answers = drive_answers(context)
         page = ask(context, "Fail at once")
         wait_for_status(page, "error")
         status_line = page.locator("stream-text .stream-text-status").first.text_content()
@@ -634,13 +638,7 @@ def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
             time.sleep(0.02)
 
         context = chromium.new_context(base_url=server.url)
-        answers: list[int] = []
-        context.on(
-            "response",
-            lambda r: (
-                answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None
-            ),
-        )
+        answers = drive_answers(context)
         page = ask(context, "Wait your turn")
         while not answers:
             page.wait_for_timeout(20)
