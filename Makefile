@@ -1,5 +1,6 @@
 # make demo: serve the example on http://127.0.0.1:8000 (uvicorn: docs/deployment.md says
-# why)   make test: run the whole suite
+# why), with DEBUG on (the example's default is off: docs/deployment.md#production-settings)
+# make test: run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,9 +22,9 @@ $(BIN)/.installed: requirements-dev.txt pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python manage.py migrate --no-input
+	DJANGO_DEBUG=1 $(BIN)/python manage.py migrate --no-input
 	@echo "Serving the example on http://$(HOST):$(PORT)/"
-	$(BIN)/uvicorn --host $(HOST) --port $(PORT) --lifespan on example_project.asgi:application
+	DJANGO_DEBUG=1 $(BIN)/uvicorn --host $(HOST) --port $(PORT) --lifespan on example_project.asgi:application
 
 # The whole suite, against DATABASE_URL and REDIS_URL when they are set. Suites that
 # need a missing backend skip with the reason, or fail when CI=true.

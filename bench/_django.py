@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+# DEBUG is off (as in production): the example wants a key other than its public one.
+os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-" + "k" * 50)
 
 _server = os.environ.get("DATABASE_URL", "")
 if _server.startswith(("postgres://", "postgresql://")):

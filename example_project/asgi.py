@@ -14,8 +14,6 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from example_project.chat.llm import close_openai_client  # noqa: E402
 from streaming_app.routing import websocket_urlpatterns  # noqa: E402
@@ -34,13 +32,10 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
             return
 
 
-# In development daphne serves the static files itself; in production a proxy, a CDN
-# or whitenoise does.
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
-
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        # The static files come from whitenoise's middleware (settings.py), DEBUG on or off.
+        "http": django_asgi_app,
         "lifespan": lifespan,
         # Browsers on other sites may not open sockets here with a visitor's cookies.
         "websocket": AllowedHostsOriginValidator(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -34,13 +35,44 @@ def env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
         ) from None
 
 
-SECRET_KEY = env("DJANGO_SECRET_KEY", "django-insecure-example-project-development-key")
-DEBUG = env_bool("DJANGO_DEBUG", True)
-ALLOWED_HOSTS = [
-    host.strip()
-    for host in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
-    if host.strip()
-]
+def env_list(name: str, default: str) -> list[str]:
+    """A comma-separated variable's items."""
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+# Production: docs/deployment.md#production-settings (every variable, an env file).
+DEBUG = env_bool("DJANGO_DEBUG", False)
+DEVELOPMENT_SECRET_KEY = "django-insecure-example-project-development-key"
+SECRET_KEY = env("DJANGO_SECRET_KEY", DEVELOPMENT_SECRET_KEY)
+if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+    # The key signs sessions and tokens, and this one is public: in production anyone
+    # could forge a session.
+    raise ImproperlyConfigured(
+        "Set DJANGO_SECRET_KEY (python -c 'import secrets; print(secrets.token_urlsafe(50))'): "
+        "DEBUG is off and the key is the example's public development key "
+        "(DJANGO_DEBUG=1 for development)"
+    )
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+# Origins a form or fetch may post from besides the host's own
+# (https://chat.example.com): behind a proxy that changes the host or the scheme.
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS, all off by default (the example serves http://127.0.0.1); on in production.
+# Cookies only over HTTPS: the session and the CSRF token never travel in clear.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+# Strict-Transport-Security: browsers go to HTTPS by themselves for that long.
+SECURE_HSTS_SECONDS = env_number("DJANGO_HSTS_SECONDS", "0", int)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+# Redirect http:// to https:// (behind a TLS proxy, with the next setting).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Behind a proxy that terminates TLS and sets X-Forwarded-Proto (and drops the client's
+# own): the request is https when it says so. Never set it without such a proxy.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Error pages (DEBUG's technical pages, the mails of errors) show settings with the
+# password of every URL in them masked (REDIS_URL, DATABASES, CHANNEL_LAYERS, CACHES).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "example_project.reporting.SettingsFilter"
 
 INSTALLED_APPS = [
     # daphne first: its runserver serves ASGI, which driving a stream needs.
@@ -52,12 +84,17 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
     "streaming_app",
     "example_project.chat",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The static files, from the process (STATIC_ROOT; the apps' folders with DEBUG):
+    # whitenoise's middleware, made async-capable (example_project/static.py).
+    "example_project.static.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -153,6 +190,28 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
+# Where collectstatic puts the static files, which whitenoise serves with DEBUG off.
+STATIC_ROOT: str | None = env("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles"))
+
+# Content-Security-Policy (django-csp): scripts, styles and connections from this origin
+# only, so that HTML that slips past the sanitizer (DOMPurify) still runs no script.
+# <stream-text> and the page need nothing inline (docs/browser.md#content-security-policy).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        # 'self' covers the page's own websockets (ws:, wss:) and Server-Sent Events.
+        "connect-src": [SELF],
+        # No image from elsewhere: a reply's Markdown cannot send what it read to
+        # another site through an image's address.
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGGING = {

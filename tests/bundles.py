@@ -37,9 +37,12 @@ def bundle(entry: str, out: Path) -> str:
     return out.read_text()
 
 
-def serve_page(context: Any, prefix: str, title: str, script: str) -> None:
+def serve_page(
+    context: Any, prefix: str, title: str, script: str, headers: dict[str, str] | None = None
+) -> None:
     """``/<prefix>/`` (any query) on the server's own origin, so the page has its
-    cookies and CSRF token: a page that runs ``script``, mounted on ``#root``."""
+    cookies and CSRF token: a page that runs ``script``, mounted on ``#root``, answered
+    with ``headers`` (a Content-Security-Policy, say)."""
     page = (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>'
         f'<body><div id="root"></div><script type="module" src="/{prefix}/page.js"></script>'
@@ -51,5 +54,5 @@ def serve_page(context: Any, prefix: str, title: str, script: str) -> None:
     )
     context.route(
         re.compile(rf"/{prefix}/(\?.*)?$"),
-        lambda route: route.fulfill(body=page, content_type="text/html"),
+        lambda route: route.fulfill(body=page, content_type="text/html", headers=headers),
     )

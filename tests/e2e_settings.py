@@ -8,6 +8,9 @@ the environment:
   layer's, not the flush policy's;
 - ``E2E_POOL_TIMEOUT``: seconds a request waits for a pooled connection (10);
 - ``E2E_SETTINGS``: JSON of Django settings to set (``CSRF_COOKIE_NAME``, say).
+
+DEBUG is off (``DJANGO_DEBUG=1`` turns it on). Without ``DJANGO_STATIC_ROOT`` the
+static files are served from the apps' folders (no collectstatic before a test).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from __future__ import annotations
 import json
 import os
 
-from example_project.settings import *  # noqa: F403
-from example_project.settings import DATABASES, REDIS_URL, STREAMING_APP
+# DEBUG is off, as in production, so the example wants a key of its own.
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-" + "k" * 50)
+
+from example_project.settings import *  # noqa: E402, F403
+from example_project.settings import DATABASES, REDIS_URL, STREAMING_APP  # noqa: E402
 
 STREAMING_APP = {**STREAMING_APP, **json.loads(os.environ.get("E2E_STREAMING_APP") or "{}")}
 if os.environ.get("E2E_FLUSH") == "every":
@@ -42,5 +48,9 @@ if REDIS_URL and os.environ.get("E2E_CHANNEL_LAYER"):
 
 if os.environ.get("E2E_POOL_TIMEOUT") and "pool" in DATABASES["default"].get("OPTIONS", {}):
     DATABASES["default"]["OPTIONS"]["pool"]["timeout"] = float(os.environ["E2E_POOL_TIMEOUT"])
+
+if not os.environ.get("DJANGO_STATIC_ROOT"):
+    STATIC_ROOT = None
+    WHITENOISE_USE_FINDERS = True
 
 globals().update(json.loads(os.environ.get("E2E_SETTINGS") or "{}"))

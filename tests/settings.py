@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 
-from example_project.settings import *  # noqa: F403
-from example_project.settings import DATABASES
+# DEBUG is off, as in production, so the example wants a key of its own.
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-" + "k" * 50)
+
+from example_project.settings import *  # noqa: E402, F403
+from example_project.settings import DATABASES  # noqa: E402
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so that the writers' threads and the test share it.
@@ -14,5 +17,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": os.path.join(tempfile.gettempdir(), f"streaming_app_test_{os.getpid()}.sqlite3")
     }
 
+# The static files from the apps' folders, without collectstatic (as the servers').
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEMO_MODEL_DELAY = 0.0

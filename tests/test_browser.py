@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,9 +69,11 @@ def ask(context: Any, prompt: str) -> Any:
     return page
 
 
+# wait_for_function's predicates are functions ("() => ..."): playwright runs a bare
+# expression with the page's eval(), which the example's Content-Security-Policy refuses.
 def written_at_least(page: Any, characters: int) -> None:
     page.wait_for_function(
-        f"(document.querySelector('stream-text')?.text?.length ?? 0) > {characters}"
+        f"() => (document.querySelector('stream-text')?.text?.length ?? 0) > {characters}"
     )
 
 
@@ -141,6 +145,16 @@ window.WebSocket = class extends RealWebSocket {
 """
 
 
+def drive_answers(context: Any) -> list[int]:
+    """The statuses of the drives the context's pages post, as they come."""
+    answers: list[int] = []
+    context.on(
+        "response",
+        lambda r: answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None,
+    )
+    return answers
+
+
 def test_a_model_that_fails_before_any_text_shows_its_error_from_the_drive_alone(
     daphne_factory, chromium
 ):
@@ -151,13 +165,7 @@ def test_a_model_that_fails_before_any_text_shows_its_error_from_the_drive_alone
         )
         context = chromium.new_context(base_url=server.url)
         context.add_init_script(COUNT_SOCKETS)
-        answers: list[int] = []
-        context.on(
-            "response",
-            lambda r: (
-                answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None
-            ),
-        )
+        answers = drive_answers(context)
         page = ask(context, "Fail at once")
         wait_for_status(page, "error")
         status_line = page.locator("stream-text .stream-text-status").first.text_content()
@@ -326,7 +334,9 @@ def test_a_tool_call_is_shown_folded_with_its_name_and_arguments_as_text(daphne_
 
         for shown in (page, viewer, rendered):
             blocks = shown.eval_on_selector_all(
-                "stream-text .stream-text-body > *", "els => els.map(e => e.className)"
+                # (Its first class: a rendered Markdown part has stream-text-markdown too.)
+                "stream-text .stream-text-body > *",
+                "els => els.map(e => e.classList[0])",
             )
             assert blocks == ["stream-reasoning", "stream-tool-call", "stream-text-part"]
             call = shown.locator("stream-text details.stream-tool-call")
@@ -389,7 +399,7 @@ def test_the_template_tag_shows_the_committed_text_without_javascript(
     live = chromium.new_context(base_url=server.url).new_page()
     live.goto(url)
     wait_for_status(live, "done")
-    live.wait_for_function("document.querySelector('stream-text h2') !== null")
+    live.wait_for_function("() => document.querySelector('stream-text h2') !== null")
     assert reply_texts(live) == [text]
     assert live.locator("stream-text h2").inner_text() == "What happens now"
     assert live.locator("stream-text ol > li").count() == 3
@@ -454,9 +464,9 @@ def test_a_code_fence_split_over_many_pieces_renders_as_one_block_without_flicke
     page = ask(chromium.new_context(base_url=server.url), "Show me some code")
     # Mid-fence: the unfinished fence is shown as a code block already.
     page.wait_for_function(
-        "document.querySelector('stream-text')?.text?.includes('async for piece')"
+        "() => document.querySelector('stream-text')?.text?.includes('async for piece')"
     )
-    page.wait_for_function("document.querySelector('stream-text pre code') !== null")
+    page.wait_for_function("() => document.querySelector('stream-text pre code') !== null")
     assert "```" not in page.locator("stream-text .stream-text-body").inner_text()
     # Mark the blocks above the code: if a later piece re-rendered the whole message,
     # the marks would be gone.
@@ -497,12 +507,12 @@ def test_html_the_model_writes_never_runs(daphne_factory, chromium, browser_fact
     context.on("dialog", lambda dialog: refuse(dialog, dialogs))
     page = ask(context, injection)
     wait_for_status(page, "done")
-    page.wait_for_function("document.querySelector('stream-text .markdown-block') !== null")
+    page.wait_for_function("() => document.querySelector('stream-text .markdown-block') !== null")
     # A viewer renders it from the database too.
     viewer = context.new_page()
     viewer.goto(page.url)
     wait_for_status(viewer, "done")
-    viewer.wait_for_function("document.querySelector('stream-text .markdown-block') !== null")
+    viewer.wait_for_function("() => document.querySelector('stream-text .markdown-block') !== null")
 
     for shown in (page, viewer):
         assert injection in reply_texts(shown)[0], "the reply is not the model's text"
@@ -588,34 +598,58 @@ def test_a_dropped_drive_goes_on_by_watching_from_where_it_was(
     assert browser_factory(server.url).body(stream_id)["text"] == reasoning + answer
 
 
+class HeldOpenAI(FakeOpenAI):
+    """A FakeOpenAI that holds the first answer to reach its second piece until
+    ``release()``: a stream that stays live for as long as a test needs."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.held = False
+        self.released = asyncio.Event()
+        super().__init__(pieces)
+
+    async def before_event(self, index: int) -> None:
+        if index == 1 and not self.held:
+            self.held = True
+            await self.released.wait()
+
+    def release(self) -> None:
+        self.loop.call_soon_threadsafe(self.released.set)
+
+
 def test_a_busy_server_is_waited_out_then_the_drive_succeeds(
     daphne_factory, chromium, browser_factory
 ):
-    server = daphne_factory(
-        DEMO_MODEL_DELAY="0.01", E2E_STREAMING_APP='{"MAX_LIVE_STREAMS": 1, "RETRY_AFTER": 1}'
-    )
-    # Another visitor's reply takes the server's only live stream.
-    other = browser_factory(server.url)
-    busy_chat = other.new_chat("Keep the server busy")
-    import threading
+    pieces = ["Your ", "turn ", "came."]
+    model = HeldOpenAI(pieces)
+    try:
+        server = daphne_factory(
+            OPENAI_API_KEY="sk-test",
+            OPENAI_BASE_URL=model.base_url,
+            OPENAI_MODEL="m",
+            E2E_STREAMING_APP='{"MAX_LIVE_STREAMS": 1, "RETRY_AFTER": 1}',
+        )
+        # Another visitor's reply takes the server's only live stream, and keeps it
+        # until the visitor below has been refused.
+        other = browser_factory(server.url)
+        busy_chat = other.new_chat("Keep the server busy")
+        holder = threading.Thread(target=other.drive, args=(busy_chat,))
+        holder.start()
+        while not model.held:
+            time.sleep(0.02)
 
-    holder = threading.Thread(target=other.drive, args=(busy_chat,))
-    holder.start()
-    while other.body(busy_chat["stream_id"])["status"] == "pending":
-        time.sleep(0.02)
-
-    context = chromium.new_context(base_url=server.url)
-    answers: list[int] = []
-    context.on(
-        "response",
-        lambda r: answers.append(r.status) if urlsplit(r.url).path.endswith("/stream/") else None,
-    )
-    page = ask(context, "Wait your turn")
-    wait_for_status(page, "done")
-    holder.join()
-    assert answers[0] == 503, answers
-    assert answers[-1] == 200, answers
-    assert reply_answers(page) == [demo_answer(asked("Wait your turn"))]
+        context = chromium.new_context(base_url=server.url)
+        answers = drive_answers(context)
+        page = ask(context, "Wait your turn")
+        while not answers:
+            page.wait_for_timeout(20)
+        model.release()
+        wait_for_status(page, "done")
+        holder.join()
+        assert answers[0] == 503, answers
+        assert answers[-1] == 200, answers
+        assert reply_answers(page) == ["".join(pieces)]
+    finally:
+        model.close()
 
 
 # A network that does not carry websockets: every socket fails before it opens.

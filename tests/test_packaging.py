@@ -59,6 +59,7 @@ def test_the_wheel_carries_migrations_and_static_files(dists: Dists):
         "streaming_app/static/streaming_app/client.js",
         "streaming_app/static/streaming_app/client.d.ts",
         "streaming_app/static/streaming_app/stream-text.js",
+        "streaming_app/static/streaming_app/stream-text.css",
         "streaming_app/static/streaming_app/react.js",
         "streaming_app/static/streaming_app/react.d.ts",
         "streaming_app/static/streaming_app/vendor/marked.esm.js",

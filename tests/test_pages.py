@@ -46,7 +46,11 @@ def test_the_tag_renders_the_committed_text_escaped_with_where_to_follow_it():
     text = "<b>bold</b> & 日本 🎉"
     stream = finished(text)
     html = render(stream)
-    assert '<div class="stream-text-body" style="white-space: pre-wrap">' in html
+    assert '<div class="stream-text-body">' in html
+    # Its layout by class, from the stylesheet it links: no style attribute, which a
+    # Content-Security-Policy without 'unsafe-inline' refuses.
+    assert "style=" not in html
+    assert '<link rel="stylesheet" href="/static/streaming_app/stream-text.css">' in html
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; 日本 🎉</div>" in html
     assert f'stream-id="{stream.pk}"' in html
     assert f'offset="{len(text)}"' in html and 'status="done"' in html
@@ -164,7 +168,7 @@ def test_the_tag_renders_each_part_reasoning_and_tool_calls_folded_and_escaped()
     assert reasoning_at < text_at, "the reasoning comes above the answer"
     # Each part shows its own text, escaped, as text.
     assert "<summary>Reasoning</summary>" in page
-    shown = f'<div class="stream-reasoning-text" style="white-space: pre-wrap">{html.escape(reasoning)}<'
+    shown = f'<div class="stream-reasoning-text">{html.escape(reasoning)}<'
     assert shown in page
     assert '<code class="stream-tool-name">search&lt;i&gt;</code>' in page
     assert f">{html.escape(arguments)}</div>" in page

@@ -2,6 +2,8 @@
 // useChat of @ai-sdk/react, with DefaultChatTransport and resume: true, in StrictMode.
 // ?chat=<uuid> opens that chat (a new one without it). Each message's parts are shown
 // apart: reasoning in .reasoning, text in .text; window.__chat is the hook's state.
+// First, before the AI SDK defines its schemas (tests/test_csp.py).
+import "./zod-jitless.js";
 import React, { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { useChat } from "@ai-sdk/react";

@@ -34,12 +34,24 @@ import {
 
 const WITH_TEXT = new Set(["text", "reasoning", "tool-call"]);
 
-const MONOSPACE = "white-space: pre-wrap; font-family: monospace";
+// No style attribute (a Content-Security-Policy without 'unsafe-inline' refuses them):
+// the layout is stream-text.css's, by class. The template tag links it; an element a
+// page made itself links it here, once, from beside this module.
+const STYLESHEET = new URL("./stream-text.css", import.meta.url).href;
 
-function element(tag, className, text = "", style = "") {
+function linkStylesheet() {
+  for (const link of document.querySelectorAll('link[rel="stylesheet"]')) {
+    if (link.href === STYLESHEET) return;
+  }
+  const link = document.createElement("link");
+  link.rel = "stylesheet";
+  link.href = STYLESHEET;
+  document.head.append(link);
+}
+
+function element(tag, className, text = "") {
   const node = document.createElement(tag);
   if (className) node.className = className;
-  if (style) node.setAttribute("style", style);
   node.textContent = text;
   return node;
 }
@@ -129,6 +141,7 @@ export class StreamTextElement extends HTMLElement {
   }
 
   async connectedCallback() {
+    linkStylesheet();
     this.#controller?.abort();
     const controller = new AbortController();
     this.#controller = controller;
@@ -273,13 +286,11 @@ export class StreamTextElement extends HTMLElement {
       this.#markdown = null;
       this.#body.textContent = "";
       this.#body.classList.add("stream-text-parts");
-      this.#body.style.whiteSpace = "normal";
       return;
     }
     if (before === "parts") {
       this.#body.textContent = "";
-      this.#body.classList.remove("stream-text-parts");
-      this.#body.style.whiteSpace = "pre-wrap";
+      this.#body.classList.remove("stream-text-parts", "stream-text-markdown");
     }
     if (this.#markdownModule) this.#markdown ??= new this.#markdownModule.MarkdownView(this.#body);
   }
@@ -290,7 +301,7 @@ export class StreamTextElement extends HTMLElement {
     this.#frame = requestAnimationFrame(() => {
       this.#frame = 0;
       if (this.#layout === "plain") {
-        this.#body.style.whiteSpace = "normal";
+        this.#body.classList.add("stream-text-markdown");
         if (!this.#body.querySelector(":scope > .markdown-block")) this.#body.textContent = "";
         this.#markdown.render(this.#text);
         return;
@@ -302,7 +313,7 @@ export class StreamTextElement extends HTMLElement {
           // Its text was shown plain until now.
           view.painted = true;
           view.text.textContent = "";
-          view.text.style.whiteSpace = "normal";
+          view.text.classList.add("stream-text-markdown");
         }
         view.markdown.render(view.shown);
       }
@@ -321,17 +332,17 @@ export class StreamTextElement extends HTMLElement {
     const view = { type: part.type, shown: "" };
     if (part.type === "reasoning") {
       view.node = element("details", "stream-reasoning");
-      view.text = element("div", "stream-reasoning-text", "", "white-space: pre-wrap");
+      view.text = element("div", "stream-reasoning-text");
       view.node.append(element("summary", "", "Reasoning"), view.text);
     } else if (part.type === "tool-call") {
       view.node = element("details", "stream-tool-call");
       view.name = element("code", "stream-tool-name");
       const summary = element("summary", "", "Tool ");
       summary.append(view.name);
-      view.text = element("div", "stream-tool-arguments", "", MONOSPACE);
+      view.text = element("div", "stream-tool-arguments");
       view.node.append(summary, element("div", "stream-tool-label", "Arguments"), view.text);
     } else if (part.type === "text") {
-      view.node = view.text = element("div", "stream-text-part", "", "white-space: pre-wrap");
+      view.node = view.text = element("div", "stream-text-part");
       if (this.#markdownModule) view.markdown = new this.#markdownModule.MarkdownView(view.text);
     } else {
       return view; // the finish: nothing to show
@@ -345,7 +356,7 @@ export class StreamTextElement extends HTMLElement {
     if (view.type === "tool-call") {
       if (view.name.textContent !== part.name) view.name.textContent = part.name;
       if ("result" in part && !view.result) {
-        view.result = element("div", "stream-tool-result", resultText(part.result), MONOSPACE);
+        view.result = element("div", "stream-tool-result", resultText(part.result));
         view.node.append(element("div", "stream-tool-label", "Result"), view.result);
       }
     }
