@@ -1,0 +1,394 @@
+"""Admission: rate limits and quotas per user and per client address, on the project's
+Django cache (docs/deployment.md#limits-and-quotas).
+
+The counting is the ``limits`` library's (its fixed-window strategy: the rate strings,
+the windows, the cost of a hit, the time a window frees), with the project's cache as
+its storage (:class:`CacheStorage`), so that every process of a site counts together
+when the cache is shared (Redis, Memcached, the database cache). ``limits`` rather than
+django-ratelimit: a token quota adds a run's tokens at once (a *cost*, which
+django-ratelimit's +1 increments cannot), and the cache alias is ours
+(``RATE_LIMIT_CACHE``), not a project-wide ``RATELIMIT_USE_CACHE``.
+
+A request is checked first and counted only once it is admitted: a drive refused for
+another reason (403, 404, 409, 503) costs nothing. The cache is outside the process:
+each check waits ``RATE_LIMIT_TIMEOUT`` seconds at the most, in a few threads of its
+own; a cache that fails or does not answer admits (fail open) with a logged warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import limits
+from django.core.cache import BaseCache, caches
+from django.http import HttpRequest
+from limits.storage import Storage
+from limits.strategies import FixedWindowRateLimiter
+
+from . import conf
+from .clients import request_address_key
+from .exceptions import Overloaded
+from .parts import FINISH, Entry
+
+if TYPE_CHECKING:
+    from .run import StreamRun
+
+logger = logging.getLogger(__name__)
+
+#: "10/m", "100/h", "5/2m" (django-ratelimit's spelling) besides the ``limits`` library's
+#: own ("10/minute", "10 per 2 hours").
+_SHORT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$", re.IGNORECASE)
+_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+
+#: Characters per token where the source reports no usage (English text with an
+#: OpenAI tokenizer averages about four).
+CHARS_PER_TOKEN = 4
+
+
+def parse_rate(rate: str) -> limits.RateLimitItem:
+    """A rate string as a ``limits`` item; ValueError if it is not one."""
+    if not isinstance(rate, str):
+        raise ValueError(f"a rate must be a string such as '10/m', not {rate!r}")
+    match = _SHORT.match(rate)
+    if match:
+        count, multiples, unit = match.groups()
+        rate = f"{count}/{multiples or 1} {_UNITS[unit.lower()]}"
+    return limits.parse(rate)
+
+
+def rates_setting(name: str) -> list[limits.RateLimitItem]:
+    """The rates of a ``STREAMING_APP`` setting (None or empty: none)."""
+    return [parse_rate(rate) for rate in conf.get(name) or ()]
+
+
+class CacheStorage(Storage):
+    """``limits``' storage on a Django cache: a window's end under its key, its count
+    under the key and that end (so a count is never read past its window, on caches
+    whose ``incr`` sets a new timeout, the database's and the file cache's)."""
+
+    STORAGE_SCHEME = None
+
+    def __init__(self, alias: str) -> None:
+        super().__init__()
+        self.alias = alias
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return Exception
+
+    @property
+    def cache(self) -> BaseCache:
+        return caches[self.alias]
+
+    def _window_end(self, key: str, expiry: int) -> int:
+        for _ in range(3):
+            end = int(time.time()) + expiry
+            if self.cache.add(key, end, expiry):
+                return end
+            found = self.cache.get(key)
+            if found is not None:
+                return int(found)
+        raise RuntimeError(f"the cache keeps no window for {key!r}")
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        end = self._window_end(key, expiry)
+        counter = f"{key}@{end}"
+        if self.cache.add(counter, amount, expiry + 1):
+            return amount
+        try:
+            return int(self.cache.incr(counter, amount))
+        except ValueError:  # it expired in between: this is a new window's first hit
+            self.cache.set(counter, amount, expiry + 1)
+            return amount
+
+    def get(self, key: str) -> int:
+        end = self.cache.get(key)
+        if end is None or end <= time.time():
+            return 0
+        return int(self.cache.get(f"{key}@{end}", 0))
+
+    def get_expiry(self, key: str) -> float:
+        end = self.cache.get(key)
+        return float(end) if end is not None else time.time()
+
+    def check(self) -> bool:
+        self.cache.get("streaming_app.admission.check")
+        return True
+
+    def reset(self) -> int | None:
+        return None  # the project's cache holds more than limits: clear() key by key
+
+    def clear(self, key: str) -> None:
+        end = self.cache.get(key)
+        self.cache.delete_many([key, f"{key}@{end}"])
+
+
+def _limiter() -> FixedWindowRateLimiter:
+    return FixedWindowRateLimiter(CacheStorage(str(conf.get("RATE_LIMIT_CACHE"))))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit on one key: ``item`` (its amount per window), ``key`` (whose: the
+    action and ``user:<pk>``, ``address:<ip>`` or ``proxy:<ip>``), ``what`` for the
+    message (``"drives per user"``)."""
+
+    item: limits.RateLimitItem
+    key: tuple[str, str]
+    what: str
+
+
+@dataclass
+class Ticket:
+    """The limits a request is checked against: ``rates`` count the request itself
+    once it is admitted, ``quotas`` the tokens it used, charged after."""
+
+    rates: list[Limit] = field(default_factory=list)
+    quotas: list[Limit] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Raise :class:`~streaming_app.exceptions.Overloaded` (429) if any rate or
+        quota is used up, naming it and the seconds until all of them have room."""
+        limiter = _limiter()
+        refused = [
+            limit for limit in self.rates + self.quotas if not limiter.test(limit.item, *limit.key)
+        ]
+        if not refused:
+            return
+        now = time.time()
+        waits = [
+            limiter.get_window_stats(limit.item, *limit.key).reset_time - now for limit in refused
+        ]
+        wait = max(1, math.ceil(max(waits)))
+        first = refused[0]
+        per = first.item.multiples
+        window = f"{per} {first.item.GRANULARITY.name}s" if per > 1 else first.item.GRANULARITY.name
+        raise Overloaded(
+            f"too many {first.what}: the limit is {first.item.amount} per {window}; "
+            f"try again in {wait} seconds",
+            status_code=429,
+            retry_after=wait,
+        )
+
+    def count(self) -> None:
+        """Count the admitted request against every rate."""
+        limiter = _limiter()
+        for limit in self.rates:
+            limiter.hit(limit.item, *limit.key)
+
+    def charge(self, tokens: int) -> None:
+        """Add ``tokens`` to every quota."""
+        if tokens <= 0:
+            return
+        limiter = _limiter()
+        for limit in self.quotas:
+            limiter.hit(limit.item, *limit.key, cost=tokens)
+
+
+def ticket_for(
+    action: str,
+    user: Any,
+    request: HttpRequest | None,
+    *,
+    per_user: Iterable[limits.RateLimitItem] = (),
+    per_address: Iterable[limits.RateLimitItem] = (),
+    tokens_per_user: int | None = None,
+    tokens_per_address: int | None = None,
+) -> Ticket:
+    """The limits of ``action`` for ``user`` (counted when authenticated) and the
+    address ``request`` came from (:func:`streaming_app.clients.request_address_key`).
+    An address whose forwarding headers the server did not apply (``proxy:``) stands
+    for many visitors: its amounts are multiplied by ``PROXY_ADDRESS_FACTOR`` (None: no
+    address limits for it)."""
+    ticket = Ticket()
+    if user is not None and getattr(user, "is_authenticated", False):
+        key = (action, f"user:{user.pk}")
+        ticket.rates += [Limit(item, key, f"{action}s per user") for item in per_user]
+        if tokens_per_user is not None:
+            day = limits.RateLimitItemPerDay(tokens_per_user)
+            ticket.quotas.append(Limit(day, ("tokens", key[1]), "tokens per user today"))
+    if request is None:
+        return ticket
+    address = request_address_key(request).key
+    factor = 1
+    if address.startswith("proxy:"):
+        proxy_factor = conf.get("PROXY_ADDRESS_FACTOR")
+        if proxy_factor is None:
+            return ticket
+        factor = int(proxy_factor)
+    key = (action, address)
+    ticket.rates += [
+        Limit(type(item)(item.amount * factor, item.multiples), key, f"{action}s from this address")
+        for item in per_address
+    ]
+    if tokens_per_address is not None:
+        day = limits.RateLimitItemPerDay(tokens_per_address * factor)
+        ticket.quotas.append(Limit(day, ("tokens", address), "tokens from this address today"))
+    return ticket
+
+
+def drive_ticket(user: Any, request: HttpRequest | None) -> Ticket:
+    """The limits of a drive, from the ``DRIVE_RATES_*`` and ``DAILY_TOKENS_*``
+    settings."""
+    return ticket_for(
+        "drive",
+        user,
+        request,
+        per_user=rates_setting("DRIVE_RATES_PER_USER"),
+        per_address=rates_setting("DRIVE_RATES_PER_ADDRESS"),
+        tokens_per_user=conf.get("DAILY_TOKENS_PER_USER"),
+        tokens_per_address=conf.get("DAILY_TOKENS_PER_ADDRESS"),
+    )
+
+
+# Bounded, failing open ---------------------------------------------------------------
+
+# The cache's calls wait here, never in the server's threads: a cache that hangs holds
+# these few, and every check past RATE_LIMIT_TIMEOUT admits.
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="streaming_app.admission")
+
+
+def _warn_open(what: str, exc: BaseException | None) -> None:
+    logger.warning(
+        "rate limits and quotas not applied to this %s: the cache %r %s (failing open; "
+        "RATE_LIMIT_CACHE, RATE_LIMIT_TIMEOUT)",
+        what,
+        conf.get("RATE_LIMIT_CACHE"),
+        f"failed: {exc!r}"
+        if exc is not None
+        else f"did not answer within {conf.get('RATE_LIMIT_TIMEOUT')} s",
+    )
+
+
+def _outcome(what: str, wait: Any) -> None:
+    """Wait for the admission work ``wait()`` is the result of: its 429 goes on, a
+    timeout or a failure of the cache is logged and admits."""
+    try:
+        wait()
+    except Overloaded:
+        raise
+    except (FutureTimeout, TimeoutError):
+        _warn_open(what, None)
+    except Exception as exc:
+        _warn_open(what, exc)
+
+
+def _bounded(what: str, work: Callable[[], None]) -> None:
+    future = _executor.submit(work)
+    _outcome(what, lambda: future.result(timeout=float(conf.get("RATE_LIMIT_TIMEOUT"))))
+
+
+async def _abounded(what: str, work: Callable[[], None]) -> None:
+    future = asyncio.wrap_future(_executor.submit(work))
+    try:
+        await asyncio.wait_for(future, float(conf.get("RATE_LIMIT_TIMEOUT")))
+    except Overloaded:
+        raise
+    except TimeoutError:
+        _warn_open(what, None)
+    except Exception as exc:
+        _warn_open(what, exc)
+
+
+def in_background(what: str, call: Any, *args: Any) -> None:
+    """``call(*args)`` in the admission threads, not waited for; a failure is logged."""
+
+    def work() -> None:
+        try:
+            call(*args)
+        except Exception as exc:
+            _warn_open(what, exc)
+
+    _executor.submit(work)
+
+
+async def acheck(ticket: Ticket) -> None:
+    """Raise 429 (:class:`~streaming_app.exceptions.Overloaded`) if ``ticket`` has a
+    limit used up; count nothing. Bounded; fails open."""
+    if ticket.rates or ticket.quotas:
+        await _abounded("drive", ticket.check)
+
+
+async def acount(ticket: Ticket) -> None:
+    """Count an admitted request against ``ticket``'s rates. Bounded; fails open."""
+    if ticket.rates:
+        await _abounded("drive", ticket.count)
+
+
+def admit(
+    request: HttpRequest,
+    action: str,
+    *,
+    user: Any = None,
+    per_user: Sequence[str] = (),
+    per_address: Sequence[str] = (),
+) -> None:
+    """Admit one ``action`` of a project's own view, or raise
+    :class:`~streaming_app.exceptions.Overloaded` (429, ``retry_after``), which
+    :func:`streaming_app.views.error_for` answers with JSON and ``Retry-After``.
+
+    ``per_user`` are rate strings (``"10/m"``, ``"100/h"``) counted per authenticated
+    ``user`` (by default the request's), ``per_address`` per client address (proxy
+    aware, as the drive limits). Admitted, it counts against every rate; refused, it
+    counts nothing. Synchronous (call it from a sync view or through
+    ``sync_to_async``); it waits ``RATE_LIMIT_TIMEOUT`` at the most and admits if the
+    cache fails (logged)."""
+    if user is None:
+        user = getattr(request, "user", None)
+    ticket = ticket_for(
+        action,
+        user,
+        request,
+        per_user=[parse_rate(rate) for rate in per_user],
+        per_address=[parse_rate(rate) for rate in per_address],
+    )
+    if not ticket.rates:
+        return
+
+    def work() -> None:
+        ticket.check()
+        ticket.count()
+
+    _bounded(action, work)
+
+
+def run_tokens(parts: list[Entry], length: int) -> int:
+    """The tokens a run used: the total its source reported in its finish parts
+    (``total_tokens``, else input + output), else its text's length estimated at
+    :data:`CHARS_PER_TOKEN` characters a token (rounded up)."""
+    reported = 0
+    found = False
+    for entry in parts:
+        if entry.get("type") != FINISH:
+            continue
+        usage = entry.get("usage") or {}
+        total = usage.get("total_tokens")
+        if not isinstance(total, int):
+            counts = [usage.get("input_tokens"), usage.get("output_tokens")]
+            total = sum(n for n in counts if isinstance(n, int)) if any(counts) else None
+        if isinstance(total, int):
+            reported += total
+            found = True
+    return reported if found else math.ceil(length / CHARS_PER_TOKEN)
+
+
+def charge_when_done(run: StreamRun, ticket: Ticket) -> None:
+    """Once ``run`` has ended, add the tokens it used (:func:`run_tokens`) to
+    ``ticket``'s quotas, in the admission threads (not waited for; logged if the cache
+    fails)."""
+    if not ticket.quotas:
+        return
+
+    def ended(task: object) -> None:
+        in_background("run's tokens", ticket.charge, run_tokens(run.parts, run.length))
+
+    run.task.add_done_callback(ended)
