@@ -100,17 +100,18 @@ def read_chat_request(request: HttpRequest) -> tuple[uuid.UUID, str]:
 def start_reply(request: HttpRequest, chat_id: uuid.UUID, prompt: str) -> tuple[Message, Messages]:
     """The chat with ``chat_id`` (made now, for the visitor, if it is new), a new
     message with ``prompt`` and its stream to drive, and what the model is sent."""
-    new = not Chat.objects.filter(pk=chat_id).exists()
-    if not new:
+    if Chat.objects.filter(pk=chat_id).exists():
         own_chat(request, str(chat_id), request.user)  # a 403 costs no message
-    admit(request, "chat" if new else "message")
     with transaction.atomic():
         if not Chat.objects.filter(pk=chat_id).exists():
             # A visitor who asks for the first time becomes a guest user.
             user = guest_user(request)
+            admit(request, "chat")  # as the guest, if one was made
             Chat.objects.get_or_create(
                 pk=chat_id, defaults={"owner": user, "title": prompt.strip()[:80]}
             )
+        else:
+            admit(request, "message")
         chat = own_chat(request, str(chat_id), request.user)
         # One reply at a time: the chat's row serialises concurrent posts.
         Chat.objects.select_for_update().filter(pk=chat.pk).exists()

@@ -223,9 +223,9 @@ class ChatsView(JsonView):
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
             prompt = read_prompt(request)
-            admit(request, "chat")
             with transaction.atomic():
                 user = guest_user(request)
+                admit(request, "chat")  # as the guest, if one was made
                 chat = Chat.objects.create(owner=user, title=prompt.strip()[:80])
                 message = start_message(chat, prompt)
         except BadRequest as exc:
