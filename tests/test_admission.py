@@ -137,6 +137,7 @@ async def test_a_drive_refused_for_the_process_limit_costs_nothing():
     assert (await drive(alice, stream.pk)).status_code == 503
     with override_settings(STREAMING_APP={**OFF, "DRIVE_RATES_PER_USER": ["1/m"]}):
         assert (await drive(alice, stream.pk)).status_code == 200
+        assert (await drive(alice, await new_stream(alice))).status_code == 429
 
 
 @limits_on(DRIVE_RATES_PER_ADDRESS=["2/m"])
