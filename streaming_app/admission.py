@@ -9,8 +9,10 @@ django-ratelimit: a token quota adds a run's tokens at once (a *cost*, which
 django-ratelimit's +1 increments cannot), and the cache alias is ours
 (``RATE_LIMIT_CACHE``), not a project-wide ``RATELIMIT_USE_CACHE``.
 
-A request is checked first and counted only once it is admitted: a drive refused for
-another reason (403, 404, 409, 503) costs nothing. The cache is outside the process:
+A request is counted against each rate as it is checked, in one increment (so that
+simultaneous requests cannot all slip under a rate), and the counts are taken back if
+it is refused, for a limit or, for a drive, for another reason (403, 404, 409, 503):
+only an admitted request costs anything. The cache is outside the process:
 each check waits ``RATE_LIMIT_TIMEOUT`` seconds at the most, in a few threads of its
 own; a cache that fails or does not answer admits (fail open) with a logged warning.
 """
@@ -100,6 +102,8 @@ class CacheStorage(Storage):
         raise RuntimeError(f"the cache keeps no window for {key!r}")
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        if amount < 0:  # a count taken back: only from the window it went into
+            return self._take_back(key, -amount)
         end = self._window_end(key, expiry)
         counter = f"{key}@{end}"
         if self.cache.add(counter, amount, expiry + 1):
@@ -109,6 +113,15 @@ class CacheStorage(Storage):
         except ValueError:  # it expired in between: this is a new window's first hit
             self.cache.set(counter, amount, expiry + 1)
             return amount
+
+    def _take_back(self, key: str, amount: int) -> int:
+        end = self.cache.get(key)
+        if end is None:
+            return 0
+        try:
+            return int(self.cache.decr(f"{key}@{end}", amount))
+        except ValueError:  # that window has ended
+            return 0
 
     def get(self, key: str) -> int:
         end = self.cache.get(key)
@@ -149,21 +162,31 @@ class Limit:
 
 @dataclass
 class Ticket:
-    """The limits a request is checked against: ``rates`` count the request itself
-    once it is admitted, ``quotas`` the tokens it used, charged after."""
+    """The limits a request is admitted through: ``rates`` count the request itself,
+    ``quotas`` the tokens it used, charged after it ran."""
 
     rates: list[Limit] = field(default_factory=list)
     quotas: list[Limit] = field(default_factory=list)
+    #: The rates :meth:`reserve` counted the request against.
+    held: list[Limit] = field(default_factory=list)
 
-    def check(self) -> None:
-        """Raise :class:`~streaming_app.exceptions.Overloaded` (429) if any rate or
-        quota is used up, naming it and the seconds until all of them have room."""
+    def reserve(self) -> None:
+        """Count the request against every rate, or raise
+        :class:`~streaming_app.exceptions.Overloaded` (429) and count it against none, if
+        a quota is used up or a rate is (naming it, and the seconds until all of the
+        refusing ones have room). Each rate is counted before it is compared, in one
+        increment, so that simultaneous requests cannot all slip under it; a refused
+        one takes its counts back."""
         limiter = _limiter()
-        refused = [
-            limit for limit in self.rates + self.quotas if not limiter.test(limit.item, *limit.key)
-        ]
+        refused = [limit for limit in self.quotas if not limiter.test(limit.item, *limit.key)]
+        if not refused:
+            for limit in self.rates:
+                self.held.append(limit)
+                if not limiter.hit(limit.item, *limit.key):
+                    refused.append(limit)
         if not refused:
             return
+        self.release()
         now = time.time()
         waits = [
             limiter.get_window_stats(limit.item, *limit.key).reset_time - now for limit in refused
@@ -179,11 +202,12 @@ class Ticket:
             retry_after=wait,
         )
 
-    def count(self) -> None:
-        """Count the admitted request against every rate."""
+    def release(self) -> None:
+        """Take back the counts of :meth:`reserve` (the request was refused after all)."""
         limiter = _limiter()
-        for limit in self.rates:
-            limiter.hit(limit.item, *limit.key)
+        while self.held:
+            limit = self.held.pop()
+            limiter.storage.incr(limit.item.key_for(*limit.key), limit.item.get_expiry(), -1)
 
     def charge(self, tokens: int) -> None:
         """Add ``tokens`` to every quota."""
@@ -311,17 +335,17 @@ def in_background(what: str, call: Any, *args: Any) -> None:
     _executor.submit(work)
 
 
-async def acheck(ticket: Ticket) -> None:
-    """Raise 429 (:class:`~streaming_app.exceptions.Overloaded`) if ``ticket`` has a
-    limit used up; count nothing. Bounded; fails open."""
+async def areserve(ticket: Ticket) -> None:
+    """:meth:`Ticket.reserve`, bounded by ``RATE_LIMIT_TIMEOUT``; a cache that fails or
+    does not answer admits (logged)."""
     if ticket.rates or ticket.quotas:
-        await _abounded("drive", ticket.check)
+        await _abounded("drive", ticket.reserve)
 
 
-async def acount(ticket: Ticket) -> None:
-    """Count an admitted request against ``ticket``'s rates. Bounded; fails open."""
-    if ticket.rates:
-        await _abounded("drive", ticket.count)
+async def arelease(ticket: Ticket) -> None:
+    """:meth:`Ticket.release`, bounded the same way."""
+    if ticket.held:
+        await _abounded("drive", ticket.release)
 
 
 def admit(
@@ -351,14 +375,8 @@ def admit(
         per_user=[parse_rate(rate) for rate in per_user],
         per_address=[parse_rate(rate) for rate in per_address],
     )
-    if not ticket.rates:
-        return
-
-    def work() -> None:
-        ticket.check()
-        ticket.count()
-
-    _bounded(action, work)
+    if ticket.rates:
+        _bounded(action, ticket.reserve)
 
 
 def run_tokens(parts: list[Entry], length: int) -> int:

@@ -263,22 +263,24 @@ async def aclaim_to_drive(
     the user's or of the address ``request`` came from (``DRIVE_RATES_PER_USER``,
     ``DRIVE_RATES_PER_ADDRESS``, ``DAILY_TOKENS_*``: streaming_app.admission), 404,
     403, 409, 503 over this process's ``MAX_LIVE_STREAMS``, 429 over the user's
-    ``MAX_LIVE_STREAMS_PER_USER`` (the stream stays ``pending`` for the retry). Only a
-    drive that claims its stream counts against the rates. The claimed stream holds
+    ``MAX_LIVE_STREAMS_PER_USER`` (the stream stays ``pending`` for the retry). A drive
+    refused for any of them takes its counts against the rates back. The claimed stream holds
     none of the request's database connections. The claim is published without
     waiting for the channel layer (this process's viewers have it at once; the run's
     own updates follow it), so call it on an event loop that goes on, a server's."""
     global _claiming
     ticket = admission.drive_ticket(user, request)
-    await admission.acheck(ticket)
-    _admit()
-    _claiming += 1
+    await admission.areserve(ticket)
     try:
-        stream = await _aclaim(user, stream_id)
-    finally:
-        _claiming -= 1
-    await admission.acount(ticket)
-    return stream
+        _admit()
+        _claiming += 1
+        try:
+            return await _aclaim(user, stream_id)
+        finally:
+            _claiming -= 1
+    except BaseException:
+        await admission.arelease(ticket)  # a drive refused for another reason costs nothing
+        raise
 
 
 def start_charged(

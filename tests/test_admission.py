@@ -140,6 +140,19 @@ async def test_a_drive_refused_for_the_process_limit_costs_nothing():
         assert (await drive(alice, await new_stream(alice))).status_code == 429
 
 
+@limits_on(DRIVE_RATES_PER_USER=["3/m"], MAX_LIVE_STREAMS_PER_USER=None)
+async def test_simultaneous_drives_cannot_all_slip_under_a_rate():
+    _, alice = await owned_stream()
+    streams = [await new_stream(alice) for _ in range(12)]
+    responses = await asyncio.gather(*(drive(alice, pk) for pk in streams))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 3 + [429] * 9
+    # Refused, they stay pending, and the window stays full.
+    pending = [pk for pk, r in zip(streams, responses, strict=True) if r.status_code == 429]
+    assert (await drive(alice, pending[0])).status_code == 429
+    assert all([(await aget_stream_body(pk)).status == Status.PENDING for pk in pending])
+
+
 @limits_on(DRIVE_RATES_PER_ADDRESS=["2/m"])
 async def test_the_address_rate_counts_every_user_of_one_address():
     _, alice = await owned_stream()
