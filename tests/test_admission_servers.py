@@ -133,3 +133,43 @@ def test_the_example_limits_a_users_new_chats_and_follow_ups(daphne_factory):
         assert "Retry-After" in again.headers
     finally:
         browser.close()
+
+
+def test_a_redis_cache_that_does_not_answer_admits_drives_after_its_timeout(
+    daphne_factory, private_redis
+):
+    env = {
+        "REDIS_URL": private_redis.url,
+        "DEMO_MODEL_DELAY": "0",
+        "E2E_STREAMING_APP": json.dumps(
+            {"DRIVE_RATES_PER_USER": ["1/m"], "RATE_LIMIT_TIMEOUT": 0.5}
+        ),
+    }
+    server = daphne_factory(Uvicorn, **env)
+    browser = Browser(server.url)
+    try:
+        chat = browser.new_chat("one")
+        private_redis.pause()  # accepts connections, answers nothing
+        try:
+            response = browser.drive(chat)
+            assert response.status_code == 200
+            assert browser.wait_finished(chat["stream_id"])["status"] == "done"
+            chat = follow_up(browser, chat, "two")  # over 1/m, were it counted
+            assert browser.drive(chat).status_code == 200
+        finally:
+            private_redis.resume()
+        log = server.output()
+        assert "rate limits and quotas not applied to this drive" in log, log[-3000:]
+        # Redis back: the limit holds again. (The drives admitted meanwhile may have been
+        # counted once Redis answered the increments it had been sent: then at once.)
+        browser.wait_finished(chat["stream_id"])
+        codes = []
+        for prompt in ("three", "four"):
+            chat = follow_up(browser, chat, prompt)
+            codes.append(browser.drive(chat).status_code)
+            if codes[-1] == 429:
+                break
+            browser.wait_finished(chat["stream_id"])
+        assert codes in ([429], [200, 429])
+    finally:
+        browser.close()
