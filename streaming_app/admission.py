@@ -20,13 +20,13 @@ own; a cache that fails or does not answer admits (fail open) with a logged warn
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,14 +91,16 @@ class CacheStorage(Storage):
     def cache(self) -> BaseCache:
         return caches[self.alias]
 
-    def _window_end(self, key: str, expiry: int) -> int:
+    def _window_end(self, key: str, expiry: int) -> float:
         for _ in range(3):
-            end = int(time.time()) + expiry
+            end = time.time() + expiry
             if self.cache.add(key, end, expiry):
                 return end
             found = self.cache.get(key)
-            if found is not None:
-                return int(found)
+            if found is not None and found > time.time():
+                return float(found)
+            if found is not None:  # ended, not yet evicted: the next window begins
+                self.cache.delete(key)
         raise RuntimeError(f"the cache keeps no window for {key!r}")
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
@@ -110,7 +112,7 @@ class CacheStorage(Storage):
             return amount
         try:
             return int(self.cache.incr(counter, amount))
-        except ValueError:  # it expired in between: this is a new window's first hit
+        except ValueError:  # it was evicted in between: count afresh
             self.cache.set(counter, amount, expiry + 1)
             return amount
 
@@ -242,7 +244,7 @@ def ticket_for(
             ticket.quotas.append(Limit(day, ("tokens", key[1]), "tokens per user today"))
     if request is None:
         return ticket
-    address = request_address_key(request).key
+    address = _network(request_address_key(request).key)
     factor = 1
     if address.startswith("proxy:"):
         proxy_factor = conf.get("PROXY_ADDRESS_FACTOR")
@@ -258,6 +260,21 @@ def ticket_for(
         day = limits.RateLimitItemPerDay(tokens_per_address * factor)
         ticket.quotas.append(Limit(day, ("tokens", address), "tokens from this address today"))
     return ticket
+
+
+def _network(key: str) -> str:
+    """An IPv6 address's key as its /64 (one subscriber's network: a client holds
+    2**64 addresses of it); anything else as it is."""
+    kind, _, address = key.partition(":")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return key
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return key
+    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
+        return f"{kind}:{ip.ipv4_mapped}"
+    return f"{kind}:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
 
 
 def drive_ticket(user: Any, request: HttpRequest | None) -> Ticket:
@@ -281,44 +298,37 @@ def drive_ticket(user: Any, request: HttpRequest | None) -> Ticket:
 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="streaming_app.admission")
 
 
-def _warn_open(what: str, exc: BaseException | None) -> None:
+def _warn_open(what: str, exc: BaseException) -> None:
     logger.warning(
         "rate limits and quotas not applied to this %s: the cache %r %s (failing open; "
         "RATE_LIMIT_CACHE, RATE_LIMIT_TIMEOUT)",
         what,
         conf.get("RATE_LIMIT_CACHE"),
-        f"failed: {exc!r}"
-        if exc is not None
-        else f"did not answer within {conf.get('RATE_LIMIT_TIMEOUT')} s",
+        f"did not answer within {conf.get('RATE_LIMIT_TIMEOUT')} s"
+        if isinstance(exc, TimeoutError)
+        else f"failed: {exc!r}",
     )
 
 
-def _outcome(what: str, wait: Any) -> None:
-    """Wait for the admission work ``wait()`` is the result of: its 429 goes on, a
-    timeout or a failure of the cache is logged and admits."""
+def _bounded(what: str, work: Callable[[], None]) -> None:
+    """``work()`` in the admission threads, waited for ``RATE_LIMIT_TIMEOUT`` at the
+    most: its 429 goes on; a timeout or a failure of the cache is logged and admits."""
+    future = _executor.submit(work)
     try:
-        wait()
+        future.result(timeout=float(conf.get("RATE_LIMIT_TIMEOUT")))
     except Overloaded:
         raise
-    except (FutureTimeout, TimeoutError):
-        _warn_open(what, None)
-    except Exception as exc:
+    except Exception as exc:  # TimeoutError included
         _warn_open(what, exc)
 
 
-def _bounded(what: str, work: Callable[[], None]) -> None:
-    future = _executor.submit(work)
-    _outcome(what, lambda: future.result(timeout=float(conf.get("RATE_LIMIT_TIMEOUT"))))
-
-
 async def _abounded(what: str, work: Callable[[], None]) -> None:
+    """:func:`_bounded`, awaited."""
     future = asyncio.wrap_future(_executor.submit(work))
     try:
         await asyncio.wait_for(future, float(conf.get("RATE_LIMIT_TIMEOUT")))
     except Overloaded:
         raise
-    except TimeoutError:
-        _warn_open(what, None)
     except Exception as exc:
         _warn_open(what, exc)
 

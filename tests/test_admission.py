@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -176,6 +177,17 @@ async def test_an_untrusted_proxys_address_gets_the_address_rate_times_the_facto
     assert codes == [200, 200, 200, 429]
     # The proxy's own address, without the headers, is another key.
     assert (await drive(users[0], await new_stream(users[0]), "10.0.0.9")).status_code == 200
+
+
+@limits_on(DRIVE_RATES_PER_ADDRESS=["2/m"])
+async def test_an_ipv6_client_is_counted_by_its_64_network():
+    users = [(await owned_stream())[1] for _ in range(4)]
+    addresses = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:2::2", "2001:db8:1:3::1"]
+    codes = [
+        (await drive(u, await new_stream(u), a)).status_code
+        for u, a in zip(users, addresses, strict=True)
+    ]
+    assert codes == [200, 200, 429, 200]  # the third is the same /64; the fourth is not
 
 
 @limits_on(DRIVE_RATES_PER_USER=["1/m"])
@@ -348,3 +360,19 @@ def test_rate_strings():
     for bad in ("10", "ten/m", "10/w", 10):
         with pytest.raises(ValueError):
             admission.parse_rate(bad)  # type: ignore[arg-type]
+
+
+@limits_on()
+def test_a_window_that_has_ended_counts_afresh_though_the_cache_still_holds_it(monkeypatch):
+    storage = admission.CacheStorage("default")
+    now = [1_000_000.5]
+    # The window's clock, not the cache's (which keeps the key its 2 real seconds).
+    monkeypatch.setattr(admission, "time", SimpleNamespace(time=lambda: now[0]))
+    assert [storage.incr("k", 2), storage.incr("k", 2)] == [1, 2]
+    assert storage.get_expiry("k") == 1_000_002.5
+    now[0] += 2.01  # past the window's end; the cache has not evicted it (its clock)
+    assert storage.get("k") == 0
+    assert storage.incr("k", 2) == 1
+    assert storage.get_expiry("k") == now[0] + 2
+    storage.incr("k", 2, -1)  # taken back
+    assert storage.get("k") == 0
