@@ -169,6 +169,21 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The cache the rate limits and quotas count in (STREAMING_APP["RATE_LIMIT_CACHE"]):
+# Redis with REDIS_URL, shared by every process, each command waiting 1 s at the most
+# (a Redis that does not answer admits, logged, rather than holding every drive up);
+# else Django's local-memory cache, which counts for one process only.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 STREAMING_APP: dict[str, Any] = {
     # Anyone with a chat's link may watch it; only its owner drives or cancels.
     "PERMISSION_POLICY": "streaming_app.permissions.anyone_reads_policy",
@@ -178,6 +193,17 @@ STREAMING_APP: dict[str, Any] = {
 CHAT_MAX_PROMPT_CHARS = 32_000
 # The most characters of earlier turns sent to the model with a new prompt.
 CHAT_MAX_CONTEXT_CHARS = 64_000
+# Admission of the example's own actions (streaming_app.admit: 429 with Retry-After
+# past a rate; rate strings as STREAMING_APP's DRIVE_RATES_*; None or (): no limit).
+# A visitor without an account becomes a guest user on its first prompt: guests made
+# from one client address (a proxy's, untrusted, counts PROXY_ADDRESS_FACTOR times).
+CHAT_GUEST_RATES_PER_ADDRESS: tuple[str, ...] | None = ("5/h", "20/d")
+# New chats (POST /api/chats/, and a new chat's first POST /api/ai/chat).
+CHAT_CHAT_RATES_PER_USER: tuple[str, ...] | None = ("5/m", "30/h")
+CHAT_CHAT_RATES_PER_ADDRESS: tuple[str, ...] | None = ("20/m", "120/h")
+# Follow-up messages (they need no model call until driven, but each is a row).
+CHAT_MESSAGE_RATES_PER_USER: tuple[str, ...] | None = ("10/m", "100/h")
+CHAT_MESSAGE_RATES_PER_ADDRESS: tuple[str, ...] | None = ("30/m", "300/h")
 # Seconds between the offline demo model's pieces ("a human pace").
 DEMO_MODEL_DELAY = env_number("DEMO_MODEL_DELAY", "0.03", float)
 

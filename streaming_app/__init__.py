@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .admission import admit
     from .exceptions import InvalidOffset, Overloaded, StreamNotPending
     from .flush import FlushPolicy
     from .publish import adisconnect_viewers, disconnect_viewers
@@ -55,6 +56,7 @@ __all__ = [
     "acreate_stream",
     "adelete_stream",
     "adisconnect_viewers",
+    "admit",
     "aexpire_stale_streams",
     "aget_stream_body",
     "astream_response",
@@ -82,6 +84,7 @@ _WHERE = {
     "StreamNotPending": "exceptions",
     "StreamRun": "run",
     "adisconnect_viewers": "publish",
+    "admit": "admission",
     "astream_response": "views",
     "disconnect_viewers": "publish",
     "stream_committed": "signals",

@@ -68,6 +68,7 @@ from .views import (
     post_only,
     request_user,
     require_asgi,
+    start_charged,
 )
 
 logger = logging.getLogger(__name__)
@@ -385,7 +386,7 @@ async def aui_message_stream_response(
         return refused
     user = await request_user(request)
     try:
-        stream = await aclaim_to_drive(user, stream_id)
+        stream = await aclaim_to_drive(user, stream_id, request)
     except STREAM_ERRORS as exc:
         return error_for(exc)
 
@@ -401,7 +402,8 @@ async def aui_message_stream_response(
         offset += len(text)
 
     run.tap = tap
-    run.start(on_end=end_with_outcome(run, feed, lambda s, e: encoder.status(s, e, run.parts)))
+    on_end = end_with_outcome(run, feed, lambda s, e: encoder.status(s, e, run.parts))
+    start_charged(run, user, request, on_end)
     return _streaming_response(feed, stream.pk)
 
 

@@ -27,6 +27,7 @@ _NUMBERS = {
     "CANCEL_WAIT": (0.0, False, False),
     "PUBLISH_TIMEOUT": (0.0, True, False),
     "SSE_KEEPALIVE": (0.0, True, False),
+    "RATE_LIMIT_TIMEOUT": (0.0, True, False),
 }
 
 
@@ -40,6 +41,9 @@ _LIMITS = {
     "MAX_LENGTH": True,
     "MAX_DURATION": False,
     "PENDING_TIMEOUT": False,
+    "DAILY_TOKENS_PER_USER": True,
+    "DAILY_TOKENS_PER_ADDRESS": True,
+    "PROXY_ADDRESS_FACTOR": True,
 }
 
 
@@ -196,3 +200,81 @@ def check_database_connections(app_configs: Any = None, **kwargs: Any) -> list[W
             )
         )
     return warnings
+
+
+#: The rate settings (streaming_app.admission).
+RATE_SETTINGS = ("DRIVE_RATES_PER_USER", "DRIVE_RATES_PER_ADDRESS")
+#: Caches that do not count across processes, or at all.
+_UNSHARED_CACHES = {
+    "django.core.cache.backends.locmem.LocMemCache": "counts in each process apart",
+    "django.core.cache.backends.dummy.DummyCache": "counts nothing: no limit holds",
+}
+
+
+def limits_on() -> bool:
+    """Whether any drive rate or token quota is set."""
+    quotas = ("DAILY_TOKENS_PER_USER", "DAILY_TOKENS_PER_ADDRESS")
+    return any(conf.get(name) for name in RATE_SETTINGS) or any(
+        conf.get(name) is not None for name in quotas
+    )
+
+
+@register(Tags.compatibility)
+def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    from .admission import parse_rate
+
+    problems: list[Error | Warning] = []
+    for name in RATE_SETTINGS:
+        rates = conf.get(name)
+        if rates is None:
+            continue
+        if isinstance(rates, str) or not isinstance(rates, list | tuple):
+            problems.append(
+                Error(
+                    f"STREAMING_APP[{name!r}] must be None or a list of rate strings such "
+                    f"as ['10/m', '100/h'], not {rates!r}.",
+                    id="streaming_app.E007",
+                )
+            )
+            continue
+        for rate in rates:
+            try:
+                parse_rate(rate)
+            except ValueError:
+                problems.append(
+                    Error(
+                        f"STREAMING_APP[{name!r}] has a rate that is not one: {rate!r}.",
+                        hint="A count per second, minute, hour or day: '10/m', '100/h', "
+                        "'5/2m', '1000/d' (or the limits library's '10 per minute').",
+                        id="streaming_app.E007",
+                    )
+                )
+    alias = conf.get("RATE_LIMIT_CACHE")
+    caches = getattr(settings, "CACHES", None) or {"default": {}}
+    if alias not in caches:
+        problems.append(
+            Error(
+                f"STREAMING_APP['RATE_LIMIT_CACHE'] is {alias!r}, which is not in CACHES.",
+                hint=f"CACHES has: {', '.join(map(repr, caches))}.",
+                id="streaming_app.E008",
+            )
+        )
+    elif limits_on():
+        backend = caches[alias].get("BACKEND", "django.core.cache.backends.locmem.LocMemCache")
+        # A local-memory cache the project chose (CACHES set) is its word for one
+        # process, as InMemoryChannelLayer is for W001; Django's default is not.
+        chosen = settings.is_overridden("CACHES") and backend.endswith("LocMemCache")  # type: ignore[misc]
+        if backend in _UNSHARED_CACHES and not chosen:
+            problems.append(
+                Warning(
+                    f"The rate limits and quotas count in CACHES[{alias!r}], a "
+                    f"{backend.rpartition('.')[2]}, which {_UNSHARED_CACHES[backend]}: "
+                    "a site served by several processes admits that many times more.",
+                    hint="Use a cache every process shares: "
+                    "django.core.cache.backends.redis.RedisCache (with a socket timeout), "
+                    "Memcached, or the database cache (docs/deployment.md#limits-and-quotas); "
+                    "for one process, set CACHES to the LocMemCache explicitly.",
+                    id="streaming_app.W003",
+                )
+            )
+    return problems

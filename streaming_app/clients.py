@@ -94,15 +94,23 @@ def scope_viewer_key(scope: Mapping[str, Any]) -> ViewerKey:
     return viewer_key(scope.get("user"), session and session.session_key, client[0], forwarding)
 
 
+def _forwarding(request: HttpRequest) -> dict[str, str]:
+    return {name: value for name in FORWARDING_HEADERS if (value := request.headers.get(name))}
+
+
 def request_viewer_key(request: HttpRequest, user: Any) -> ViewerKey:
     """The key of an HTTP viewer (SSE, the AI SDK resume)."""
     session = getattr(request, "session", None)
-    forwarding = {
-        name: value for name in FORWARDING_HEADERS if (value := request.headers.get(name))
-    }
     return viewer_key(
-        user, session and session.session_key, request.META.get("REMOTE_ADDR"), forwarding
+        user, session and session.session_key, request.META.get("REMOTE_ADDR"), _forwarding(request)
     )
+
+
+def request_address_key(request: HttpRequest) -> ViewerKey:
+    """The request's client address alone (``address:<ip>``), or its proxy's
+    (``proxy:<ip>``: forwarding headers the server did not apply), whoever is logged
+    in: what the rate limits per address count (streaming_app.admission)."""
+    return viewer_key(None, None, request.META.get("REMOTE_ADDR"), _forwarding(request))
 
 
 def forwarded_addresses(forwarding: Mapping[str, str]) -> set[str]:

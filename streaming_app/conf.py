@@ -72,6 +72,27 @@ DEFAULTS: dict[str, Any] = {
     # live streams of one user, 429. None: no limit. The stream stays pending.
     "MAX_LIVE_STREAMS": 100,
     "MAX_LIVE_STREAMS_PER_USER": 3,
+    # Admission (docs/deployment.md#limits-and-quotas): drives admitted per user and per
+    # client address, as rate strings ("10/m", "100/h", "5/2m", or the limits library's
+    # "10 per minute"); past one, 429 with Retry-After until its window frees, the stream
+    # stays pending. Counted on the Django cache RATE_LIMIT_CACHE (shared by every
+    # process when it is Redis, Memcached or the database's). None or (): no limit.
+    "DRIVE_RATES_PER_USER": ("10/m", "100/h"),
+    "DRIVE_RATES_PER_ADDRESS": ("30/m", "300/h"),
+    # Tokens a user, or a client address, may use a day (the model's reported usage,
+    # else the reply's characters / 4): past it, drives get 429 until the day's window
+    # frees. A drive admitted under it runs to its end. None: no quota.
+    "DAILY_TOKENS_PER_USER": 200_000,
+    "DAILY_TOKENS_PER_ADDRESS": 1_000_000,
+    # An address whose forwarding headers the server did not apply (a proxy it was not
+    # told to trust: all its visitors are one address) gets the per-address rates and
+    # quota multiplied by this. None: no per-address limits for such an address.
+    "PROXY_ADDRESS_FACTOR": 25,
+    # The alias in CACHES the limits are counted in.
+    "RATE_LIMIT_CACHE": "default",
+    # Seconds a check waits for that cache: past it, or if the cache fails, the request
+    # is admitted (fail open) and a warning logged.
+    "RATE_LIMIT_TIMEOUT": 1.0,
     # Seconds a refused drive or viewer is told to wait (Retry-After).
     "RETRY_AFTER": 5,
     # A run that goes on longer than this many seconds, or past this many characters,

@@ -88,6 +88,8 @@ class StreamRun:
         #: The stream's part map as its source goes (streaming_app.parts): entries
         #: are only appended, each before its text reaches the tap.
         self.parts: list[Entry] = []
+        #: The characters generated, once generation has ended.
+        self.length = 0
         self._reason: BaseException | None = None
         self._generation: asyncio.Task[None] | None = None
         self._task: asyncio.Task[str] | None = None
@@ -189,6 +191,7 @@ class StreamRun:
             if self._generation is not None:
                 self._generation.cancel()
             terminal = Terminal(Status.ERROR, public_message(exc))
+        self.length = writer.length
         if self._on_end is not None:
             try:
                 self._on_end()

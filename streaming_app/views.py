@@ -22,7 +22,7 @@ from django.views import View
 from django.views import csrf as django_csrf
 from django.views.decorators.csrf import csrf_exempt
 
-from . import conf
+from . import admission, conf
 from .errors import GENERIC
 from .exceptions import InvalidOffset, Overloaded, StreamNotPending
 from .flush import FlushPolicy
@@ -254,22 +254,42 @@ def require_asgi(request: HttpRequest) -> None:
 _aclaim = published_after(_claim, wait=False)
 
 
-async def aclaim_to_drive(user: Any, stream_id: StreamId) -> Stream:
+async def aclaim_to_drive(
+    user: Any, stream_id: StreamId, request: HttpRequest | None = None
+) -> Stream:
     """Admit a drive and claim the stream for ``user``: what every driving response
     does before it starts a :class:`~streaming_app.run.StreamRun`. Raises one of
-    :data:`STREAM_ERRORS` (:func:`error_for` answers it): 404, 403, 409, 503 over this
-    process's ``MAX_LIVE_STREAMS``, 429 over the user's ``MAX_LIVE_STREAMS_PER_USER``
-    (the stream stays ``pending`` for the retry). The claimed stream holds none of the
-    request's database connections. The claim is published without waiting for the
-    channel layer (this process's viewers have it at once; the run's own updates
-    follow it), so call it on an event loop that goes on, a server's."""
+    :data:`STREAM_ERRORS` (:func:`error_for` answers it): 429 past a rate or quota of
+    the user's or of the address ``request`` came from (``DRIVE_RATES_PER_USER``,
+    ``DRIVE_RATES_PER_ADDRESS``, ``DAILY_TOKENS_*``: streaming_app.admission), 404,
+    403, 409, 503 over this process's ``MAX_LIVE_STREAMS``, 429 over the user's
+    ``MAX_LIVE_STREAMS_PER_USER`` (the stream stays ``pending`` for the retry). A drive
+    refused for any of them takes its counts against the rates back. The claimed stream holds
+    none of the request's database connections. The claim is published without
+    waiting for the channel layer (this process's viewers have it at once; the run's
+    own updates follow it), so call it on an event loop that goes on, a server's."""
     global _claiming
-    _admit()
-    _claiming += 1
+    ticket = admission.drive_ticket(user, request)
+    await admission.areserve(ticket)
     try:
-        return await _aclaim(user, stream_id)
-    finally:
-        _claiming -= 1
+        _admit()
+        _claiming += 1
+        try:
+            return await _aclaim(user, stream_id)
+        finally:
+            _claiming -= 1
+    except BaseException:
+        await admission.arelease(ticket)  # a drive refused for another reason costs nothing
+        raise
+
+
+def start_charged(
+    run: StreamRun, user: Any, request: HttpRequest, on_end: Callable[[], None]
+) -> None:
+    """Start a driven run; once it has ended, its tokens count against the daily
+    quotas of ``user`` and ``request``'s address (``DAILY_TOKENS_*``)."""
+    run.start(on_end=on_end)
+    admission.charge_when_done(run, admission.drive_ticket(user, request))
 
 
 class DriverFeed:
@@ -531,7 +551,7 @@ async def astream_response(
         return refused
     user = await request_user(request)
     try:
-        stream = await aclaim_to_drive(user, stream_id)
+        stream = await aclaim_to_drive(user, stream_id, request)
     except STREAM_ERRORS as exc:
         return error_for(exc)
 
@@ -547,7 +567,7 @@ async def astream_response(
     else:
         run.tap = feed.push
         on_end = feed.end  # at once: the text has no last line to wait for
-    run.start(on_end=on_end)
+    start_charged(run, user, request, on_end)
     if not await feed.first():
         status, error = await run_outcome(run)
         return ended_response(stream.pk, status, error, content_type)

@@ -3,7 +3,8 @@ the environment:
 
 - ``E2E_CHANNEL_LAYER``: ``core`` or ``pubsub`` (channels-redis) when REDIS_URL is set;
 - ``E2E_REDIS_SOCKET_TIMEOUT``: seconds the Redis client waits for an answer;
-- ``E2E_STREAMING_APP``: JSON merged into STREAMING_APP (short timeouts, say);
+- ``E2E_STREAMING_APP``: JSON merged into STREAMING_APP (short timeouts, say; the
+  drive rates and token quotas are off unless it sets them);
 - ``E2E_FLUSH=every``: commit every piece, so that lag is the database's and the
   layer's, not the flush policy's;
 - ``E2E_POOL_TIMEOUT``: seconds a request waits for a pooled connection (10);
@@ -23,8 +24,15 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-" + "k" * 50)
 
 from example_project.settings import *  # noqa: E402, F403
 from example_project.settings import DATABASES, REDIS_URL, STREAMING_APP  # noqa: E402
+from tests.no_limits import NO_ADMISSION_LIMITS, NO_EXAMPLE_LIMITS  # noqa: E402
 
-STREAMING_APP = {**STREAMING_APP, **json.loads(os.environ.get("E2E_STREAMING_APP") or "{}")}
+# The admission limits are off unless E2E_STREAMING_APP (or E2E_SETTINGS) sets them.
+globals().update(NO_EXAMPLE_LIMITS)
+STREAMING_APP = {
+    **STREAMING_APP,
+    **NO_ADMISSION_LIMITS,
+    **json.loads(os.environ.get("E2E_STREAMING_APP") or "{}"),
+}
 if os.environ.get("E2E_FLUSH") == "every":
     STREAMING_APP.update(MIN_FLUSH_INTERVAL=0, MAX_FLUSH_INTERVAL=0)
 

@@ -246,11 +246,15 @@ class FakeOpenAI:
         status: int = 200,
         fail_after: int | None = None,
         failure: str = "error event",
+        usage: dict[str, int] | None = None,
     ) -> None:
         """``status``: answer every request with this HTTP status instead (429, say).
         ``fail_after``: after that many pieces, send an error event (``failure`` "error
-        event") or drop the connection ("drop")."""
+        event") or drop the connection ("drop"). ``usage``: the tokens reported in a last
+        chunk (``prompt_tokens``, ``completion_tokens``, ``total_tokens``), as OpenAI
+        does for ``stream_options.include_usage``."""
         self.pieces = pieces
+        self.usage = usage
         self.delay = delay
         self.status = status
         self.fail_after = fail_after
@@ -343,6 +347,9 @@ class FakeOpenAI:
                 "choices": [choice],
             }
             yield f"data: {json.dumps(chunk)}\n\n"
+        if self.usage is not None:
+            last = {"id": "chatcmpl-test", "model": model, "choices": [], "usage": self.usage}
+            yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
     def close(self) -> None:

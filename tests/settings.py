@@ -9,7 +9,8 @@ import tempfile
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-" + "k" * 50)
 
 from example_project.settings import *  # noqa: E402, F403
-from example_project.settings import DATABASES  # noqa: E402
+from example_project.settings import DATABASES, STREAMING_APP  # noqa: E402
+from tests.no_limits import NO_ADMISSION_LIMITS, NO_EXAMPLE_LIMITS  # noqa: E402
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so that the writers' threads and the test share it.
@@ -22,3 +23,8 @@ STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEMO_MODEL_DELAY = 0.0
+
+# The admission limits off (tests/no_limits.py says why); tests/test_admission.py turns
+# them on where they are what is tested.
+STREAMING_APP = {**STREAMING_APP, **NO_ADMISSION_LIMITS}
+globals().update(NO_EXAMPLE_LIMITS)

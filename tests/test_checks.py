@@ -112,3 +112,91 @@ def test_postgres_without_a_pool_is_a_warning(settings):
     settings.STREAMING_APP = {"FLUSH_TICK": "bad"}  # E003's; W002 still speaks
     (warning,) = check_database_connections()
     assert warning.id == "streaming_app.W002"
+
+
+# Admission (streaming_app.admission) ----------------------------------------------------
+
+
+def rate_problems(**streaming) -> list[str]:
+    from streaming_app.checks import check_rate_limits
+
+    with override_settings(STREAMING_APP=streaming):
+        return [p.id or "" for p in check_rate_limits()]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ({"DRIVE_RATES_PER_USER": "10/m"}, "streaming_app.E007"),  # a string, not a list
+        ({"DRIVE_RATES_PER_USER": ["10/w"]}, "streaming_app.E007"),
+        ({"DRIVE_RATES_PER_ADDRESS": ["10/m", "lots"]}, "streaming_app.E007"),
+        ({"DRIVE_RATES_PER_ADDRESS": [10]}, "streaming_app.E007"),
+        ({"RATE_LIMIT_CACHE": "ratelimits"}, "streaming_app.E008"),
+    ],
+)
+def test_bad_admission_settings_are_errors(value, error):
+    assert rate_problems(**value) == [error]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ({"DAILY_TOKENS_PER_USER": 0}, "streaming_app.E003"),
+        ({"DAILY_TOKENS_PER_ADDRESS": "1000"}, "streaming_app.E003"),
+        ({"PROXY_ADDRESS_FACTOR": 1.5}, "streaming_app.E003"),
+        ({"RATE_LIMIT_TIMEOUT": 0}, "streaming_app.E003"),
+    ],
+)
+def test_bad_quota_settings_are_errors(value, error):
+    assert errors_for(value) == [error]
+
+
+def test_a_bad_rate_is_named_with_the_spellings_that_work():
+    from streaming_app.checks import check_rate_limits
+
+    with override_settings(STREAMING_APP={"DRIVE_RATES_PER_USER": ["10/m", "10/week"]}):
+        (error,) = check_rate_limits()
+    assert "'10/week'" in error.msg and "'100/h'" in (error.hint or "")
+
+
+def test_a_cache_that_does_not_count_across_processes_is_a_warning_while_limits_are_on():
+    dummy = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    with override_settings(CACHES=dummy, STREAMING_APP={}):  # the limits' defaults: on
+        from streaming_app.checks import check_rate_limits
+
+        (warning,) = check_rate_limits()
+        assert warning.id == "streaming_app.W003"
+        assert "counts nothing" in warning.msg
+        assert "django.core.cache.backends.redis.RedisCache" in (warning.hint or "")
+        off = {
+            "DRIVE_RATES_PER_USER": None,
+            "DRIVE_RATES_PER_ADDRESS": (),
+            "DAILY_TOKENS_PER_USER": None,
+            "DAILY_TOKENS_PER_ADDRESS": None,
+        }
+        assert rate_problems(**off) == []
+    # The project's own choice of the local-memory cache: one process, as it says.
+    locmem = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(CACHES=locmem):
+        assert rate_problems() == []
+    redis = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache"}}
+    with override_settings(CACHES=redis):
+        assert rate_problems() == []
+
+
+def test_djangos_default_cache_is_a_warning_while_limits_are_on():
+    # A project that never set CACHES: Django's default, a LocMemCache of each process.
+    code = (
+        "import django; from django.conf import settings\n"
+        "settings.configure(INSTALLED_APPS=['streaming_app'])\n"
+        "django.setup()\n"
+        "from streaming_app.checks import check_rate_limits\n"
+        "print([(p.id, p.msg) for p in check_rate_limits()])\n"
+    )
+    import subprocess
+    import sys
+
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "streaming_app.W003" in found and "counts in each process apart" in found

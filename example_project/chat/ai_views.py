@@ -31,12 +31,21 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 from streaming_app.aisdk import aresume_response, aui_message_stream_response
+from streaming_app.exceptions import Overloaded
 from streaming_app.models import LIVE_STATUSES
 from streaming_app.views import JsonView, error_for
 
 from .llm import Messages, reply_pieces
 from .models import Chat, Message
-from .views import BadRequest, check_text, conversation, guest_user, own_chat, start_message
+from .views import (
+    BadRequest,
+    admit,
+    check_text,
+    conversation,
+    guest_user,
+    own_chat,
+    start_message,
+)
 
 
 def parse_chat_id(value: Any) -> uuid.UUID:
@@ -91,13 +100,18 @@ def read_chat_request(request: HttpRequest) -> tuple[uuid.UUID, str]:
 def start_reply(request: HttpRequest, chat_id: uuid.UUID, prompt: str) -> tuple[Message, Messages]:
     """The chat with ``chat_id`` (made now, for the visitor, if it is new), a new
     message with ``prompt`` and its stream to drive, and what the model is sent."""
+    if Chat.objects.filter(pk=chat_id).exists():
+        own_chat(request, str(chat_id), request.user)  # a 403 costs no message
     with transaction.atomic():
         if not Chat.objects.filter(pk=chat_id).exists():
             # A visitor who asks for the first time becomes a guest user.
             user = guest_user(request)
+            admit(request, "chat")  # as the guest, if one was made
             Chat.objects.get_or_create(
                 pk=chat_id, defaults={"owner": user, "title": prompt.strip()[:80]}
             )
+        else:
+            admit(request, "message")
         chat = own_chat(request, str(chat_id), request.user)
         # One reply at a time: the chat's row serialises concurrent posts.
         Chat.objects.select_for_update().filter(pk=chat.pk).exists()
@@ -119,7 +133,7 @@ class AIChatView(JsonView):
             message, messages = await sync_to_async(start_reply)(request, chat_id, prompt)
         except BadRequest as exc:
             return exc.response()
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, Overloaded) as exc:
             return error_for(exc)
         assert message.stream_id is not None
         return await aui_message_stream_response(request, message.stream_id, reply_pieces(messages))

@@ -17,10 +17,18 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
+import streaming_app
+from streaming_app.exceptions import Overloaded
 from streaming_app.models import LIVE_STATUSES, Stream
 from streaming_app.parts import TEXT, assemble, spans
 from streaming_app.streams import create_stream, get_stream_body
-from streaming_app.views import JsonView, astream_response, error_response, request_user
+from streaming_app.views import (
+    JsonView,
+    astream_response,
+    error_for,
+    error_response,
+    request_user,
+)
 
 from .llm import Messages, reply_pieces
 from .models import Chat, Message
@@ -78,14 +86,29 @@ def check_text(text: str, what: str) -> None:
         raise BadRequest(400, f"{what} must be valid Unicode (it has a lone surrogate)") from None
 
 
+def admit(request: HttpRequest, action: str) -> None:
+    """Admit one ``action`` ("guest", "chat", "message") within the example's
+    ``CHAT_<ACTION>_RATES_PER_USER`` / ``_PER_ADDRESS`` settings, or raise Overloaded
+    (429 with Retry-After, answered by ``error_for``)."""
+    name = f"CHAT_{action.upper()}_RATES"
+    streaming_app.admit(
+        request,
+        action,
+        per_user=getattr(settings, f"{name}_PER_USER", None) or (),
+        per_address=getattr(settings, f"{name}_PER_ADDRESS", None) or (),
+    )
+
+
 def guest_user(request: HttpRequest) -> Any:
-    """The request's user; a visitor who is not logged in becomes a guest user.
+    """The request's user; a visitor who is not logged in becomes a guest user, within
+    the per-address limit of ``CHAT_GUEST_RATES_PER_ADDRESS`` (Overloaded past it).
 
     Chats and their streams are owned by a user, so that the permission policy of
     streaming_app (the owner drives and cancels) applies to anonymous visitors too.
     """
     if request.user.is_authenticated:
         return request.user
+    admit(request, "guest")
     # purge_guests removes them once idle (manage.py purge_guests --days 30).
     user = get_user_model().objects.create_user(username=f"guest-{uuid.uuid4().hex[:16]}")
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -200,12 +223,15 @@ class ChatsView(JsonView):
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
             prompt = read_prompt(request)
+            with transaction.atomic():
+                user = guest_user(request)
+                admit(request, "chat")  # as the guest, if one was made
+                chat = Chat.objects.create(owner=user, title=prompt.strip()[:80])
+                message = start_message(chat, prompt)
         except BadRequest as exc:
             return exc.response()
-        with transaction.atomic():
-            user = guest_user(request)
-            chat = Chat.objects.create(owner=user, title=prompt.strip()[:80])
-            message = start_message(chat, prompt)
+        except Overloaded as exc:
+            return error_for(exc)
         return JsonResponse(message_json(chat, message), status=201)
 
 
@@ -236,6 +262,8 @@ class MessagesView(JsonView):
     def post(self, request: HttpRequest, chat_id: str) -> HttpResponse:
         try:
             prompt = read_prompt(request)
+            own_chat(request, chat_id, request.user)  # a 403 or 404 costs no message
+            admit(request, "message")
             with transaction.atomic():
                 chat = own_chat(request, chat_id, request.user)
                 # One follow-up at a time: the chat's row serialises concurrent posts.
@@ -246,6 +274,8 @@ class MessagesView(JsonView):
                 message = start_message(chat, prompt)
         except BadRequest as exc:
             return exc.response()
+        except Overloaded as exc:
+            return error_for(exc)
         return JsonResponse(message_json(chat, message), status=201)
 
 
