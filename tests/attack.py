@@ -473,8 +473,17 @@ async def viewer_attack(
     return report
 
 
+#: The server's limits: the documented ones (the tests' servers run without them).
+LIMITS_ENV = {"E2E_LIMITS": "documented"}
+
+
 def model_env(model: FakeOpenAI) -> dict[str, str]:
-    return {"OPENAI_API_KEY": "sk-attack", "OPENAI_BASE_URL": model.base_url, "OPENAI_MODEL": "m"}
+    return {
+        "OPENAI_API_KEY": "sk-attack",
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_MODEL": "m",
+        **LIMITS_ENV,
+    }
 
 
 def replay(database_url: str, **options: Any) -> dict[str, Any]:

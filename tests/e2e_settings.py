@@ -5,6 +5,8 @@ the environment:
 - ``E2E_REDIS_SOCKET_TIMEOUT``: seconds the Redis client waits for an answer;
 - ``E2E_STREAMING_APP``: JSON merged into STREAMING_APP (short timeouts, say; the
   drive rates and token quotas are off unless it sets them);
+- ``E2E_LIMITS=documented``: the admission limits as documented (the app's defaults
+  and the example's settings), instead of off;
 - ``E2E_FLUSH=every``: commit every piece, so that lag is the database's and the
   layer's, not the flush policy's;
 - ``E2E_POOL_TIMEOUT``: seconds a request waits for a pooled connection (10);
@@ -26,11 +28,14 @@ from example_project.settings import *  # noqa: E402, F403
 from example_project.settings import DATABASES, REDIS_URL, STREAMING_APP  # noqa: E402
 from tests.no_limits import NO_ADMISSION_LIMITS, NO_EXAMPLE_LIMITS  # noqa: E402
 
-# The admission limits are off unless E2E_STREAMING_APP (or E2E_SETTINGS) sets them.
-globals().update(NO_EXAMPLE_LIMITS)
+# The admission limits are off unless E2E_LIMITS=documented, E2E_STREAMING_APP or
+# E2E_SETTINGS sets them.
+DOCUMENTED_LIMITS = os.environ.get("E2E_LIMITS") == "documented"
+if not DOCUMENTED_LIMITS:
+    globals().update(NO_EXAMPLE_LIMITS)
 STREAMING_APP = {
     **STREAMING_APP,
-    **NO_ADMISSION_LIMITS,
+    **({} if DOCUMENTED_LIMITS else NO_ADMISSION_LIMITS),
     **json.loads(os.environ.get("E2E_STREAMING_APP") or "{}"),
 }
 if os.environ.get("E2E_FLUSH") == "every":

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .attack import PIECES, replay
+from .attack import LIMITS_ENV, PIECES, replay
 from .servers import ROOT, server_env
 
 pytestmark = [pytest.mark.attack, pytest.mark.daphne, pytest.mark.slow]
@@ -34,17 +34,8 @@ APP_SETTINGS = [
     "MAX_VIEWERS_PER_USER",
     "MAX_LIVE_STREAMS",
 ]
-# LEAD: the example's per-address limit on minting guests (a sequence of rates, like
-# the app's) is not named yet: replace with its real name once merged.
+#: The example's per-address limit on minting guests (example_project/settings.py).
 GUEST_RATES_SETTING = "CHAT_GUEST_RATES_PER_ADDRESS"
-# Stand-ins, used only for a setting the server does not have (the code before the
-# defences): the issue's "sensible defaults for a public site". LEAD: keep in step
-# with the documented defaults, or drop once every name above exists.
-STAND_INS: dict[str, Any] = {
-    "DRIVE_RATES_PER_ADDRESS": ["10/m"],
-    GUEST_RATES_SETTING: ["10/m"],
-    "MAX_VIEWERS_PER_ADDRESS": 20,
-}
 
 PROBE = """
 import json, django
@@ -104,15 +95,12 @@ def allowance(rates: Any, seconds: float) -> int | None:
 
 def limit(found: dict[str, Any], name: str) -> tuple[Any, str]:
     """A setting's value on the server, and how to name it in a failure."""
-    if name in found:
-        return found[name], f"{name} = {found[name]!r}"
-    return STAND_INS[
-        name
-    ], f"{name} (not a setting of this server; the test's stand-in {STAND_INS[name]!r})"
+    assert name in found, f"the server has no setting {name}"
+    return found[name], f"{name} = {found[name]!r}"
 
 
 def test_one_client_minting_guests_is_refused_and_a_visitor_elsewhere_is_served(e2e_db):
-    found = server_settings(server_env(e2e_db))
+    found = server_settings(server_env(e2e_db, **LIMITS_ENV))
     report = replay(e2e_db, budget=200, seconds=30)
 
     attacker, seen, viewers = report["attacker"], report["visitor"], report["viewers"]
