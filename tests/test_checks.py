@@ -27,7 +27,8 @@ def test_the_defaults_pass():
         ({"MAX_BUFFER_CHARS": "4096"}, "streaming_app.E003"),
         ({"WRITER_THREADS": 0}, "streaming_app.E003"),
         ({"MAX_VIEWERS_PER_PROXY": 0}, "streaming_app.E003"),
-        ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E003"),
+        ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E006"),
+        ({"CANCEL_ON_DISCONNECT": 1}, "streaming_app.E006"),
         ({"COMPACT_FINISHED": 1}, "streaming_app.E003"),
         ({"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1}, "streaming_app.E004"),
         ({"HEARTBEAT_INTERVAL": 60, "TIMEOUT": 30}, "streaming_app.E005"),
@@ -46,6 +47,14 @@ def test_bad_values_are_reported(value, error):
 @pytest.mark.parametrize("seconds", [None, 3600, 0.5])
 def test_a_pending_timeout_is_none_or_a_positive_number(seconds):
     assert errors_for({"PENDING_TIMEOUT": seconds}) == []
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [True, False, "streaming_app.permissions.anonymous_cancels_on_disconnect", lambda u, s: True],
+)
+def test_cancel_on_disconnect_is_a_bool_or_a_policy(policy):
+    assert errors_for({"CANCEL_ON_DISCONNECT": policy}) == []
 
 
 def test_an_unknown_key_is_named_in_the_message():
