@@ -36,7 +36,15 @@ from streaming_app.views import JsonView, error_for
 
 from .llm import Messages, reply_pieces
 from .models import Chat, Message
-from .views import BadRequest, check_text, conversation, guest_user, own_chat, start_message
+from .views import (
+    BadRequest,
+    check_room,
+    check_text,
+    conversation,
+    guest_user,
+    own_chat,
+    start_message,
+)
 
 
 def parse_chat_id(value: Any) -> uuid.UUID:
@@ -104,6 +112,7 @@ def start_reply(request: HttpRequest, chat_id: uuid.UUID, prompt: str) -> tuple[
         last = chat.messages.select_related("stream").last()
         if last is not None and last.stream and last.stream.status in LIVE_STATUSES:
             raise BadRequest(409, f"the previous reply is still {last.stream.status}")
+        check_room(chat)
         message = start_message(chat, prompt)
         return message, conversation(chat, message)
 
