@@ -144,7 +144,7 @@ def test_the_chat_page_shows_the_newest_messages_with_a_link_to_the_older_ones()
     assert "drive-url" not in older
 
 
-@pytest.mark.parametrize("before", ["x", "999999", "-1"])
+@pytest.mark.parametrize("before", ["x", "999999", "-1", "9" * 30, "1e3", ""])
 def test_a_before_that_is_not_a_message_of_the_chat_is_400(before):
     client = Client()
     chat = new_chat(client)

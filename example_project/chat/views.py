@@ -137,7 +137,10 @@ def page_of(chat: Chat, before: str | None) -> tuple[list[Message], Message | No
     messages = chat.messages.select_related("stream")
     if before is not None:
         try:
-            start = chat.messages.get(pk=int(before))
+            pk = int(before)
+            if not 0 < pk < 2**63:  # past a bigint, the database would fail
+                raise ValueError(before)
+            start = chat.messages.get(pk=pk)
         except (ValueError, Message.DoesNotExist):
             raise BadRequest(400, '"before" must be the id of a message of this chat') from None
         messages = messages.filter(
