@@ -53,6 +53,8 @@ class ModelProcess:
             "OPENAI_API_KEY": "sk-bench",
             "OPENAI_BASE_URL": self.base_url,
             "OPENAI_MODEL": "bench",
+            # The fake model honours the example's output cap, a piece a token.
+            "CHAT_MAX_OUTPUT_TOKENS": "1000000",
             "E2E_STREAMING_APP": json.dumps(streaming_app),
         }
 

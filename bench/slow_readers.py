@@ -82,6 +82,8 @@ def server_env(fake: FakeOpenAI, size: int, **streaming_app: Any) -> dict[str, s
         "OPENAI_API_KEY": "sk-bench",
         "OPENAI_BASE_URL": fake.base_url,
         "OPENAI_MODEL": "bench",
+        # The fake model honours the example's output cap, a piece a token.
+        "CHAT_MAX_OUTPUT_TOKENS": "1000000",
         "E2E_STREAMING_APP": json.dumps(settings),
     }
 

@@ -188,11 +188,32 @@ STREAMING_APP: dict[str, Any] = {
     # Anyone with a chat's link may watch it; only its owner drives or cancels.
     "PERMISSION_POLICY": "streaming_app.permissions.anyone_reads_policy",
 }
+# A guest's reply stops when its tab closes (a public site's choice: the model is not
+# paid for a reply nobody waits for); off by default, so that the demo's promise holds
+# (close the tab, the reply goes on). A registered user's reply always goes on.
+if env_bool("CHAT_GUESTS_STOP_ON_DISCONNECT", False):
+    STREAMING_APP["CANCEL_ON_DISCONNECT"] = "example_project.chat.views.guest_stops_on_disconnect"
 
-# The example's own settings.
+# The example's own settings (docs/deployment.md#cost-caps).
 CHAT_MAX_PROMPT_CHARS = 32_000
-# The most characters of earlier turns sent to the model with a new prompt.
-CHAT_MAX_CONTEXT_CHARS = 64_000
+# The most tokens a reply may take: the model is asked for no more (finish "length").
+CHAT_MAX_OUTPUT_TOKENS = env_number("CHAT_MAX_OUTPUT_TOKENS", "1024", int)
+# The request field that carries it: OpenAI's max_completion_tokens (its reasoning
+# models refuse max_tokens), or max_tokens for compatible servers that know only that
+# one (Ollama, LM Studio ignore max_completion_tokens).
+CHAT_MAX_OUTPUT_TOKENS_FIELD = env("OPENAI_MAX_TOKENS_FIELD", "max_completion_tokens")
+if CHAT_MAX_OUTPUT_TOKENS_FIELD not in {"max_completion_tokens", "max_tokens"}:
+    raise ImproperlyConfigured(
+        "OPENAI_MAX_TOKENS_FIELD must be max_completion_tokens or max_tokens, "
+        f"not {CHAT_MAX_OUTPUT_TOKENS_FIELD!r}"
+    )
+# The most tokens sent to the model with a new prompt, the prompt included (estimated:
+# a token for every 4 characters, rounded up): earlier turns are dropped oldest first.
+CHAT_MAX_CONTEXT_TOKENS = env_number("CHAT_MAX_CONTEXT_TOKENS", "16000", int)
+# The most messages a chat may hold (past it a new one is 409: start a new chat), and
+# how many of the newest the chat page and its JSON show (?before=<id>: earlier ones).
+CHAT_MAX_MESSAGES = env_number("CHAT_MAX_MESSAGES", "100", int)
+CHAT_PAGE_MESSAGES = env_number("CHAT_PAGE_MESSAGES", "50", int)
 # Admission of the example's own actions (streaming_app.admit: 429 with Retry-After
 # past a rate; rate strings as STREAMING_APP's DRIVE_RATES_*; None or (): no limit).
 # A visitor without an account becomes a guest user on its first prompt: guests made

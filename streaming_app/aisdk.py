@@ -391,7 +391,7 @@ async def aui_message_stream_response(
         return error_for(exc)
 
     run = StreamRun(stream.pk, source, policy=policy)
-    feed = DriverFeed(run)
+    feed = DriverFeed(run, user, stream)
     encoder = UIMessageEncoder(message_id or str(stream.pk))
     feed.push(encoder.start())
     offset = 0

@@ -114,7 +114,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="streaming_app.E005",
                 )
             )
-    for name in ("CANCEL_ON_DISCONNECT", "COMPACT_FINISHED", "LIMIT_UNACKED_VIEWERS"):
+    for name in ("COMPACT_FINISHED", "LIMIT_UNACKED_VIEWERS"):
         if not isinstance(conf.get(name), bool):
             errors.append(
                 Error(f"STREAMING_APP[{name!r}] must be True or False.", id="streaming_app.E003")
@@ -124,6 +124,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ("ERROR_MESSAGE", "(exception) -> str"),
     ):
         errors.extend(_check_callable(name, shape))
+    if not isinstance(conf.get("CANCEL_ON_DISCONNECT"), bool):
+        errors.extend(_check_callable("CANCEL_ON_DISCONNECT", "(user, stream) -> bool, or a bool"))
     return errors
 
 

@@ -38,7 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_OUTAGE_LIMIT": 30.0,
     # How long the cancel endpoint waits for the writer to end the stream.
     "CANCEL_WAIT": 2.0,
-    # When the driving browser hangs up: False lets generation go on to the end.
+    # When the driving browser hangs up: False lets generation go on to the end, True
+    # stops it; or a callable (or its dotted path) taking (user, stream) and returning
+    # a bool, for some drivers only (anonymous visitors: streaming_app.permissions.
+    # anonymous_cancels_on_disconnect). Called on the event loop: no database queries.
     "CANCEL_ON_DISCONNECT": False,
     # A viewer that hears nothing for this long reads the stream from the database,
     # in case a message was dropped (channel layers deliver at most once).

@@ -1,7 +1,9 @@
-"""Who may read, drive or cancel a stream: one policy, applied by every transport."""
+"""Who may read, drive or cancel a stream: one policy, applied by every transport; and
+whose runs stop when their driver hangs up (``CANCEL_ON_DISCONNECT``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -11,6 +13,8 @@ from django.utils.module_loading import import_string
 from . import conf
 from .models import Stream
 from .streams import StreamId, get_stream
+
+logger = logging.getLogger(__name__)
 
 Action = Literal["read", "drive", "cancel"]
 Policy = Callable[[Any, Stream, Action], bool]
@@ -93,3 +97,26 @@ def refusal(stream: Stream, action: Action) -> str:
             "'streaming_app.permissions.ownerless_open_policy'"
         )
     return message
+
+
+def anonymous_cancels_on_disconnect(user: Any, stream: Stream) -> bool:
+    """A ``CANCEL_ON_DISCONNECT`` policy: a visitor who is not signed in (or a site
+    without authentication) stops the run by hanging up; a signed-in user's goes on."""
+    return user is None or not user.is_authenticated
+
+
+def cancels_on_disconnect(user: Any, stream: Stream) -> bool:
+    """Whether the run of ``stream``, driven by ``user``, stops when the driver hangs
+    up: ``CANCEL_ON_DISCONNECT``, a bool or a callable (or its dotted path) taking
+    ``(user, stream)``. Called on the event loop once the stream is claimed, so a
+    callable must not query the database (the user and the stream are loaded). One
+    that fails is logged, and the run goes on (the default, invariant 7)."""
+    setting = conf.get("CANCEL_ON_DISCONNECT")
+    if isinstance(setting, bool):
+        return setting
+    try:
+        decide = import_string(setting) if isinstance(setting, str) else setting
+        return bool(decide(user, stream))
+    except Exception:
+        logger.exception("CANCEL_ON_DISCONNECT failed for stream %s", stream.pk)
+        return False

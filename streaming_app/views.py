@@ -28,7 +28,7 @@ from .exceptions import InvalidOffset, Overloaded, StreamNotPending
 from .flush import FlushPolicy
 from .hub import status_message, text_message, to_json
 from .models import Status, Stream
-from .permissions import Action, load_stream
+from .permissions import Action, cancels_on_disconnect, load_stream
 from .publish import published_after
 from .run import Source, StreamRun, live_runs
 from .streams import (
@@ -297,11 +297,17 @@ class DriverFeed:
 
     A run's tap pushes pieces in; the response reads them out, all that is waiting at
     once, and ends with the last piece given to :meth:`end`. If the browser goes away
-    the run is told, and goes on without it (or stops, with ``CANCEL_ON_DISCONNECT``).
+    the run is told, and goes on without it, or stops where ``CANCEL_ON_DISCONNECT``
+    says so for ``user``, who drives ``stream`` (:func:`cancels_on_disconnect`).
     """
 
-    def __init__(self, run: StreamRun) -> None:
+    def __init__(self, run: StreamRun, user: Any = None, stream: Stream | None = None) -> None:
         self._run = run
+        self._cancel_on_hang_up = (
+            cancels_on_disconnect(user, stream)
+            if stream is not None
+            else conf.get("CANCEL_ON_DISCONNECT") is True
+        )
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._max_backlog = int(conf.get("MAX_PENDING_CHARS"))
@@ -404,7 +410,7 @@ class DriverFeed:
             return
         self._hung_up = True
         self._run.detach_tap()
-        if conf.get("CANCEL_ON_DISCONNECT"):
+        if self._cancel_on_hang_up:
             self._run.cancel()
 
 
@@ -556,7 +562,7 @@ async def astream_response(
         return error_for(exc)
 
     run = StreamRun(stream.pk, generate, policy=policy)
-    feed = DriverFeed(run)
+    feed = DriverFeed(run, user, stream)
     if parts is None:
         parts = parse_flag(request.GET.get("parts"))
     on_end: Callable[[], None]

@@ -232,7 +232,10 @@ class FakeOpenAI:
     ``delay`` seconds apart (asyncio, in a thread of its own: cheap enough for a
     hundred streams at once not to be anyone's bottleneck).
 
-    It records every request body, so that a test can check what the model was sent.
+    It records every request body, so that a test can check what the model was sent,
+    and honours a request's ``max_completion_tokens`` (or ``max_tokens``) as a real
+    model does, a piece a token: past it the answer stops, with finish reason
+    ``length``.
     """
 
     #: The paths it streams on (any other answers 404).
@@ -305,7 +308,9 @@ class FakeOpenAI:
                     b"transfer-encoding: chunked\r\n\r\n"
                 )
                 started = asyncio.get_running_loop().time()
-                for i, event in enumerate(self.events(body.get("model", "test"))):
+                cap = body.get("max_completion_tokens") or body.get("max_tokens")
+                events = self.events(body.get("model", "test"), max_tokens=cap)
+                for i, event in enumerate(events):
                     await self.before_event(i)
                     if i == self.fail_after:
                         if self.failure == "drop":
@@ -329,15 +334,17 @@ class FakeOpenAI:
         """Awaited before the answer's event ``index`` is sent: a subclass may hold the
         model back there."""
 
-    def events(self, model: str) -> Iterator[str]:
-        for i, piece in enumerate([*self.pieces, None]):
+    def events(self, model: str, max_tokens: int | None = None) -> Iterator[str]:
+        pieces = self.pieces if max_tokens is None else self.pieces[:max_tokens]
+        finish = "stop" if len(pieces) == len(self.pieces) else "length"
+        for i, piece in enumerate([*pieces, None]):
             delta: dict[str, Any] = {"content": piece} if piece is not None else {}
             if i == 0:
                 delta["role"] = "assistant"
             choice = {
                 "index": 0,
                 "delta": delta,
-                "finish_reason": None if piece is not None else "stop",
+                "finish_reason": None if piece is not None else finish,
             }
             chunk = {
                 "id": "chatcmpl-test",
@@ -385,7 +392,7 @@ class ScriptedOpenAI(FakeOpenAI):
         finally:
             self.disconnects += 1
 
-    def events(self, model: str) -> Iterator[str]:
+    def events(self, model: str, max_tokens: int | None = None) -> Iterator[str]:
         return iter(self.chunks)
 
 

@@ -248,7 +248,7 @@ def test_the_admin_merges_the_chunks_of_selected_streams(client):
 
 async def test_the_model_gets_the_newest_turns_that_fit_the_context_size():
     """A long chat does not send (or read) everything: the newest prompt, then as many
-    earlier turns as fit CHAT_MAX_CONTEXT_CHARS, newest first."""
+    earlier turns as fit CHAT_MAX_CONTEXT_TOKENS, newest first."""
     client = AsyncClient()
     prompts = ["a" * 300, "b" * 300, "c" * 300, "The newest"]
     chat = (
@@ -264,8 +264,8 @@ async def test_the_model_gets_the_newest_turns_that_fit_the_context_size():
                 content_type="application/json",
             )
         ).json()
-    # Each earlier turn is about 300 + 700 characters: two of them fit, not three.
-    with override_settings(CHAT_MAX_CONTEXT_CHARS=2500):
+    # Each earlier turn is about 300 + 700 characters, 250 tokens: two of them fit, not three.
+    with override_settings(CHAT_MAX_CONTEXT_TOKENS=625):
         reply = await read_all(await client.post(chat["drive_url"]))
     assert "(message 3 of this chat)" in reply, "the newest prompt and two earlier turns"
 

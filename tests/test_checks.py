@@ -30,7 +30,8 @@ def test_the_defaults_pass():
         ({"MAX_VIEWERS_PER_ADDRESS": 0}, "streaming_app.E003"),
         ({"MAX_VIEWERS_PER_ADDRESS": "100"}, "streaming_app.E003"),
         ({"MAX_VIEWERS_PER_ADDRESS": 2.5}, "streaming_app.E003"),
-        ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E003"),
+        ({"CANCEL_ON_DISCONNECT": "yes"}, "streaming_app.E006"),
+        ({"CANCEL_ON_DISCONNECT": 1}, "streaming_app.E006"),
         ({"COMPACT_FINISHED": 1}, "streaming_app.E003"),
         ({"MIN_FLUSH_INTERVAL": 2, "MAX_FLUSH_INTERVAL": 1}, "streaming_app.E004"),
         ({"HEARTBEAT_INTERVAL": 60, "TIMEOUT": 30}, "streaming_app.E005"),
@@ -54,6 +55,14 @@ def test_a_pending_timeout_is_none_or_a_positive_number(seconds):
 @pytest.mark.parametrize("viewers", [None, 1, 100])
 def test_max_viewers_per_address_is_none_or_a_positive_integer(viewers):
     assert errors_for({"MAX_VIEWERS_PER_ADDRESS": viewers}) == []
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [True, False, "streaming_app.permissions.anonymous_cancels_on_disconnect", lambda u, s: True],
+)
+def test_cancel_on_disconnect_is_a_bool_or_a_policy(policy):
+    assert errors_for({"CANCEL_ON_DISCONNECT": policy}) == []
 
 
 def test_an_unknown_key_is_named_in_the_message():

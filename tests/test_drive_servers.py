@@ -83,9 +83,9 @@ class GatedOpenAI(FakeOpenAI):
         self.gate = threading.Event()
         super().__init__(pieces)
 
-    def events(self, model: str) -> Iterator[str]:
+    def events(self, model: str, max_tokens: int | None = None) -> Iterator[str]:
         self.gate.wait(30)
-        return super().events(model)
+        return super().events(model, max_tokens)
 
 
 @servers

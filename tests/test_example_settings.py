@@ -16,12 +16,13 @@ SHOW = (
 )
 
 
-def settings_with(**env: str) -> subprocess.CompletedProcess[str]:
+def settings_with(code: str = SHOW, **env: str) -> subprocess.CompletedProcess[str]:
+    """The example's settings under ``env``: what ``code`` prints of them."""
     clean = {
         k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "DJANGO_"))
     }
     return subprocess.run(
-        [sys.executable, "-c", SHOW],
+        [sys.executable, "-c", code],
         cwd=ROOT,
         env={
             **clean,

@@ -48,6 +48,8 @@ def start(factory: Any, kind: type[Daphne], fake: FakeOpenAI, **streaming_app: A
         OPENAI_API_KEY="sk-test",
         OPENAI_BASE_URL=fake.base_url,
         OPENAI_MODEL="test",
+        # Replies of megabytes, a piece a token: past the example's output cap.
+        CHAT_MAX_OUTPUT_TOKENS="1000000",
         E2E_STREAMING_APP=json.dumps(settings),
     )
 

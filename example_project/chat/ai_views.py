@@ -40,6 +40,7 @@ from .models import Chat, Message
 from .views import (
     BadRequest,
     admit,
+    check_room,
     check_text,
     conversation,
     guest_user,
@@ -118,6 +119,7 @@ def start_reply(request: HttpRequest, chat_id: uuid.UUID, prompt: str) -> tuple[
         last = chat.messages.select_related("stream").last()
         if last is not None and last.stream and last.stream.status in LIVE_STATUSES:
             raise BadRequest(409, f"the previous reply is still {last.stream.status}")
+        check_room(chat)
         message = start_message(chat, prompt)
         return message, conversation(chat, message)
 

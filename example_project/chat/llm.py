@@ -65,10 +65,14 @@ async def close_openai_client() -> None:
 def openai_pieces(messages: Messages) -> Pieces:
     from streaming_app.sources.openai import chat_completion_parts
 
+    # The cost cap: the model writes no more than this (the reply ends with finish
+    # reason "length").
+    cap = {str(settings.CHAT_MAX_OUTPUT_TOKENS_FIELD): int(settings.CHAT_MAX_OUTPUT_TOKENS)}
     return chat_completion_parts(
         openai_client(),
         model=os.environ.get("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL,
         messages=messages,
+        **cap,
     )
 
 

@@ -7,6 +7,17 @@ from django.db import models
 
 from streaming_app.models import Stream
 
+#: The username prefix of the guest users the example makes for visitors (guest_user).
+GUEST_PREFIX = "guest-"
+
+
+def is_guest(user: object) -> bool:
+    """Whether ``user`` is a guest the example made (or an anonymous visitor)."""
+    username = getattr(user, "username", None)
+    if username is None or not getattr(user, "is_authenticated", False):
+        return True
+    return str(username).startswith(GUEST_PREFIX) and not getattr(user, "is_staff", False)
+
 
 class Chat(models.Model):
     """A conversation, owned by the (guest) user who started it."""

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
@@ -21,6 +22,7 @@ import streaming_app
 from streaming_app.exceptions import Overloaded
 from streaming_app.models import LIVE_STATUSES, Stream
 from streaming_app.parts import TEXT, assemble, spans
+from streaming_app.publish import disconnect_viewers
 from streaming_app.streams import create_stream, get_stream_body
 from streaming_app.views import (
     JsonView,
@@ -31,7 +33,7 @@ from streaming_app.views import (
 )
 
 from .llm import Messages, reply_pieces
-from .models import Chat, Message
+from .models import Chat, Message, is_guest
 
 
 class BadRequest(Exception):
@@ -115,6 +117,13 @@ def guest_user(request: HttpRequest) -> Any:
     return user
 
 
+def guest_stops_on_disconnect(user: Any, stream: Stream) -> bool:
+    """The example's ``CANCEL_ON_DISCONNECT`` with ``CHAT_GUESTS_STOP_ON_DISCONNECT``:
+    a guest's reply stops when its tab closes (a visitor who leaves costs no more model
+    time); a registered user's goes on to the end."""
+    return is_guest(user)
+
+
 def find_chat(chat_id: str) -> Chat:
     try:
         return Chat.objects.get(pk=uuid.UUID(chat_id))
@@ -127,6 +136,42 @@ def own_chat(request: HttpRequest, chat_id: str, user: Any) -> Chat:
     if user is None or chat.owner_id != user.pk:
         raise BadRequest(403, "this chat is not yours: you may watch it, not write to it")
     return chat
+
+
+def check_room(chat: Chat) -> None:
+    """Refuse a message past ``CHAT_MAX_MESSAGES`` in ``chat`` (409): a follow-up costs
+    no model call of its own to post, so a chat would otherwise grow without bound.
+    Called with the chat's row locked."""
+    limit = int(settings.CHAT_MAX_MESSAGES)
+    if chat.messages.count() >= limit:
+        raise BadRequest(409, chat_full(limit))
+
+
+def chat_full(limit: int) -> str:
+    return f"this chat has reached its limit of {limit} messages: start a new chat"
+
+
+def page_of(chat: Chat, before: str | None) -> tuple[list[Message], Message | None]:
+    """At most ``CHAT_PAGE_MESSAGES`` of the chat's messages, oldest first: the newest,
+    or (``before``, a message's id) those before that one; and the oldest of them when
+    there are earlier ones (where the next page starts), else None. A ``before`` that
+    is not a message of this chat is 400."""
+    size = int(settings.CHAT_PAGE_MESSAGES)
+    messages = chat.messages.select_related("stream")
+    if before is not None:
+        try:
+            pk = int(before)
+            if not 0 < pk < 2**63:  # past a bigint, the database would fail
+                raise ValueError(before)
+            start = chat.messages.get(pk=pk)
+        except (ValueError, Message.DoesNotExist):
+            raise BadRequest(400, '"before" must be the id of a message of this chat') from None
+        messages = messages.filter(
+            Q(created_at__lt=start.created_at) | Q(created_at=start.created_at, id__lt=start.pk)
+        )
+    newest = list(messages.reverse()[: size + 1])
+    page = newest[:size][::-1]
+    return page, (page[0] if len(newest) > size else None)
 
 
 def message_json(chat: Chat, message: Message) -> dict[str, Any]:
@@ -161,16 +206,25 @@ def answer_length(stream: Stream) -> int:
     )
 
 
+def estimated_tokens(chars: int) -> int:
+    """The tokens a text of ``chars`` characters costs, estimated as a model's
+    tokenizer counts English and code: about 4 characters a token, rounded up (no
+    tokenizer to load; other scripts take more tokens a character, so the bound is
+    loose for them)."""
+    return -(-chars // 4)
+
+
 def conversation(chat: Chat, newest: Message) -> Messages:
     """What the model is sent: the newest prompt, after as many earlier turns as fit in
-    ``CHAT_MAX_CONTEXT_CHARS``, newest first. Earlier turns are not read at all, so a
-    long chat does not delay the first token."""
-    budget = int(settings.CHAT_MAX_CONTEXT_CHARS) - len(newest.prompt)
+    ``CHAT_MAX_CONTEXT_TOKENS`` with it (:func:`estimated_tokens`), newest first: the
+    oldest are dropped. Earlier turns are not read at all, so a long chat does not
+    delay the first token."""
+    budget = int(settings.CHAT_MAX_CONTEXT_TOKENS) - estimated_tokens(len(newest.prompt))
     turns: list[Messages] = []
     earlier = chat.messages.exclude(pk=newest.pk).select_related("stream").reverse()
     for message in earlier[:100]:
         reply = answer_length(message.stream) if message.stream else 0
-        budget -= len(message.prompt) + reply
+        budget -= estimated_tokens(len(message.prompt)) + estimated_tokens(reply)
         if budget < 0:
             break
         turn = [{"role": "user", "content": message.prompt}]
@@ -198,13 +252,20 @@ def index(request: HttpRequest) -> HttpResponse:
 @ensure_csrf_cookie
 def chat_page(request: HttpRequest, chat_id: str) -> HttpResponse:
     """The chat, its replies rendered on the server ({% stream_text %}) and followed live
-    in the browser; its owner may write and drives a reply still to be generated."""
+    in the browser; its owner may write and drives a reply still to be generated. It
+    shows the newest ``CHAT_PAGE_MESSAGES`` (``?before=<message id>``: those before),
+    with a link to the earlier ones."""
     try:
         chat = find_chat(chat_id)
-    except BadRequest:
-        raise Http404("no such chat") from None
+        before = request.GET.get("before")
+        messages, oldest = page_of(chat, before)
+    except BadRequest as exc:
+        if exc.status == 404:
+            raise Http404("no such chat") from None
+        return HttpResponse(str(exc), status=exc.status, content_type="text/plain")
     owner = request.user.is_authenticated and request.user.pk == chat.owner_id
-    messages = list(chat.messages.select_related("stream"))
+    newest_page = before is None
+    limit = int(settings.CHAT_MAX_MESSAGES)
     return render(
         request,
         "chat/index.html",
@@ -212,8 +273,11 @@ def chat_page(request: HttpRequest, chat_id: str) -> HttpResponse:
             "chat": chat,
             "owner": owner,
             "messages": messages,
+            "older": oldest.pk if oldest else None,
+            "newest_page": newest_page,
             # Only the newest reply is generated by the drive view.
-            "drive_url": reverse("drive", args=[chat.id]) if owner else None,
+            "drive_url": reverse("drive", args=[chat.id]) if owner and newest_page else None,
+            "full": chat_full(limit) if owner and chat.messages.count() >= limit else "",
             "chats": your_chats(request),
         },
     )
@@ -237,10 +301,17 @@ class ChatsView(JsonView):
 
 class ChatView(JsonView):
     def get(self, request: HttpRequest, chat_id: str) -> HttpResponse:
+        """The chat and its newest ``CHAT_PAGE_MESSAGES`` messages, oldest first
+        (``?before=<message_id>``: those before that one); ``older`` is the URL of the
+        page before, or null."""
         try:
             chat = find_chat(chat_id)
+            messages, oldest = page_of(chat, request.GET.get("before"))
         except BadRequest as exc:
             return exc.response()
+        older = None
+        if oldest is not None:
+            older = f"{reverse('chat-detail', args=[chat.id])}?before={oldest.pk}"
         return JsonResponse(
             {
                 "id": str(chat.id),
@@ -252,10 +323,34 @@ class ChatView(JsonView):
                         "prompt": m.prompt,
                         "stream_id": str(m.stream_id) if m.stream_id else None,
                     }
-                    for m in chat.messages.all()
+                    for m in messages
                 ],
+                "older": older,
             }
         )
+
+    def delete(self, request: HttpRequest, chat_id: str) -> HttpResponse:
+        """Delete the chat (its owner only): its live replies are stopped (their runs,
+        wherever they are, are told at once), its streams and messages deleted, then
+        the chat, so that its link is dead: 404 for the page, the JSON and its streams
+        (a websocket 4404)."""
+        try:
+            with transaction.atomic():
+                chat = own_chat(request, chat_id, request.user)
+                Chat.objects.select_for_update().filter(pk=chat.pk).exists()
+                streams = Stream.objects.filter(
+                    pk__in=chat.messages.exclude(stream=None).values("stream_id")
+                )
+                live = list(streams.live().values_list("pk", flat=True))
+                # Locked and deleted: the live ones' runs are told to stop on commit.
+                streams.delete()
+                chat.delete()
+        except BadRequest as exc:
+            return exc.response()
+        for stream_id in live:
+            # Their viewers, in every process, find the stream gone: close 4404.
+            disconnect_viewers(stream_id)
+        return JsonResponse({"id": chat_id, "deleted": True})
 
 
 class MessagesView(JsonView):
@@ -271,6 +366,7 @@ class MessagesView(JsonView):
                 last = chat.messages.select_related("stream").last()
                 if last is not None and last.stream and last.stream.status in LIVE_STATUSES:
                     raise BadRequest(409, f"the previous reply is still {last.stream.status}")
+                check_room(chat)
                 message = start_message(chat, prompt)
         except BadRequest as exc:
             return exc.response()

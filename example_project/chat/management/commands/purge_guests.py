@@ -2,25 +2,29 @@
 that long, with their chats and streams, so that visitors cannot fill the user table.
 
 A guest user is made by a visitor's first prompt (never by a page view); one with a
-reply still live is kept until it ends. Run it daily (cron, a scheduled task).
+reply still live is kept until it ends. Their sessions go too (with the database
+session engines: a cache's sessions expire on their own). Run it daily (cron, a
+scheduled task: docs/deployment.md#scheduled-commands).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
+from importlib import import_module
 from typing import Any
 
-from django.contrib.auth import get_user_model
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
+from django.core.cache import caches
 from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Exists, OuterRef, Subquery
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from example_project.chat.models import Message
+from example_project.chat.models import GUEST_PREFIX, Message
 from streaming_app.models import Status, Stream
 from streaming_app.streams import stale_streams
-
-GUEST_PREFIX = "guest-"
 
 
 class Command(BaseCommand):
@@ -59,8 +63,54 @@ class Command(BaseCommand):
             .filter(seen__lt=cutoff)
             .exclude(Exists(live))
         )
-        removed = 0
+        removed: set[str] = set()
         for user in guests.iterator():
+            removed.add(str(user.pk))
             user.delete()  # their chats, messages and streams go with them
-            removed += 1
-        self.stdout.write(f"removed {removed} guest user(s) idle for {days} days or more")
+        sessions = delete_sessions_of(removed) if removed else 0
+        self.stdout.write(
+            f"removed {len(removed)} guest user(s) idle for {days} days or more, "
+            f"and {sessions} session(s) of theirs"
+        )
+
+
+#: Session rows read (and decoded) at a time, and keys deleted by one query.
+BATCH = 2000
+
+
+def delete_sessions_of(user_ids: set[str]) -> int:
+    """Delete the sessions logged in as one of ``user_ids`` (their ``_auth_user_id``):
+    the session table is read once, in batches of :data:`BATCH`, each row decoded in Python (the data
+    is signed, not queryable), which takes about 15 s for 100,000 sessions. Returns
+    how many were deleted; 0 with a session engine that keeps no table (cache, signed
+    cookies), whose sessions expire on their own."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    if not hasattr(store, "get_model_class"):
+        return 0
+    model = store.get_model_class()
+    decoder = store()
+    rows = model.objects.values_list("session_key", "session_data")
+    keys = [
+        key
+        for key, data in rows.iterator(chunk_size=BATCH)
+        if str(decoder.decode(data).get(SESSION_KEY)) in user_ids
+    ]
+    deleted = 0
+    for batch in _batches(iter(keys)):
+        deleted += model.objects.filter(session_key__in=batch).delete()[0]
+        if hasattr(store, "cache_key_prefix"):  # cached_db: its cached copies too
+            caches[settings.SESSION_CACHE_ALIAS].delete_many(
+                [store.cache_key_prefix + key for key in batch]
+            )
+    return deleted
+
+
+def _batches(keys: Iterator[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

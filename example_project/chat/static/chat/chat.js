@@ -6,6 +6,7 @@ import "/static/streaming_app/stream-text.js";
 const messages = document.getElementById("messages");
 const form = document.getElementById("ask");
 const errorBox = document.getElementById("error");
+const deleteButton = document.getElementById("delete-chat");
 let chatId = messages.dataset.chatId || null;
 
 function csrfToken() {
@@ -55,6 +56,7 @@ async function ask(prompt) {
     a.href = created.url;
     a.textContent = `${location.origin}${created.url}`;
     link.append(a);
+    if (deleteButton) deleteButton.hidden = false;
   }
   const p = document.createElement("div");
   p.className = "prompt";
@@ -77,6 +79,25 @@ if (!form.hidden) {
     addStop(last);
     busy(last);
   }
+}
+
+// Delete the chat (its owner's): its replies stop, and its link stops working.
+if (deleteButton) {
+  deleteButton.addEventListener("click", async () => {
+    if (!chatId || !confirm("Delete this chat and its replies? Its link will stop working.")) return;
+    errorBox.textContent = "";
+    try {
+      const response = await fetch(`/api/chats/${chatId}/`, {
+        method: "DELETE",
+        headers: { "X-CSRFToken": csrfToken() },
+        credentials: "same-origin",
+      });
+      if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+      location.assign("/");
+    } catch (error) {
+      errorBox.textContent = error.message;
+    }
+  });
 }
 
 form.addEventListener("submit", async (event) => {
