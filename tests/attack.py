@@ -84,14 +84,14 @@ class CountingOpenAI(FakeOpenAI):
         """Let the held replies to prompts that say ``name`` go on (from any thread)."""
         self.loop.call_soon_threadsafe(self._event(name).set)
 
-    def events(self, model: str) -> Iterator[str]:
+    def events(self, model: str, max_tokens: int | None = None) -> Iterator[str]:
         # handle() records the body, then asks for its events, with no await between:
         # the last body recorded is this reply's. (The handler is a task of its own, so
         # the context variable is this reply's too.)
         body = self.requests[-1]["body"]
         _request.set(body)
         self.calls[self.asker(body)] += 1
-        return self._counted(super().events(model))
+        return self._counted(super().events(model, max_tokens))
 
     def _counted(self, events: Iterator[str]) -> Iterator[str]:
         self.open += 1
