@@ -251,7 +251,10 @@ def ticket_for(
         if proxy_factor is None:
             return ticket
         factor = int(proxy_factor)
-    key = (action, address)
+    # Keyed as the address itself: with PROXY_ADDRESS_FACTOR 1 (the default) a client
+    # that adds a header of its own shares its address's count and gains nothing; with
+    # a factor, the larger amount is a count of its own (the amount is in the key).
+    key = (action, "address:" + address.removeprefix("proxy:").removeprefix("address:"))
     ticket.rates += [
         Limit(type(item)(item.amount * factor, item.multiples), key, f"{action}s from this address")
         for item in per_address
@@ -319,6 +322,7 @@ def _bounded(what: str, work: Callable[[], None]) -> None:
     except Overloaded:
         raise
     except Exception as exc:  # TimeoutError included
+        future.cancel()  # not yet started (the threads are all waiting): never run
         _warn_open(what, exc)
 
 
@@ -365,7 +369,7 @@ def admit(
     user: Any = None,
     per_user: Sequence[str] = (),
     per_address: Sequence[str] = (),
-) -> None:
+) -> Ticket:
     """Admit one ``action`` of a project's own view, or raise
     :class:`~streaming_app.exceptions.Overloaded` (429, ``retry_after``), which
     :func:`streaming_app.views.error_for` answers with JSON and ``Retry-After``.
@@ -373,9 +377,10 @@ def admit(
     ``per_user`` are rate strings (``"10/m"``, ``"100/h"``) counted per authenticated
     ``user`` (by default the request's), ``per_address`` per client address (proxy
     aware, as the drive limits). Admitted, it counts against every rate; refused, it
-    counts nothing. Synchronous (call it from a sync view or through
-    ``sync_to_async``); it waits ``RATE_LIMIT_TIMEOUT`` at the most and admits if the
-    cache fails (logged)."""
+    counts nothing. Returns the admission: :func:`release` it if the action is refused
+    after all for another reason (a 409, a rolled-back transaction), so that it costs
+    nothing. Synchronous (call it from a sync view or through ``sync_to_async``); it
+    waits ``RATE_LIMIT_TIMEOUT`` at the most and admits if the cache fails (logged)."""
     if user is None:
         user = getattr(request, "user", None)
     ticket = ticket_for(
@@ -387,6 +392,13 @@ def admit(
     )
     if ticket.rates:
         _bounded(action, ticket.reserve)
+    return ticket
+
+
+def release(ticket: Ticket) -> None:
+    """Take back what :func:`admit` counted (synchronous, bounded as it is)."""
+    if ticket.held:
+        _bounded("release", ticket.release)
 
 
 def run_tokens(parts: list[Entry], length: int) -> int:

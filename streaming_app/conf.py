@@ -88,9 +88,12 @@ DEFAULTS: dict[str, Any] = {
     "DAILY_TOKENS_PER_USER": 200_000,
     "DAILY_TOKENS_PER_ADDRESS": 1_000_000,
     # An address whose forwarding headers the server did not apply (a proxy it was not
-    # told to trust: all its visitors are one address) gets the per-address rates and
-    # quota multiplied by this. None: no per-address limits for such an address.
-    "PROXY_ADDRESS_FACTOR": 25,
+    # told to trust: all its visitors are one address; or a client that made them up)
+    # gets the per-address rates and quota multiplied by this. 1: the address's own
+    # limits and count (a client gains nothing by inventing a header; a misconfigured
+    # proxy is refused as one client, with a warning that names the fix).
+    # None: no per-address limits for such an address.
+    "PROXY_ADDRESS_FACTOR": 1,
     # The alias in CACHES the limits are counted in.
     "RATE_LIMIT_CACHE": "default",
     # Seconds a check waits for that cache: past it, or if the cache fails, the request

@@ -175,8 +175,25 @@ async def test_an_untrusted_proxys_address_gets_the_address_rate_times_the_facto
         (await drive(u, await new_stream(u), "10.0.0.9", **through)).status_code for u in users
     ]
     assert codes == [200, 200, 200, 429]
-    # The proxy's own address, without the headers, is another key.
+    # With a factor, the proxy's rate is another count (another amount) than the
+    # address's own: without the headers the address has its own 1/m.
     assert (await drive(users[0], await new_stream(users[0]), "10.0.0.9")).status_code == 200
+
+
+@limits_on(DRIVE_RATES_PER_ADDRESS=["2/m"])
+async def test_a_client_gains_nothing_by_inventing_a_forwarding_header():
+    users = [(await owned_stream())[1] for _ in range(3)]
+    made_up = [{"X-Forwarded-For": f"203.0.113.{i}"} for i in range(3)]
+    codes = [
+        (await drive(u, await new_stream(u), "10.0.0.8", **h)).status_code
+        for u, h in zip(users[:2], made_up, strict=False)
+    ]
+    assert codes == [200, 200]
+    # Another made-up address, or none: the same address's count, past its rate.
+    assert (
+        await drive(users[2], await new_stream(users[2]), "10.0.0.8", **made_up[2])
+    ).status_code == 429
+    assert (await drive(users[2], await new_stream(users[2]), "10.0.0.8")).status_code == 429
 
 
 @limits_on(DRIVE_RATES_PER_ADDRESS=["2/m"])

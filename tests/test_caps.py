@@ -339,3 +339,29 @@ async def test_the_disconnect_policy_decides_for_the_driver_who_hangs_up(policy,
     assert stream.status == status
     failed = "CANCEL_ON_DISCONNECT failed" in caplog.text
     assert failed is (policy is refuse_to_say)
+
+
+@override_settings(STREAMING_APP={"MAX_LIVE_STREAMS": 0})
+async def test_a_use_chat_message_whose_drive_was_refused_is_replaced_by_the_next():
+    """useChat does not retry a refused drive (503 here, 429 past a rate): it sends the
+    message again, which takes the place of the reply never driven, not a 409."""
+    from django.test import AsyncClient
+
+    client = AsyncClient(enforce_csrf_checks=False)
+    # Signed in: a guest minted by a request answered 5xx gets no session cookie.
+    await client.aforce_login(await get_user_model().objects.acreate_user("useChat"))
+    chat_id = str(uuid.uuid4())
+
+    def body(text: str) -> dict:
+        message = {"id": "m", "role": "user", "parts": [{"type": "text", "text": text}]}
+        return {"id": chat_id, "messages": [message], "trigger": "submit-message"}
+
+    first = await client.post("/api/ai/chat", body("first"), content_type="application/json")
+    assert first.status_code == 503, first.content
+    stale = await Message.objects.filter(chat_id=chat_id).values_list("stream_id", flat=True).aget()
+    again = await client.post("/api/ai/chat", body("again"), content_type="application/json")
+    # Before: 409 "the previous reply is still pending", for ever (PENDING_TIMEOUT None).
+    assert again.status_code == 503, again.content
+    prompts = [m.prompt async for m in Message.objects.filter(chat_id=chat_id)]
+    assert prompts == ["again"]
+    assert not await Stream.objects.filter(pk=stale).aexists()

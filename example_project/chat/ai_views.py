@@ -32,13 +32,14 @@ from django.http.response import HttpResponseBase
 
 from streaming_app.aisdk import aresume_response, aui_message_stream_response
 from streaming_app.exceptions import Overloaded
-from streaming_app.models import LIVE_STATUSES
+from streaming_app.models import LIVE_STATUSES, Status, Stream
 from streaming_app.views import JsonView, error_for
 
 from .llm import Messages, reply_pieces
 from .models import Chat, Message
 from .views import (
     BadRequest,
+    admissions,
     admit,
     check_room,
     check_text,
@@ -103,7 +104,7 @@ def start_reply(request: HttpRequest, chat_id: uuid.UUID, prompt: str) -> tuple[
     message with ``prompt`` and its stream to drive, and what the model is sent."""
     if Chat.objects.filter(pk=chat_id).exists():
         own_chat(request, str(chat_id), request.user)  # a 403 costs no message
-    with transaction.atomic():
+    with admissions(), transaction.atomic():
         if not Chat.objects.filter(pk=chat_id).exists():
             # A visitor who asks for the first time becomes a guest user.
             user = guest_user(request)
@@ -117,11 +118,28 @@ def start_reply(request: HttpRequest, chat_id: uuid.UUID, prompt: str) -> tuple[
         # One reply at a time: the chat's row serialises concurrent posts.
         Chat.objects.select_for_update().filter(pk=chat.pk).exists()
         last = chat.messages.select_related("stream").last()
+        if last is not None and last.stream_id is not None and replace_undriven(last):
+            last = chat.messages.select_related("stream").last()
         if last is not None and last.stream and last.stream.status in LIVE_STATUSES:
             raise BadRequest(409, f"the previous reply is still {last.stream.status}")
         check_room(chat)
         message = start_message(chat, prompt)
         return message, conversation(chat, message)
+
+
+def replace_undriven(message: Message) -> bool:
+    """Delete ``message`` and its reply if the reply was never driven (its drive was
+    refused, 429 or 503, and useChat does not retry a drive: it sends the message
+    again), so that the new message takes its place instead of a 409 for ever.
+    Whether it did. The stream's row is locked, so a drive claiming it meanwhile
+    finds it gone (or, claimed first, keeps it: then it is not pending here)."""
+    pending = Stream.objects.select_for_update().filter(pk=message.stream_id, status=Status.PENDING)
+    if not pending.exists():
+        return False
+    stream_id = message.stream_id
+    message.delete()
+    Stream.objects.filter(pk=stream_id).delete()
+    return True
 
 
 class AIChatView(JsonView):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,6 +22,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 import streaming_app
+from streaming_app.admission import Ticket, release
 from streaming_app.exceptions import Overloaded
 from streaming_app.models import LIVE_STATUSES, Stream
 from streaming_app.parts import TEXT, assemble, spans
@@ -91,14 +95,38 @@ def check_text(text: str, what: str) -> None:
 def admit(request: HttpRequest, action: str) -> None:
     """Admit one ``action`` ("guest", "chat", "message") within the example's
     ``CHAT_<ACTION>_RATES_PER_USER`` / ``_PER_ADDRESS`` settings, or raise Overloaded
-    (429 with Retry-After, answered by ``error_for``)."""
+    (429 with Retry-After, answered by ``error_for``). Within :func:`admissions`, a
+    request refused after all (a 409, a later 429) takes its counts back."""
     name = f"CHAT_{action.upper()}_RATES"
-    streaming_app.admit(
+    ticket = streaming_app.admit(
         request,
         action,
         per_user=getattr(settings, f"{name}_PER_USER", None) or (),
         per_address=getattr(settings, f"{name}_PER_ADDRESS", None) or (),
     )
+    held = _admitted.get()
+    if held is not None:
+        held.append(ticket)
+
+
+#: What admit() counted within admissions(), to take back if the request is refused.
+_admitted: ContextVar[list[Ticket] | None] = ContextVar("admitted", default=None)
+
+
+@contextmanager
+def admissions() -> Iterator[None]:
+    """What :func:`admit` counts in the block is taken back if the block raises: a
+    request refused for any reason costs none of the rates."""
+    held: list[Ticket] = []
+    token = _admitted.set(held)
+    try:
+        yield
+    except BaseException:
+        for ticket in held:
+            release(ticket)
+        raise
+    finally:
+        _admitted.reset(token)
 
 
 def guest_user(request: HttpRequest) -> Any:
@@ -287,7 +315,7 @@ class ChatsView(JsonView):
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
             prompt = read_prompt(request)
-            with transaction.atomic():
+            with admissions(), transaction.atomic():
                 user = guest_user(request)
                 admit(request, "chat")  # as the guest, if one was made
                 chat = Chat.objects.create(owner=user, title=prompt.strip()[:80])
@@ -358,8 +386,8 @@ class MessagesView(JsonView):
         try:
             prompt = read_prompt(request)
             own_chat(request, chat_id, request.user)  # a 403 or 404 costs no message
-            admit(request, "message")
-            with transaction.atomic():
+            with admissions(), transaction.atomic():
+                admit(request, "message")  # taken back if the chat refuses it (409)
                 chat = own_chat(request, chat_id, request.user)
                 # One follow-up at a time: the chat's row serialises concurrent posts.
                 Chat.objects.select_for_update().filter(pk=chat.pk).exists()
