@@ -133,10 +133,12 @@ def replace_undriven(message: Message) -> bool:
     again), so that the new message takes its place instead of a 409 for ever.
     Whether it did. The stream's row is locked, so a drive claiming it meanwhile
     finds it gone (or, claimed first, keeps it: then it is not pending here)."""
-    pending = Stream.objects.select_for_update().filter(pk=message.stream_id, status=Status.PENDING)
+    stream_id = message.stream_id
+    if stream_id is None:
+        return False
+    pending = Stream.objects.select_for_update().filter(pk=stream_id, status=Status.PENDING)
     if not pending.exists():
         return False
-    stream_id = message.stream_id
     message.delete()
     Stream.objects.filter(pk=stream_id).delete()
     return True
