@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import connections
 
 from streaming_app import run
-from tests.servers import Browser, Daphne, e2e_database
+from tests.servers import Browser, Daphne, PrivateRedis, e2e_database
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -140,3 +140,12 @@ def chromium() -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A Redis of the test's own (to stop, pause or share between its servers)."""
+    require(shutil.which("redis-server") is not None, "needs redis-server")
+    server = PrivateRedis()
+    yield server
+    server.stop()

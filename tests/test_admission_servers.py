@@ -5,26 +5,15 @@ chats and messages, from one client address and from another."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import require
-from .servers import Browser, PrivateRedis, Uvicorn
+from .servers import Browser, Uvicorn
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    require(shutil.which("redis-server") is not None, "needs redis-server")
-    server = PrivateRedis()
-    yield server
-    server.stop()
 
 
 def follow_up(browser: Browser, chat: dict[str, Any], prompt: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -55,14 +54,6 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     migrate(server.url)
     yield server
     server.destroy()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    require(shutil.which("redis-server") is not None, "needs redis-server")
-    server = PrivateRedis()
-    yield server
-    server.stop()
 
 
 class Scenario:
