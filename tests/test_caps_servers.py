@@ -118,7 +118,8 @@ def test_a_guests_reply_stops_when_they_hang_up_and_a_registered_users_goes_on(
             expected = demo_body([{"role": "user", "content": "Tell me everything"}])
             received = hang_up_after_first_bytes(server.url, browser, chat)
             hung_up_at = browser.body(chat["stream_id"])
-            assert hung_up_at["status"] == "streaming"
+            # Hung up before the reply's end (the guest's may be stopped already).
+            assert hung_up_at["status"] in {"streaming", "cancelled"}
             assert hung_up_at["length"] < len(expected)
             body = browser.wait_finished(chat["stream_id"])
             assert expected.startswith(body["text"]) and body["text"].encode().startswith(received)

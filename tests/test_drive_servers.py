@@ -219,7 +219,11 @@ def chunked(received: bytes) -> tuple[str, str, bool]:
 
 async def read_to_the_end(sock: socket.socket, received: bytes) -> tuple[str, str, bool]:
     """Read the rest of the response, to its last chunk or the connection's end (a cut
-    response): its head, its body's text, and whether that body ended."""
+    response): its head, its body's text, and whether that body ended. The socket's
+    receive buffer is made large first: through the window of a tiny one the kernel may
+    send what it holds a segment per persist timer (about 5 KB a second), and what the
+    server wrote for a stalled driver can be megabytes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     loop = asyncio.get_running_loop()
     while not (response := chunked(received))[2]:
         data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 30)
