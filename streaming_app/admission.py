@@ -20,7 +20,6 @@ own; a cache that fails or does not answer admits (fail open) with a logged warn
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import re
@@ -244,7 +243,7 @@ def ticket_for(
             ticket.quotas.append(Limit(day, ("tokens", key[1]), "tokens per user today"))
     if request is None:
         return ticket
-    address = _network(request_address_key(request).key)
+    address = request_address_key(request).key  # an IPv6 client as its /64
     factor = 1
     if address.startswith("proxy:"):
         proxy_factor = conf.get("PROXY_ADDRESS_FACTOR")
@@ -263,21 +262,6 @@ def ticket_for(
         day = limits.RateLimitItemPerDay(tokens_per_address * factor)
         ticket.quotas.append(Limit(day, ("tokens", address), "tokens from this address today"))
     return ticket
-
-
-def _network(key: str) -> str:
-    """An IPv6 address's key as its /64 (one subscriber's network: a client holds
-    2**64 addresses of it); anything else as it is."""
-    kind, _, address = key.partition(":")
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return key
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return key
-    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
-        return f"{kind}:{ip.ipv4_mapped}"
-    return f"{kind}:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
 
 
 def drive_ticket(user: Any, request: HttpRequest | None) -> Ticket:

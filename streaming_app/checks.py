@@ -253,10 +253,11 @@ def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[Error | Wa
                 )
     alias = conf.get("RATE_LIMIT_CACHE")
     caches = getattr(settings, "CACHES", None) or {"default": {}}
-    if alias not in caches:
+    if not isinstance(alias, str) or alias not in caches:
         problems.append(
             Error(
-                f"STREAMING_APP['RATE_LIMIT_CACHE'] is {alias!r}, which is not in CACHES.",
+                f"STREAMING_APP['RATE_LIMIT_CACHE'] is {alias!r}, which is not the name of "
+                "one of CACHES.",
                 hint=f"CACHES has: {', '.join(map(repr, caches))}.",
                 id="streaming_app.E008",
             )

@@ -72,12 +72,28 @@ def viewer_key(
 
 
 def address_key(address: str | None, forwarding: Mapping[str, str]) -> ViewerKey:
-    """The client's address, else (forwarding headers the server did not apply) the
-    proxy's, which logs a warning the first time."""
+    """The client's address (its :func:`network`), else (forwarding headers the server
+    did not apply) the proxy's, which logs a warning the first time."""
+    where = network(address) if address else "unknown"
     if not forwarding or _canonical(address or "") in forwarded_addresses(forwarding):
-        return ViewerKey(f"address:{address or 'unknown'}", "MAX_VIEWERS_PER_ADDRESS")
+        return ViewerKey(f"address:{where}", "MAX_VIEWERS_PER_ADDRESS")
     _warn(address, sorted(forwarding))
-    return ViewerKey(f"proxy:{address or 'unknown'}", "MAX_VIEWERS_PER_PROXY")
+    return ViewerKey(f"proxy:{where}", "MAX_VIEWERS_PER_PROXY")
+
+
+def network(address: str) -> str:
+    """What counts as one client's address: an IPv6 address's /64 (one subscriber's
+    network: a client holds 2**64 addresses of it), an IPv4-mapped one's IPv4 address,
+    any other address as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return address
+    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is 192.0.2.1
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def scope_viewer_key(scope: Mapping[str, Any]) -> ViewerKey:

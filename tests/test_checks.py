@@ -141,6 +141,8 @@ def rate_problems(**streaming) -> list[str]:
         ({"DRIVE_RATES_PER_ADDRESS": ["10/m", "lots"]}, "streaming_app.E007"),
         ({"DRIVE_RATES_PER_ADDRESS": [10]}, "streaming_app.E007"),
         ({"RATE_LIMIT_CACHE": "ratelimits"}, "streaming_app.E008"),
+        ({"RATE_LIMIT_CACHE": ["default"]}, "streaming_app.E008"),  # unhashable: no crash
+        ({"RATE_LIMIT_CACHE": None}, "streaming_app.E008"),
     ],
 )
 def test_bad_admission_settings_are_errors(value, error):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streaming_app.clients import ViewerKey, forwarded_addresses, viewer_key
+from streaming_app.clients import ViewerKey, forwarded_addresses, network, viewer_key
 
 USER = "MAX_VIEWERS_PER_USER"
 ADDRESS = "MAX_VIEWERS_PER_ADDRESS"
@@ -34,7 +34,7 @@ PROXY = "MAX_VIEWERS_PER_PROXY"
     ],
 )
 def test_an_address_the_server_took_from_the_header_is_a_clients(address, forwarding):
-    expected = ViewerKey(f"address:{address}", ADDRESS)
+    expected = ViewerKey(f"address:{network(address)}", ADDRESS)
     assert viewer_key(None, None, address, forwarding) == expected
 
 
@@ -83,3 +83,22 @@ def test_the_addresses_a_forwarded_header_names():
     assert forwarded_addresses(
         {"forwarded": 'for=192.0.2.60;proto=http;by=203.0.113.43, For="[::1]:80"'}
     ) == {"192.0.2.60", "::1", "[::1]:80"}
+
+
+def test_an_ipv6_client_is_its_64_network_for_the_viewer_limits_as_for_the_rates():
+    """One subscriber holds 2**64 addresses of its network: sockets from any of them
+    share one address's MAX_VIEWERS_PER_ADDRESS (the rates count the same key)."""
+    keys = {
+        viewer_key(None, None, address, {}).key
+        for address in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:DB8:1:2:0::2")
+    }
+    assert keys == {"address:2001:db8:1:2::/64"}
+    assert viewer_key(None, None, "2001:db8:1:3::1", {}).key == "address:2001:db8:1:3::/64"
+    # A user elsewhere in the network counts against the network too.
+    user = SimpleNamespace(pk=7, is_authenticated=True)
+    assert viewer_key(user, None, "2001:db8:1:2::77", {}).also == (
+        ("address:2001:db8:1:2::/64", ADDRESS),
+    )
+    # An IPv4-mapped address is its IPv4 address; IPv4 stays as it is.
+    assert viewer_key(None, None, "::ffff:192.0.2.1", {}).key == "address:192.0.2.1"
+    assert viewer_key(None, None, "192.0.2.1", {}).key == "address:192.0.2.1"
