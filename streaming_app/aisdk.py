@@ -55,20 +55,17 @@ from .flush import FlushPolicy
 from .hub import Hub, Viewer, hub
 from .models import Status, is_finished
 from .parts import FINISH, REASONING, TEXT, TOOL_CALL, TOOL_RESULT, Entry
-from .run import Source, StreamRun
+from .run import Source
 from .sse import leave_soon
 from .streams import StreamId, parse_stream_id
 from .views import (
     ENDED_WITHOUT_MESSAGE,
     STREAM_ERRORS,
-    DriverFeed,
-    aclaim_to_drive,
+    Drive,
     end_with_outcome,
     error_for,
-    post_only,
+    open_drive,
     request_user,
-    require_asgi,
-    start_charged,
 )
 
 logger = logging.getLogger(__name__)
@@ -380,18 +377,10 @@ async def aui_message_stream_response(
     once it has committed, or ``abort`` if it was cancelled. Needs an ASGI server: under
     WSGI it raises RuntimeError.
     """
-    require_asgi(request)
-    refused = post_only(request)
-    if refused is not None:
-        return refused
-    user = await request_user(request)
-    try:
-        stream = await aclaim_to_drive(user, stream_id, request)
-    except STREAM_ERRORS as exc:
-        return error_for(exc)
-
-    run = StreamRun(stream.pk, source, policy=policy)
-    feed = DriverFeed(run, user, stream)
+    drive = await open_drive(request, stream_id, source, policy)
+    if not isinstance(drive, Drive):
+        return drive  # refused
+    run, feed, stream = drive.run, drive.feed, drive.stream
     encoder = UIMessageEncoder(message_id or str(stream.pk))
     feed.push(encoder.start())
     offset = 0
@@ -402,8 +391,7 @@ async def aui_message_stream_response(
         offset += len(text)
 
     run.tap = tap
-    on_end = end_with_outcome(run, feed, lambda s, e: encoder.status(s, e, run.parts))
-    start_charged(run, user, request, on_end)
+    drive.start(end_with_outcome(run, feed, lambda s, e: encoder.status(s, e, run.parts)))
     return _streaming_response(feed, stream.pk)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -292,6 +293,43 @@ def start_charged(
     admission.charge_when_done(run, admission.drive_ticket(user, request))
 
 
+@dataclass
+class Drive:
+    """A claimed stream's run, not yet started, and the feed of its driving response:
+    what :func:`open_drive` gives every driving response (this module's, the AI SDK's)
+    to set its encoding on (``run.tap``) before :meth:`start`."""
+
+    request: HttpRequest
+    user: Any
+    stream: Stream
+    run: StreamRun
+    feed: DriverFeed
+
+    def start(self, on_end: Callable[[], None]) -> None:
+        """Start the run, ``on_end`` called once it has ended, its tokens charged
+        (:func:`start_charged`)."""
+        start_charged(self.run, self.user, self.request, on_end)
+
+
+async def open_drive(
+    request: HttpRequest, stream_id: StreamId, source: Source, policy: FlushPolicy | None
+) -> Drive | HttpResponseBase:
+    """The opening every driving response shares: a POST under ASGI, its user admitted
+    and the stream claimed (:func:`aclaim_to_drive`), its run made with the feed of its
+    response. Refused, the answer to send instead (405, or :func:`error_for`'s)."""
+    require_asgi(request)
+    refused = post_only(request)
+    if refused is not None:
+        return refused
+    user = await request_user(request)
+    try:
+        stream = await aclaim_to_drive(user, stream_id, request)
+    except STREAM_ERRORS as exc:
+        return error_for(exc)
+    run = StreamRun(stream.pk, source, policy=policy)
+    return Drive(request, user, stream, run, DriverFeed(run, user, stream))
+
+
 class DriverFeed:
     """The driving browser's response body: each piece the moment it is produced.
 
@@ -551,18 +589,10 @@ async def astream_response(
     docs/protocol.md), ending with its status message, for a client that shows
     reasoning and tool calls apart.
     """
-    require_asgi(request)
-    refused = post_only(request)
-    if refused is not None:
-        return refused
-    user = await request_user(request)
-    try:
-        stream = await aclaim_to_drive(user, stream_id, request)
-    except STREAM_ERRORS as exc:
-        return error_for(exc)
-
-    run = StreamRun(stream.pk, generate, policy=policy)
-    feed = DriverFeed(run, user, stream)
+    drive = await open_drive(request, stream_id, generate, policy)
+    if not isinstance(drive, Drive):
+        return drive  # refused
+    run, feed, stream = drive.run, drive.feed, drive.stream
     if parts is None:
         parts = parse_flag(request.GET.get("parts"))
     on_end: Callable[[], None]
@@ -573,7 +603,7 @@ async def astream_response(
     else:
         run.tap = feed.push
         on_end = feed.end  # at once: the text has no last line to wait for
-    start_charged(run, user, request, on_end)
+    drive.start(on_end)
     if not await feed.first():
         status, error = await run_outcome(run)
         return ended_response(stream.pk, status, error, content_type)
