@@ -28,7 +28,6 @@ import contextvars
 import json
 import logging
 import uuid
-import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from django.db import InterfaceError, OperationalError
 
 from . import conf
 from .exceptions import InvalidOffset, Overloaded
+from .loops import PerLoop
 from .models import Status, Stream, is_finished
 from .parts import Entry, around, merge, reach
 from .permissions import has_permission, load_stream
@@ -1113,18 +1113,19 @@ class Hub:
                 feed.subscribed.set_result(None)
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+_hubs: PerLoop[Hub] = PerLoop()
 
 
 def hub() -> Hub:
     """The running event loop's hub (one per server process)."""
     loop = asyncio.get_running_loop()
     layer = get_channel_layer()
-    current = _hubs.get(loop)
+    current = _hubs.peek()
     if current is None or current.layer is not layer:
         # A new hub for a new layer (settings changed, in tests): the old one serves
         # the viewers it has.
-        current = _hubs[loop] = Hub(layer)
+        current = Hub(layer)
+        _hubs.set(current)
         set_local_hub(loop, current)
     return current
 

@@ -21,7 +21,6 @@ import contextvars
 import functools
 import logging
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from . import conf
+from .loops import PerLoop
 from .models import Stream, StreamId, is_finished, parse_stream_id
 from .persist import closing_connections
 from .signals import stream_committed, stream_finished
@@ -101,20 +101,18 @@ class LocalHub(Protocol):
     def deliver(self, message: Message) -> None: ...
 
 
-_local_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalHub] = (
-    weakref.WeakKeyDictionary()
-)
+_local_hubs: PerLoop[LocalHub] = PerLoop()
 
 
 def set_local_hub(loop: asyncio.AbstractEventLoop, hub: LocalHub) -> None:
     """Hand the messages published on ``loop`` to ``hub`` at once. The hub ignores the
     same messages when the channel layer brings them back (same ``origin``)."""
-    _local_hubs[loop] = hub
+    _local_hubs.set(hub, loop)
 
 
 def _deliver_locally(message: Message) -> Message:
     """Give ``message`` to this event loop's hub; return it as the layer should carry it."""
-    hub = _local_hubs.get(asyncio.get_running_loop())
+    hub = _local_hubs.peek()
     if hub is None:
         return message
     try:
@@ -265,16 +263,11 @@ class Publisher:
                     waiter.set_result(None)
 
 
-_publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Publisher] = (
-    weakref.WeakKeyDictionary()
-)
+_publishers: PerLoop[Publisher] = PerLoop(lambda: Publisher())
 
 
 def publisher() -> Publisher:
-    loop = asyncio.get_running_loop()
-    if loop not in _publishers:
-        _publishers[loop] = Publisher()
-    return _publishers[loop]
+    return _publishers.get()
 
 
 def publish(items: Iterable[Update | Message]) -> int:

@@ -28,7 +28,6 @@ import functools
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +37,7 @@ from . import conf
 from .errors import public_message
 from .exceptions import DatabaseOutage, RunStopped, StreamAlreadyRunning, WriteFailed
 from .flush import Batch, Buffer, FlushPolicy, Terminal
+from .loops import PerLoop
 from .models import Status, parse_stream_id
 from .parts import PartMap
 from .persist import (
@@ -539,17 +539,12 @@ class Committer:
             writer.publish(update)
 
 
-_committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Committer] = (
-    weakref.WeakKeyDictionary()
-)
+_committers: PerLoop[Committer] = PerLoop(lambda: Committer())
 
 
 def committer() -> Committer:
     """The running event loop's committer."""
-    loop = asyncio.get_running_loop()
-    if loop not in _committers:
-        _committers[loop] = Committer()
-    return _committers[loop]
+    return _committers.get()
 
 
 def open_writer(stream_id: uuid.UUID | str, policy: FlushPolicy | None = None) -> StreamWriter:

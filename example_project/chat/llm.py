@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from streaming_app.loops import PerLoop
 from streaming_app.parts import Part, Reasoning
 
 if TYPE_CHECKING:
@@ -40,24 +40,23 @@ def reply_pieces(messages: Messages) -> Pieces:
 
 # One client per event loop (per server process), as the SDK advises: making one per
 # request costs its SSL context and its connection pool each time.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
-    weakref.WeakKeyDictionary()
-)
+_clients: PerLoop[AsyncOpenAI] = PerLoop(lambda: _new_client())
+
+
+def _new_client() -> AsyncOpenAI:
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI()
 
 
 def openai_client() -> AsyncOpenAI:
     """The running event loop's client."""
-    from openai import AsyncOpenAI
-
-    loop = asyncio.get_running_loop()
-    if loop not in _clients:
-        _clients[loop] = AsyncOpenAI()
-    return _clients[loop]
+    return _clients.get()
 
 
 async def close_openai_client() -> None:
     """Close the running event loop's client (at the server's shutdown)."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
+    client = _clients.pop()
     if client is not None:
         await client.close()
 
