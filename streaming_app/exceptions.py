@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import conf
+
 
 class StreamNotPending(Exception):
     """The stream was already claimed by a driver, or has finished."""
@@ -28,12 +30,14 @@ class InvalidOffset(ValueError):
 
 class Overloaded(Exception):
     """A drive or a viewer refused for load, before anything was done: try again after
-    ``retry_after`` seconds. ``status_code`` is 503 for the process's limit, 429 for the
-    user's; ``close_code`` the websocket equivalent."""
+    ``retry_after`` seconds (by default ``RETRY_AFTER``). ``status_code`` is 503 for the
+    process's limit, 429 for the user's; ``close_code`` the websocket equivalent."""
 
-    def __init__(self, message: str, *, status_code: int, retry_after: int) -> None:
+    def __init__(self, message: str, *, status_code: int, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        if retry_after is None:
+            retry_after = int(conf.get("RETRY_AFTER"))
         self.retry_after = retry_after
 
     @property

@@ -894,7 +894,6 @@ class Hub:
                 raise Overloaded(
                     f"too many open viewers: {setting} is {limit} on this process",
                     status_code=429,
-                    retry_after=int(conf.get("RETRY_AFTER")),
                 )
         feed = self.feeds.get(stream_id)
         if feed is None:

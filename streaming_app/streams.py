@@ -203,7 +203,6 @@ def claim_stream(stream_id: StreamId, *, max_live_per_owner: int | None = None) 
         raise Overloaded(
             f"you are driving your limit of {max_live_per_owner} streams; try again when one ends",
             status_code=429,
-            retry_after=int(conf.get("RETRY_AFTER")),
         )
     raise StreamNotPending(stream.status)
 

@@ -202,7 +202,6 @@ def _admit() -> None:
         raise Overloaded(
             f"this server is driving its limit of {limit} streams; try again shortly",
             status_code=503,
-            retry_after=int(conf.get("RETRY_AFTER")),
         )
 
 
