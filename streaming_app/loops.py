@@ -32,9 +32,9 @@ class PerLoop(Generic[T]):
             item = self._items[loop] = self._factory()
         return item
 
-    def peek(self, loop: asyncio.AbstractEventLoop | None = None) -> T | None:
-        """``loop``'s (by default the running loop's), if it has one: none is made."""
-        return self._items.get(loop or asyncio.get_running_loop())
+    def peek(self) -> T | None:
+        """The running loop's, if it has one: none is made."""
+        return self._items.get(asyncio.get_running_loop())
 
     def set(self, item: T, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Make ``item`` ``loop``'s (by default the running loop's)."""

@@ -263,7 +263,7 @@ class Publisher:
                     waiter.set_result(None)
 
 
-_publishers: PerLoop[Publisher] = PerLoop(lambda: Publisher())
+_publishers: PerLoop[Publisher] = PerLoop(Publisher)
 
 
 def publisher() -> Publisher:

@@ -283,15 +283,6 @@ async def aclaim_to_drive(
         raise
 
 
-def start_charged(
-    run: StreamRun, user: Any, request: HttpRequest, on_end: Callable[[], None]
-) -> None:
-    """Start a driven run; once it has ended, its tokens count against the daily
-    quotas of ``user`` and ``request``'s address (``DAILY_TOKENS_*``)."""
-    run.start(on_end=on_end)
-    admission.charge_when_done(run, admission.drive_ticket(user, request))
-
-
 @dataclass
 class Drive:
     """A claimed stream's run, not yet started, and the feed of its driving response:
@@ -305,9 +296,11 @@ class Drive:
     feed: DriverFeed
 
     def start(self, on_end: Callable[[], None]) -> None:
-        """Start the run, ``on_end`` called once it has ended, its tokens charged
-        (:func:`start_charged`)."""
-        start_charged(self.run, self.user, self.request, on_end)
+        """Start the run, ``on_end`` called once it has ended; its tokens then count
+        against the daily quotas of the user and the request's address
+        (``DAILY_TOKENS_*``)."""
+        self.run.start(on_end=on_end)
+        admission.charge_when_done(self.run, admission.drive_ticket(self.user, self.request))
 
 
 async def open_drive(

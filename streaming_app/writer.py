@@ -539,7 +539,7 @@ class Committer:
             writer.publish(update)
 
 
-_committers: PerLoop[Committer] = PerLoop(lambda: Committer())
+_committers: PerLoop[Committer] = PerLoop(Committer)
 
 
 def committer() -> Committer:

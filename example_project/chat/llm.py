@@ -40,13 +40,13 @@ def reply_pieces(messages: Messages) -> Pieces:
 
 # One client per event loop (per server process), as the SDK advises: making one per
 # request costs its SSL context and its connection pool each time.
-_clients: PerLoop[AsyncOpenAI] = PerLoop(lambda: _new_client())
-
-
 def _new_client() -> AsyncOpenAI:
     from openai import AsyncOpenAI
 
     return AsyncOpenAI()
+
+
+_clients: PerLoop[AsyncOpenAI] = PerLoop(_new_client)
 
 
 def openai_client() -> AsyncOpenAI:
