@@ -49,9 +49,9 @@ def measure(streams: int, seconds: float) -> dict[str, float]:
     from django.db import connections
 
     from streaming_app import conf
-    from streaming_app.run import StreamRun
+    from streaming_app.drive.run import StreamRun
+    from streaming_app.drive.writer import committer
     from streaming_app.streams import claim_stream, create_stream
-    from streaming_app.writer import committer
 
     prefix, _, name = os.environ["DATABASE_URL"].rpartition("/")
     admin = psycopg.connect(f"{prefix}/postgres", autocommit=True)

@@ -24,9 +24,9 @@ from django.test import override_settings
 from bench import _django
 from bench.results import write
 from bench.text import llm_like_pieces
-from streaming_app.flush import FlushPolicy
-from streaming_app.publish import publisher
-from streaming_app.run import StreamRun
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import StreamRun
+from streaming_app.fanout.publish import publisher
 from streaming_app.signals import stream_committed
 from streaming_app.streams import aclaim_stream, acreate_stream
 

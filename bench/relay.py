@@ -9,7 +9,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from streaming_app.publish import group_name
+from streaming_app.fanout.publish import group_name
 from streaming_app.streams import parse_stream_id
 
 

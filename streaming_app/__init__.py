@@ -16,10 +16,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .admission import admit
+    from .drive.flush import FlushPolicy
+    from .drive.run import Source, StreamRun
     from .exceptions import InvalidOffset, Overloaded, StreamNotPending
-    from .flush import FlushPolicy
-    from .publish import adisconnect_viewers, disconnect_viewers
-    from .run import Source, StreamRun
+    from .fanout.publish import adisconnect_viewers, disconnect_viewers
+    from .http.views import astream_response, stream_response
     from .signals import stream_committed, stream_finished
     from .streams import (
         StreamBody,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
         get_stream_body,
         purge_streams,
     )
-    from .views import astream_response, stream_response
 
 __all__ = [
     "FlushPolicy",
@@ -76,20 +76,20 @@ __all__ = [
 ]
 
 _WHERE = {
-    "FlushPolicy": "flush",
+    "FlushPolicy": "drive.flush",
     "InvalidOffset": "exceptions",
     "Overloaded": "exceptions",
-    "Source": "run",
+    "Source": "drive.run",
     "StreamBody": "streams",
     "StreamNotPending": "exceptions",
-    "StreamRun": "run",
-    "adisconnect_viewers": "publish",
+    "StreamRun": "drive.run",
+    "adisconnect_viewers": "fanout.publish",
     "admit": "admission",
-    "astream_response": "views",
-    "disconnect_viewers": "publish",
+    "astream_response": "http.views",
+    "disconnect_viewers": "fanout.publish",
     "stream_committed": "signals",
     "stream_finished": "signals",
-    "stream_response": "views",
+    "stream_response": "http.views",
 }
 
 

@@ -41,7 +41,7 @@ from .exceptions import Overloaded
 from .parts import FINISH, Entry
 
 if TYPE_CHECKING:
-    from .run import StreamRun
+    from .drive.run import StreamRun
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def admit(
 ) -> Ticket:
     """Admit one ``action`` of a project's own view, or raise
     :class:`~streaming_app.exceptions.Overloaded` (429, ``retry_after``), which
-    :func:`streaming_app.views.error_for` answers with JSON and ``Retry-After``.
+    :func:`streaming_app.http.views.error_for` answers with JSON and ``Retry-After``.
 
     ``per_user`` are rate strings (``"10/m"``, ``"100/h"``) counted per authenticated
     ``user`` (by default the request's), ``per_address`` per client address (proxy

@@ -10,8 +10,8 @@ class StreamingAppConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from .hub import track_run
+        from .fanout.hub import track_run
         from .signals import stream_run_started
 
         # A run started in this process hears cancels through the process's hub.
-        stream_run_started.connect(track_run, dispatch_uid="streaming_app.hub.track_run")
+        stream_run_started.connect(track_run, dispatch_uid="streaming_app.fanout.hub.track_run")

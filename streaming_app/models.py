@@ -131,7 +131,7 @@ def lock_for_deletion(streams: models.QuerySet[Stream]) -> None:
     """Lock ``streams`` before they are deleted, and tell the runs driving the live
     ones, wherever they are, to stop as soon as the deletion commits (rather than at
     their next flush)."""
-    from .publish import cancel_on_commit  # publish needs the models
+    from .fanout.publish import cancel_on_commit  # publish needs the models
 
     for pk, status in streams.order_by("pk").select_for_update().values_list("pk", "status"):
         if status == Status.STREAMING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import re_path
 
-from .consumers import StreamConsumer
+from .websocket.consumers import StreamConsumer
 
 websocket_urlpatterns = [
     # ws/streams/<id>/, with or without its trailing slash. Anything under ws/streams/

@@ -20,6 +20,6 @@ stream_committed = Signal()
 #: ``stream_committed``; ``offset + len(text)`` is the stream's final length.
 stream_finished = Signal()
 
-#: Sent from the event loop when a :class:`~streaming_app.run.StreamRun` starts in this
+#: Sent from the event loop when a :class:`~streaming_app.drive.run.StreamRun` starts in this
 #: process; ``run`` is the run. The hub listens, to bring cancels to it.
 stream_run_started = Signal()

@@ -3,7 +3,7 @@
 The synchronous core and its async twins (``a…``), which run it as channels'
 ``database_sync_to_async`` does and publish what it committed from the caller's task.
 Nothing here knows about HTTP or websockets. Every change that viewers must learn of is
-published after its commit (:func:`streaming_app.publish.publish_on_commit`).
+published after its commit (:func:`streaming_app.fanout.publish.publish_on_commit`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from . import conf
 from .exceptions import InvalidOffset, Overloaded, StreamNotPending
+from .fanout.publish import Update, cancel_on_commit, publish_on_commit, published_after
 from .models import (
     TERMINAL_STATUSES,
     Chunk,
@@ -46,7 +47,6 @@ from .models import (
     parse_stream_id,  # re-exported: the transports take it from here
     write_transaction,
 )
-from .publish import Update, cancel_on_commit, publish_on_commit, published_after
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def claim_stream(stream_id: StreamId, *, max_live_per_owner: int | None = None) 
     the owner's row is locked while the UPDATE counts them, so simultaneous claims
     cannot slip past the limit.
     Whoever claims a stream must drive it to its end: with
-    :class:`~streaming_app.run.StreamRun` (from a view, a task or a worker), or it
+    :class:`~streaming_app.drive.run.StreamRun` (from a view, a task or a worker), or it
     times out.
     """
     pk = parse_stream_id(stream_id)

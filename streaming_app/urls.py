@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import sse, views
+from .http import sse, views
 
 app_name = "streaming_app"
 

@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from streaming_app import run
+from streaming_app.drive import run
 from tests.servers import Browser, Daphne, PrivateRedis, e2e_database
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

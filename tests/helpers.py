@@ -17,11 +17,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.test import AsyncRequestFactory
 
-from streaming_app.flush import Batch, FlushPolicy
+from streaming_app.drive.flush import Batch, FlushPolicy
+from streaming_app.drive.persist import write_batch
+from streaming_app.drive.run import Source, StreamRun
+from streaming_app.http.views import astream_response
 from streaming_app.models import Chunk, Status, Stream
-from streaming_app.persist import write_batch
 from streaming_app.routing import websocket_urlpatterns
-from streaming_app.run import Source, StreamRun
 from streaming_app.signals import stream_committed
 from streaming_app.streams import (
     aclaim_stream,
@@ -30,7 +31,6 @@ from streaming_app.streams import (
     create_stream,
     read_text,
 )
-from streaming_app.views import astream_response
 
 T = TypeVar("T")
 

@@ -9,10 +9,10 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
-from streaming_app.flush import FlushPolicy
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import StreamRun
 from streaming_app.models import Chunk, Status, Stream
 from streaming_app.parts import Finish, Part, Reasoning, ToolCall, ToolResult
-from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream
 
 from .helpers import paced, run_to_end, written

@@ -22,12 +22,12 @@ from django.test import AsyncRequestFactory, RequestFactory, override_settings
 
 import streaming_app
 from streaming_app import admission, astream_response
-from streaming_app.aisdk import aui_message_stream_response
+from streaming_app.aisdk.views import aui_message_stream_response
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import live_runs
 from streaming_app.exceptions import Overloaded
-from streaming_app.flush import FlushPolicy
 from streaming_app.models import Status
 from streaming_app.parts import Finish
-from streaming_app.run import live_runs
 from streaming_app.sources.openai import chat_completion_parts
 from streaming_app.streams import acreate_stream, aget_stream_body
 

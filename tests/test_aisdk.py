@@ -1,4 +1,4 @@
-"""The AI SDK's UI message stream (streaming_app.aisdk): the encoder's chunks, the live
+"""The AI SDK's UI message stream (streaming_app.aisdk.views): the encoder's chunks, the live
 drive and the resume from the database giving the same message, the example's useChat
 endpoints, and the real ``useChat`` of ``@ai-sdk/react`` in Chromium against daphne.
 
@@ -29,8 +29,12 @@ from hypothesis import strategies as st
 from example_project import urls as example_urls
 from example_project.chat.llm import demo_answer
 from example_project.chat.models import Chat
-from streaming_app.aisdk import UIMessageEncoder, aresume_response, aui_message_stream_response
-from streaming_app.flush import FlushPolicy
+from streaming_app.aisdk.views import (
+    UIMessageEncoder,
+    aresume_response,
+    aui_message_stream_response,
+)
+from streaming_app.drive.flush import FlushPolicy
 from streaming_app.models import Status
 from streaming_app.parts import Finish, Part, PartMap, Reasoning, ToolCall, ToolResult, assemble
 from streaming_app.streams import acreate_stream, get_stream_body
@@ -524,7 +528,7 @@ async def test_a_resume_mid_reply_gives_the_message_of_the_live_drive():
 async def test_a_resuming_reader_that_falls_behind_catches_up_exactly(caplog):
     """The hub drops the frames of a viewer that stops reading and sends them again
     from where it was: the chunks stay exactly those of the drive."""
-    caplog.set_level(logging.INFO, logger="streaming_app.hub")
+    caplog.set_level(logging.INFO, logger="streaming_app.fanout.hub")
     stream, owner = await owned_stream()
     source = Gate()
     live = asyncio.create_task(read_body(await drive(stream.pk, source, owner)))

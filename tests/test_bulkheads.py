@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 from django.test import AsyncClient, AsyncRequestFactory, override_settings
 
-from streaming_app import aisdk, consumers, sse
-from streaming_app.consumers import WebsocketFrames
-from streaming_app.hub import hub
+from streaming_app.aisdk import views as aisdk
+from streaming_app.fanout.hub import hub
+from streaming_app.fanout.publish import UPDATE, group_name, group_send
+from streaming_app.http import sse
+from streaming_app.http.sse import EventFrames
 from streaming_app.models import Status
 from streaming_app.parts import Entry
-from streaming_app.publish import UPDATE, group_name, group_send
-from streaming_app.sse import EventFrames
 from streaming_app.streams import aclaim_stream, acreate_stream
+from streaming_app.websocket import consumers
+from streaming_app.websocket.consumers import WebsocketFrames
 
 from .helpers import WatchedStreams, read_all
 from .test_fanout import RemoteWriter, live_stream, viewer, watch, watched

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from streaming_app import publish, streams, writer
-from streaming_app.flush import FlushPolicy
+from streaming_app import streams
+from streaming_app.drive import writer
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.persist import Write
+from streaming_app.drive.run import StreamRun
+from streaming_app.fanout import publish
 from streaming_app.models import Status, Stream
-from streaming_app.persist import Write
-from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream, aget_stream_body
 
 from .helpers import Bystanders, assert_chunks_consistent, chunks_of, stream_row

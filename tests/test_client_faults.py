@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from streaming_app.publish import group_name
+from streaming_app.fanout.publish import group_name
 
 from .servers import Browser, Daphne, FakeOpenAI, Uvicorn, e2e_database
 

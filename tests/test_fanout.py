@@ -16,13 +16,13 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient, override_settings
 
-from streaming_app import hub as hub_module
-from streaming_app.flush import Batch, FlushPolicy
+from streaming_app.drive.flush import Batch, FlushPolicy
+from streaming_app.drive.persist import write_batch
+from streaming_app.drive.run import StreamRun
+from streaming_app.fanout import hub as hub_module
+from streaming_app.fanout.publish import Update, group_name, group_send
 from streaming_app.models import Chunk, Status
-from streaming_app.persist import write_batch
-from streaming_app.publish import Update, group_name, group_send
 from streaming_app.routing import websocket_urlpatterns
-from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream, create_stream
 
 from .faults import DatabaseAway

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming_app.flush import Buffer, FlushPolicy, Terminal, ends_at_boundary
+from streaming_app.drive.flush import Buffer, FlushPolicy, Terminal, ends_at_boundary
 
 POLICY = FlushPolicy(min_interval=0.25, max_interval=0.5, max_chars=100)
 

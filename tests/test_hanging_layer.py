@@ -17,9 +17,9 @@ from channels.layers import get_channel_layer
 from django.test import AsyncClient, override_settings
 
 from example_project.chat.llm import demo_body
-from streaming_app.hub import hub
+from streaming_app.fanout.hub import hub
+from streaming_app.fanout.publish import group_name
 from streaming_app.models import Status
-from streaming_app.publish import group_name
 from streaming_app.signals import stream_committed
 from streaming_app.streams import aclaim_stream, acreate_stream
 
@@ -211,7 +211,7 @@ async def test_a_receiver_that_never_returns_holds_up_no_stream_on_the_layer():
     stream's first update: every stream's later updates, the other streams' and its
     own, still go to the channel layer (other processes' viewers follow live); only
     the receivers behind it wait, and a run's ``wait()`` for its end to go out."""
-    from streaming_app.run import StreamRun
+    from streaming_app.drive.run import StreamRun
 
     entered, release = asyncio.Event(), asyncio.Event()
     heard: list[tuple[str, str]] = []

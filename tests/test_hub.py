@@ -18,13 +18,13 @@ from django.contrib.auth import get_user_model
 from django.test import AsyncClient, override_settings
 
 from streaming_app import adisconnect_viewers
-from streaming_app import hub as hub_module
-from streaming_app.consumers import StreamConsumer, WebsocketFrames
 from streaming_app.exceptions import InvalidOffset, Overloaded
-from streaming_app.hub import Feed, Viewer, hub
+from streaming_app.fanout import hub as hub_module
+from streaming_app.fanout.hub import Feed, Viewer, hub
+from streaming_app.fanout.publish import group_name
 from streaming_app.models import Status, Stream
-from streaming_app.publish import group_name
 from streaming_app.streams import aclaim_stream, acreate_stream, create_stream, read_text
+from streaming_app.websocket.consumers import StreamConsumer, WebsocketFrames
 
 from .faults import Statements
 from .test_fanout import RemoteWriter, viewer, watch, watched
@@ -442,7 +442,7 @@ async def test_an_event_stream_never_read_does_not_leave_its_viewer_behind():
 
     from django.test import AsyncRequestFactory
 
-    from streaming_app.sse import StreamEventsView
+    from streaming_app.http.sse import StreamEventsView
 
     stream = await acreate_stream()
     request = AsyncRequestFactory().get(f"/api/streams/{stream.pk}/events/")

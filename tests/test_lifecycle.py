@@ -16,10 +16,10 @@ from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import StreamRun
 from streaming_app.exceptions import StreamNotPending
-from streaming_app.flush import FlushPolicy
 from streaming_app.models import Chunk, Status, Stream
-from streaming_app.run import StreamRun
 from streaming_app.streams import (
     aclaim_stream,
     acreate_stream,
@@ -217,8 +217,8 @@ async def test_a_late_viewer_of_an_ended_stream_gets_the_kept_text_and_status(st
         if status == Status.TIMEOUT:
             age(stream.pk, 120)
         else:
-            from streaming_app.flush import Batch
-            from streaming_app.persist import write_batch
+            from streaming_app.drive.flush import Batch
+            from streaming_app.drive.persist import write_batch
 
             write_batch(stream.pk, Batch(seq=2, offset=10, text="", terminal=(status, error)))
         return stream.pk

@@ -14,9 +14,9 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from streaming_app import astream_response
-from streaming_app.flush import FlushPolicy
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import live_runs
 from streaming_app.models import Status
-from streaming_app.run import live_runs
 from streaming_app.streams import aget_stream_body, create_stream
 
 from .helpers import drive_request, owned_stream, paced, run_to_end, wait_finished

@@ -14,9 +14,9 @@ from asgiref.sync import sync_to_async
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streaming_app.consumers import FRAMES_WITH_PARTS
-from streaming_app.flush import FlushPolicy
-from streaming_app.hub import Feed, Hub, Viewer
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.fanout.hub import Feed, Hub, Viewer
+from streaming_app.http.views import astream_response
 from streaming_app.models import Stream
 from streaming_app.parts import (
     Finish,
@@ -31,7 +31,7 @@ from streaming_app.parts import (
     merge,
 )
 from streaming_app.streams import StreamBody, aclaim_stream, acreate_stream, get_stream_body
-from streaming_app.views import astream_response
+from streaming_app.websocket.consumers import FRAMES_WITH_PARTS
 
 from .helpers import (
     assert_chunks_consistent,
@@ -234,7 +234,7 @@ async def test_a_part_aware_viewer_follows_every_part_live_and_a_plain_one_the_b
         yield "cold."
         yield Finish("stop", {"output_tokens": 9})
 
-    from streaming_app.run import StreamRun
+    from streaming_app.drive.run import StreamRun
 
     run = StreamRun(stream.pk, source(), policy=SMALL)
     run.start()

@@ -19,9 +19,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 from streaming_app import cancel_stream, create_stream, stream_finished
-from streaming_app.flush import FlushPolicy
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.fanout.publish import group_name
 from streaming_app.models import Status, Stream
-from streaming_app.publish import group_name
 
 from .helpers import paced, run_to_end, written
 

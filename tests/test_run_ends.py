@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import StreamRun
+from streaming_app.drive.writer import committer, open_writer
 from streaming_app.exceptions import StreamAlreadyRunning
-from streaming_app.flush import FlushPolicy
 from streaming_app.models import Status
-from streaming_app.run import StreamRun
 from streaming_app.signals import stream_finished
 from streaming_app.streams import aclaim_stream, acreate_stream
-from streaming_app.writer import committer, open_writer
 
 from .helpers import assert_chunks_consistent, chunks_of, paced, stream_row
 from .layers import HeldLayer

@@ -10,9 +10,9 @@ import uuid
 import pytest
 from django.test import override_settings
 
-from streaming_app.flush import FlushPolicy
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import StreamRun
 from streaming_app.models import Status
-from streaming_app.run import StreamRun
 from streaming_app.streams import aclaim_stream, acreate_stream, aget_stream_body
 
 from .faults import HEARTBEAT, Hang, database_refuses

@@ -16,9 +16,9 @@ from streaming_app import (
     delete_stream,
     get_stream_body,
 )
-from streaming_app.flush import Batch
+from streaming_app.drive.flush import Batch
+from streaming_app.drive.persist import StreamEnded, write_batch
 from streaming_app.models import Chunk, Status, Stream
-from streaming_app.persist import StreamEnded, write_batch
 from streaming_app.streams import claim_stream, compact_stream, parse_offset
 
 from .helpers import written

@@ -10,9 +10,10 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streaming_app.flush import FlushPolicy
+from streaming_app.drive.flush import FlushPolicy
+from streaming_app.drive.run import StreamRun
+from streaming_app.http.views import astream_response
 from streaming_app.models import Status
-from streaming_app.run import StreamRun
 from streaming_app.streams import (
     aclaim_stream,
     acreate_stream,
@@ -20,7 +21,6 @@ from streaming_app.streams import (
     compact_stream,
     get_stream_body,
 )
-from streaming_app.views import astream_response
 
 from .faults import Hang, Statements, database_refuses
 from .helpers import (

@@ -22,11 +22,11 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 import streaming_app
+from streaming_app import disconnect_viewers
 from streaming_app.admission import Ticket, release
 from streaming_app.exceptions import Overloaded
 from streaming_app.models import LIVE_STATUSES, Stream
 from streaming_app.parts import TEXT, assemble, spans
-from streaming_app.publish import disconnect_viewers
 from streaming_app.streams import create_stream, get_stream_body
 from streaming_app.views import (
     JsonView,

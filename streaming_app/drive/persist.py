@@ -31,9 +31,9 @@ from django.db import (
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from . import conf
+from .. import conf
+from ..models import Chunk, Status, Stream, write_transaction
 from .flush import Batch
-from .models import Chunk, Status, Stream, write_transaction
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -48,17 +48,14 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from . import conf
-from .clients import request_viewer_key
-from .errors import GENERIC
-from .flush import FlushPolicy
-from .hub import Hub, Viewer, hub
-from .models import Status, is_finished
-from .parts import FINISH, REASONING, TEXT, TOOL_CALL, TOOL_RESULT, Entry
-from .run import Source
-from .sse import leave_soon
-from .streams import StreamId, parse_stream_id
-from .views import (
+from .. import conf
+from ..clients import request_viewer_key
+from ..drive.flush import FlushPolicy
+from ..drive.run import Source
+from ..errors import GENERIC
+from ..fanout.hub import Hub, Viewer, hub
+from ..http.sse import leave_soon
+from ..http.views import (
     ENDED_WITHOUT_MESSAGE,
     STREAM_ERRORS,
     Drive,
@@ -67,6 +64,9 @@ from .views import (
     open_drive,
     request_user,
 )
+from ..models import Status, is_finished
+from ..parts import FINISH, REASONING, TEXT, TOOL_CALL, TOOL_RESULT, Entry
+from ..streams import StreamId, parse_stream_id
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ async def aui_message_stream_response(
     """Drive a stream, answering with its UI message stream: each piece the moment it
     is generated, before it commits.
 
-    The stream is claimed and run as :func:`~streaming_app.views.astream_response`
+    The stream is claimed and run as :func:`~streaming_app.http.views.astream_response`
     does, with the same answers before it starts (JSON errors: 405 for anything but
     POST, 404, 403, 409, 503 and 429 with ``Retry-After``); unlike it, the response
     starts at once (with ``start``), and how the stream ended is always its last

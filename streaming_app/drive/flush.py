@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import conf
+from .. import conf
 
 # A sentence or a line ends the buffer: terminal punctuation (Latin, CJK, ellipsis),
 # optionally closed by quotes or brackets, then optional whitespace; or a newline.

@@ -30,11 +30,11 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from . import conf
-from .loops import PerLoop
-from .models import Stream, StreamId, is_finished, parse_stream_id
-from .persist import closing_connections
-from .signals import stream_committed, stream_finished
+from .. import conf
+from ..drive.persist import closing_connections
+from ..loops import PerLoop
+from ..models import Stream, StreamId, is_finished, parse_stream_id
+from ..signals import stream_committed, stream_finished
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Update:
 
 
 class LocalHub(Protocol):
-    """What publishing needs of the process's hub (:mod:`streaming_app.hub`)."""
+    """What publishing needs of the process's hub (:mod:`streaming_app.fanout.hub`)."""
 
     origin: str
 
@@ -322,7 +322,7 @@ def published_after(
     func: Callable[P, R], *, thread_sensitive: bool = True, wait: bool = True
 ) -> Callable[P, Awaitable[R]]:
     """The async twin of a sync operation: run as channels' ``database_sync_to_async``
-    does (closing the connections it used: :func:`~streaming_app.persist.closing_connections`),
+    does (closing the connections it used: :func:`~streaming_app.drive.persist.closing_connections`),
     then publish what it committed from the caller's task. ``thread_sensitive=False``
     runs it in any thread, for work that shares nothing with the caller's thread.
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Sequence
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from . import conf
-from .clients import request_viewer_key
-from .hub import Hub, Viewer, hub, status_message, text_message, to_json
-from .parts import Entry
-from .streams import offset_parameter, parse_flag, parse_stream_id
+from .. import conf
+from ..clients import request_viewer_key
+from ..fanout.hub import Hub, Viewer, hub, status_message, text_message, to_json
+from ..parts import Entry
+from ..streams import offset_parameter, parse_flag, parse_stream_id
 from .views import STREAM_ERRORS, JsonView, error_for, request_user
 
 

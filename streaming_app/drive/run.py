@@ -2,7 +2,7 @@
 
 A :class:`StreamRun` runs a claimed stream's source in a task of its own. Every piece
 goes at once to an optional *tap* (the driving HTTP response) and to the stream's
-writer (:mod:`streaming_app.writer`), which commits it beside the generation, never in
+writer (:mod:`streaming_app.drive.writer`), which commits it beside the generation, never in
 front of it. Whatever happens (the source raises or is cancelled, the writer fails,
 the database goes away, the run's own task is cancelled, however often, its ``on_end``
 raises), the run ends its stream with a terminal status, keeps every piece the database
@@ -21,15 +21,15 @@ import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
-from . import conf
-from .errors import public_message
-from .exceptions import LimitExceeded, RunStopped, StreamAlreadyRunning
+from .. import conf
+from ..errors import public_message
+from ..exceptions import LimitExceeded, RunStopped, StreamAlreadyRunning
+from ..fanout.publish import published
+from ..models import Status, Stream, StreamId, parse_stream_id, storable
+from ..parts import Entry, Part
+from ..signals import stream_run_started
 from .flush import FlushPolicy, Terminal
-from .models import Status, Stream, StreamId, parse_stream_id, storable
-from .parts import Entry, Part
 from .persist import CancelRequested, in_writer_thread
-from .publish import published
-from .signals import stream_run_started
 from .writer import StreamWriter, open_writer
 
 logger = logging.getLogger(__name__)

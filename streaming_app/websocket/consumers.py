@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .clients import scope_viewer_key
-from .hub import (
+from ..clients import scope_viewer_key
+from ..fanout.hub import (
     WINDOW_SPENT,
     Hub,
     Viewer,
@@ -22,8 +22,8 @@ from .hub import (
     text_message,
     to_json,
 )
-from .parts import Entry
-from .streams import offset_parameter, parse_flag, parse_offset, parse_stream_id
+from ..parts import Entry
+from ..streams import offset_parameter, parse_flag, parse_offset, parse_stream_id
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     """Sends a viewer the stream's committed text from an offset, then every committed
     delta exactly once and in order, then the terminal status, and closes (1000).
 
-    The process's hub (:mod:`streaming_app.hub`) follows the stream for all its viewers
+    The process's hub (:mod:`streaming_app.fanout.hub`) follows the stream for all its viewers
     here, so the consumer has no channel of its own on the layer. A viewer that asked
     for ``?ack=1`` sends acknowledgements, ``{"type": "ack", "offset": N}``, and is
     never sent more than ``VIEWER_BUFFER_CHARS`` past the last; any other frame (and

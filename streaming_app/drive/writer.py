@@ -33,13 +33,14 @@ from typing import Any, TypeVar
 
 from django.db import OperationalError
 
-from . import conf
-from .errors import public_message
-from .exceptions import DatabaseOutage, RunStopped, StreamAlreadyRunning, WriteFailed
+from .. import conf
+from ..errors import public_message
+from ..exceptions import DatabaseOutage, RunStopped, StreamAlreadyRunning, WriteFailed
+from ..fanout.publish import Update, publish
+from ..loops import PerLoop
+from ..models import Status, parse_stream_id
+from ..parts import PartMap
 from .flush import Batch, Buffer, FlushPolicy, Terminal
-from .loops import PerLoop
-from .models import Status, parse_stream_id
-from .parts import PartMap
 from .persist import (
     RETRYABLE,
     CancelRequested,
@@ -51,7 +52,6 @@ from .persist import (
     in_writer_thread,
 )
 from .persist import write as write_in_transaction
-from .publish import Update, publish
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class StreamWriter:
     The run appends pieces (never waiting on the database), waits for room when more
     than ``MAX_PENDING_CHARS`` are uncommitted, and closes the writer with the
     stream's terminal status. The writer tells the run (``on_stop``) when the stream
-    must stop: someone else ended it (:class:`~streaming_app.persist.StreamEnded`),
-    someone asked it to stop (:class:`~streaming_app.persist.CancelRequested`), the
+    must stop: someone else ended it (:class:`~streaming_app.drive.persist.StreamEnded`),
+    someone asked it to stop (:class:`~streaming_app.drive.persist.CancelRequested`), the
     database has been away too long (:class:`DatabaseOutage`) or refused a write
     (:class:`WriteFailed`). :attr:`stopped` holds the first such reason.
     """
@@ -95,7 +95,7 @@ class StreamWriter:
         self.closing: Terminal | None = None
         #: Set by a fault in this stream's writing (:meth:`fault`): how it ends.
         self.faulted: Terminal | None = None
-        #: The publisher's ticket for the stream's last update (streaming_app.publish),
+        #: The publisher's ticket for the stream's last update (streaming_app.fanout.publish),
         #: once its terminal status has committed.
         self.published: int | None = None
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))

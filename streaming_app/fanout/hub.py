@@ -37,12 +37,14 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
 
-from . import conf
-from .exceptions import InvalidOffset, Overloaded
-from .loops import PerLoop
-from .models import Status, Stream, is_finished
-from .parts import Entry, around, merge, reach
-from .permissions import has_permission, load_stream
+from .. import conf
+from ..drive.run import StreamRun
+from ..exceptions import InvalidOffset, Overloaded
+from ..loops import PerLoop
+from ..models import Status, Stream, is_finished
+from ..parts import Entry, around, merge, reach
+from ..permissions import has_permission, load_stream
+from ..streams import StreamBody, body_of, ended_before, expire_if_stale, get_stream, read_text
 from .publish import (
     CANCEL,
     RECHECK,
@@ -54,8 +56,6 @@ from .publish import (
     set_local_hub,
 )
 from .publish import published_after as _published_after
-from .run import StreamRun
-from .streams import StreamBody, body_of, ended_before, expire_if_stale, get_stream, read_text
 
 logger = logging.getLogger(__name__)
 
