@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .drive.run import Source, StreamRun
     from .exceptions import InvalidOffset, Overloaded, StreamNotPending
     from .fanout.publish import adisconnect_viewers, disconnect_viewers
-    from .http.views import astream_response, stream_response
+    from .http.drive import astream_response, stream_response
     from .signals import stream_committed, stream_finished
     from .streams import (
         StreamBody,
@@ -85,11 +85,11 @@ _WHERE = {
     "StreamRun": "drive.run",
     "adisconnect_viewers": "fanout.publish",
     "admit": "admission",
-    "astream_response": "http.views",
+    "astream_response": "http.drive",
     "disconnect_viewers": "fanout.publish",
     "stream_committed": "signals",
     "stream_finished": "signals",
-    "stream_response": "http.views",
+    "stream_response": "http.drive",
 }
 
 

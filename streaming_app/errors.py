@@ -16,7 +16,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .exceptions import RunStopped
-from .models import storable
+from .models import Status, storable
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +64,16 @@ def public_message(exc: BaseException) -> str:
     if len(message) > MAX_CHARS:
         message = message[: MAX_CHARS - 1] + "…"
     return message or GENERIC
+
+
+#: What a reader is told when a stream ends in a way that carries no message.
+ENDED_WITHOUT_MESSAGE: dict[str, str] = {
+    Status.ERROR: GENERIC,
+    Status.TIMEOUT: "the reply timed out",
+    Status.CANCELLED: "the reply was cancelled",
+}
+
+
+def ended_message(status: str) -> str:
+    """The public message of a stream that ended with ``status`` and no message."""
+    return ENDED_WITHOUT_MESSAGE.get(status, GENERIC)

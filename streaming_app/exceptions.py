@@ -65,3 +65,11 @@ class WriteFailed(RunStopped):
 
 class LimitExceeded(RunStopped):
     """The run went past ``MAX_DURATION`` or ``MAX_LENGTH``."""
+
+
+class WindowSpent(Exception):
+    """A viewer held to a window that it does not acknowledge has had it: it is to come
+    back on a new connection and resume from its offset."""
+
+    def __init__(self) -> None:
+        super().__init__("VIEWER_BUFFER_CHARS sent unacknowledged: resume from your offset")

@@ -3,15 +3,9 @@
 
 from __future__ import annotations
 
-from .http.views import (
-    JsonView,
-    astream_response,
-    csrf_failure,
-    error_for,
-    error_response,
-    request_user,
-    stream_response,
-)
+from .http.drive import astream_response, stream_response
+from .http.jsonview import JsonView, csrf_failure
+from .http.responses import error_for, error_response, request_user
 
 __all__ = [
     "JsonView",

@@ -17,10 +17,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.test import AsyncRequestFactory
 
+from streaming_app import astream_response
 from streaming_app.drive.flush import Batch, FlushPolicy
 from streaming_app.drive.persist import write_batch
 from streaming_app.drive.run import Source, StreamRun
-from streaming_app.http.views import astream_response
 from streaming_app.models import Chunk, Status, Stream
 from streaming_app.routing import websocket_urlpatterns
 from streaming_app.signals import stream_committed

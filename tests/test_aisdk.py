@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from example_project import urls as example_urls
 from example_project.chat.llm import demo_answer
 from example_project.chat.models import Chat
-from streaming_app.aisdk.views import (
+from streaming_app.aisdk import (
     UIMessageEncoder,
     aresume_response,
     aui_message_stream_response,
@@ -528,7 +528,7 @@ async def test_a_resume_mid_reply_gives_the_message_of_the_live_drive():
 async def test_a_resuming_reader_that_falls_behind_catches_up_exactly(caplog):
     """The hub drops the frames of a viewer that stops reading and sends them again
     from where it was: the chunks stay exactly those of the drive."""
-    caplog.set_level(logging.INFO, logger="streaming_app.fanout.hub")
+    caplog.set_level(logging.INFO, logger="streaming_app.fanout.viewer")
     stream, owner = await owned_stream()
     source = Gate()
     live = asyncio.create_task(read_body(await drive(stream.pk, source, owner)))

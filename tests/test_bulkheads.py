@@ -15,15 +15,16 @@ import pytest
 from django.test import AsyncClient, AsyncRequestFactory, override_settings
 
 from streaming_app.aisdk import views as aisdk
+from streaming_app.fanout.events import Event
 from streaming_app.fanout.hub import hub
 from streaming_app.fanout.publish import UPDATE, group_name, group_send
 from streaming_app.http import sse
 from streaming_app.http.sse import EventFrames
 from streaming_app.models import Status
 from streaming_app.parts import Entry
+from streaming_app.protocol import JsonMessages
 from streaming_app.streams import aclaim_stream, acreate_stream
 from streaming_app.websocket import consumers
-from streaming_app.websocket.consumers import WebsocketFrames
 
 from .helpers import WatchedStreams, read_all
 from .test_fanout import RemoteWriter, live_stream, viewer, watch, watched
@@ -49,14 +50,14 @@ class Fault:
             raise AttributeError("'NoneType' object has no attribute 'encode' (injected)")
 
 
-class BrokenWebsocketFrames(WebsocketFrames):
+class BrokenWebsocketFrames(JsonMessages):
     def __init__(self, fault: Fault) -> None:
         super().__init__(parts=True)
         self.fault = fault
 
-    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
-        self.fault.check(text)
-        return super().text(offset, text, parts, since)
+    def encode(self, event: Event) -> str:
+        self.fault.check(getattr(event, "text", ""))
+        return super().encode(event)
 
 
 class BrokenEventFrames(EventFrames):
@@ -64,20 +65,18 @@ class BrokenEventFrames(EventFrames):
         super().__init__(parts=True)
         self.fault = fault
 
-    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
-        self.fault.check(text)
-        return super().text(offset, text, parts, since)
+    def encode(self, event: Event) -> str:
+        self.fault.check(getattr(event, "text", ""))
+        return super().encode(event)
 
 
-def broken_deltas(fault: Fault) -> type[Any]:
-    class BrokenDeltas(aisdk._Deltas):
-        def text(
-            self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None
-        ) -> str:
+def broken_encoder(fault: Fault) -> type[Any]:
+    class BrokenEncoder(aisdk.UIMessageEncoder):
+        def text(self, offset: int, text: str, parts: Sequence[Entry] = ()) -> str:
             fault.check(text)
-            return super().text(offset, text, parts, since)
+            return super().text(offset, text, parts)
 
-    return BrokenDeltas
+    return BrokenEncoder
 
 
 async def broken_viewer(
@@ -92,7 +91,7 @@ async def broken_viewer(
         monkeypatch.setattr(sse, "EVENTS_WITH_PARTS", BrokenEventFrames(fault))
         response: Any = await AsyncClient().get(f"/api/streams/{stream_id}/events/?parts=1")
     else:
-        monkeypatch.setattr(aisdk, "_Deltas", broken_deltas(fault))
+        monkeypatch.setattr(aisdk, "UIMessageEncoder", broken_encoder(fault))
         request = AsyncRequestFactory().get("/api/ai/chat/x/stream")
         response = await aisdk.aresume_response(request, stream_id)
     assert response.status_code == 200

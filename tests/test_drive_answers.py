@@ -16,10 +16,10 @@ from django.http.response import HttpResponseBase
 from django.test import AsyncClient, AsyncRequestFactory, override_settings
 from django.urls import include, path
 
+from streaming_app import views
 from streaming_app.aisdk.views import aui_message_stream_response
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.run import StreamRun, live_runs
-from streaming_app.http import views
 from streaming_app.models import Status, Stream
 from streaming_app.signals import stream_run_started
 from streaming_app.streams import aget_stream_body
@@ -314,7 +314,7 @@ async def test_the_cancel_endpoint_refuses_a_missing_csrf_token_with_json():
     assert (response.status_code, response.json()["status"]) == (200, "cancelled")
 
 
-@override_settings(**CSRF_APP, CSRF_FAILURE_VIEW="streaming_app.http.views.csrf_failure")
+@override_settings(**CSRF_APP, CSRF_FAILURE_VIEW="streaming_app.views.csrf_failure")
 async def test_the_csrf_failure_view_answers_json_to_fetch_and_html_to_a_page():
     stream, owner = await owned_stream()
     client = AsyncClient(enforce_csrf_checks=True)

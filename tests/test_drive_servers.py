@@ -156,7 +156,7 @@ def test_the_websocket_route_takes_the_path_with_or_without_its_slash(
 
 # A driver that stops reading ---------------------------------------------------------
 
-#: The log line of an abandoned drive (streaming_app.http.views.DriverFeed.push).
+#: The log line of an abandoned drive (streaming_app.http.body.DriverBody.push).
 STOPPED_READING = "stopped reading; its response is abandoned, generation goes on"
 #: MAX_PENDING_CHARS for these tests: well over what the model's client reads at once
 #: (64 KiB), which the run pushes to the driver in one turn of the event loop, a driver

@@ -19,7 +19,7 @@ from django.test import AsyncClient, override_settings
 from streaming_app.drive.flush import Batch, FlushPolicy
 from streaming_app.drive.persist import write_batch
 from streaming_app.drive.run import StreamRun
-from streaming_app.fanout import hub as hub_module
+from streaming_app.fanout import reads as hub_module
 from streaming_app.fanout.publish import Update, group_name, group_send
 from streaming_app.models import Chunk, Status
 from streaming_app.routing import websocket_urlpatterns

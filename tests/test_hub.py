@@ -19,12 +19,16 @@ from django.test import AsyncClient, override_settings
 
 from streaming_app import adisconnect_viewers
 from streaming_app.exceptions import InvalidOffset, Overloaded
-from streaming_app.fanout import hub as hub_module
-from streaming_app.fanout.hub import Feed, Viewer, hub
+from streaming_app.fanout import reads as viewer_reads
+from streaming_app.fanout.events import Event, Text
+from streaming_app.fanout.feed import Feed
+from streaming_app.fanout.hub import hub
 from streaming_app.fanout.publish import group_name
+from streaming_app.fanout.viewer import Viewer
 from streaming_app.models import Status, Stream
+from streaming_app.protocol import JsonMessages, close_code
 from streaming_app.streams import aclaim_stream, acreate_stream, create_stream, read_text
-from streaming_app.websocket.consumers import StreamConsumer, WebsocketFrames
+from streaming_app.websocket.consumers import StreamConsumer
 
 from .faults import Statements
 from .test_fanout import RemoteWriter, viewer, watch, watched
@@ -82,7 +86,7 @@ async def a_viewer_cut_loose(
     has heard eight pieces, it is cut loose."""
     stream = await acreate_stream()
     await aclaim_stream(stream.pk)
-    viewer = viewer or Viewer(None, "reader", WebsocketFrames())
+    viewer = viewer or Viewer(None, "reader", JsonMessages())
     await hub().watch(viewer, stream.pk, 0)
     feed = hub().feeds[stream.pk]
     writer = RemoteWriter(stream.pk)
@@ -145,22 +149,23 @@ async def test_a_delta_is_encoded_once_for_every_caught_up_viewer():
     await aclaim_stream(stream.pk)
     tasks = await watched(stream.pk, 5)
     feed = hub().feeds[stream.pk]
-    frames = [viewer.frames for viewer in feed.viewers]
+    frames: list[Any] = [viewer.encoding for viewer in feed.viewers]
     encoded: list[tuple[int, str]] = []
-    original = type(frames[0]).text
+    original = type(frames[0]).encode
 
-    def counting(self: Any, offset: int, text: str, parts: Any, since: Any = None) -> str:
-        encoded.append((offset, text))
-        return original(self, offset, text, parts, since)
+    def counting(self: Any, event: Event) -> str:
+        if isinstance(event, Text):
+            encoded.append((event.offset, event.text))
+        return original(self, event)
 
-    type(frames[0]).text = counting  # type: ignore[method-assign]
+    type(frames[0]).encode = counting
     try:
         writer = RemoteWriter(stream.pk)
         await writer.write("One delta. ")
         await writer.write("Another.", "done")
         results = await asyncio.gather(*tasks)
     finally:
-        type(frames[0]).text = original  # type: ignore[method-assign]
+        type(frames[0]).encode = original
     assert encoded == [(0, "One delta. "), (11, "Another.")], "once per delta, not per viewer"
     for result in results:
         assert result["text"] == "One delta. Another."
@@ -261,7 +266,7 @@ async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it
     status the feed heard meanwhile (it was closed without it)."""
     monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
     stream, viewer, feed, writer = await a_viewer_cut_loose()
-    original, reads = hub_module.read_snapshot, []
+    original, reads = viewer_reads.read_snapshot, []
     first_read, release, second_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def held_read(*args: Any) -> Any:
@@ -274,12 +279,12 @@ async def test_a_catch_up_from_the_database_ends_exact_whatever_commits_while_it
             second_read.set()  # (the catch-up ends in this step, without awaiting)
         return body
 
-    monkeypatch.setattr(hub_module, "read_snapshot", held_read)
+    monkeypatch.setattr(viewer_reads, "read_snapshot", held_read)
     frames: list[str] = []
 
     async def read() -> None:
         async for batch in viewer.batches():
-            frames.extend(batch)
+            frames.extend(map(JsonMessages().frame, batch))
 
     reading = asyncio.create_task(read())
     await asyncio.wait_for(first_read.wait(), 5)
@@ -337,7 +342,7 @@ ADDRESS = ("address:192.0.2.1", "MAX_VIEWERS_PER_ADDRESS")
 def guest_at_one_address(name: str) -> Viewer:
     """A viewer of guest ``name``, counted under its own key and its address's, as the
     transports count one (streaming_app.clients)."""
-    return Viewer(None, f"user:{name}", WebsocketFrames(), also=[ADDRESS])
+    return Viewer(None, f"user:{name}", JsonMessages(), also=[ADDRESS])
 
 
 @override_settings(
@@ -468,7 +473,7 @@ async def test_a_viewer_whose_feed_fails_while_it_catches_up_is_closed_not_read_
     again, for ever: never closed, its slot held."""
     monkeypatch.setattr(Feed, "TAIL_CHARS", 64)
     stream, viewer, feed, writer = await a_viewer_cut_loose()
-    original, reads = hub_module.read_snapshot, []
+    original, reads = viewer_reads.read_snapshot, []
     first_read, release, again = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def held_read(*args: Any) -> Any:
@@ -482,7 +487,7 @@ async def test_a_viewer_whose_feed_fails_while_it_catches_up_is_closed_not_read_
             await asyncio.Event().wait()
         return body
 
-    monkeypatch.setattr(hub_module, "read_snapshot", held_read)
+    monkeypatch.setattr(viewer_reads, "read_snapshot", held_read)
     hit = asyncio.Event()
 
     def offer_text(*args: Any) -> None:
@@ -498,13 +503,13 @@ async def test_a_viewer_whose_feed_fails_while_it_catches_up_is_closed_not_read_
     monkeypatch.setattr(feed, "_offer_text", offer_text)
     await writer.write("More. ")
     await asyncio.wait_for(hit.wait(), 5)
-    assert feed.closed and viewer.close_code == 1011
+    assert feed.closed and close_code(viewer.refused) == 1011
     release.set()
     looping = asyncio.create_task(again.wait())
     await asyncio.wait({reading, looping}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
     looping.cancel()
     assert not again.is_set(), f"the closed viewer read the database again ({reads})"
-    assert reading.done() and viewer.close_code == 1011
+    assert reading.done() and close_code(viewer.refused) == 1011
     hub().leave(viewer)
 
 
@@ -519,7 +524,7 @@ async def test_a_viewer_whose_feed_fails_while_its_snapshot_is_read_is_closed(mo
     await writer.write("The first words. ")
     [first] = await watched(stream.pk, 1)
     feed = hub().feeds[stream.pk]
-    original = hub_module.read_snapshot
+    original = viewer_reads.read_snapshot
     reading, release = asyncio.Event(), asyncio.Event()
 
     async def held_read(*args: Any) -> Any:
@@ -528,8 +533,8 @@ async def test_a_viewer_whose_feed_fails_while_its_snapshot_is_read_is_closed(mo
         await release.wait()
         return body
 
-    monkeypatch.setattr(hub_module, "read_snapshot", held_read)
-    late = Viewer(None, "late", WebsocketFrames())
+    monkeypatch.setattr(viewer_reads, "read_snapshot", held_read)
+    late = Viewer(None, "late", JsonMessages())
     joining = asyncio.create_task(hub().watch(late, stream.pk, 0))
     await asyncio.wait_for(reading.wait(), 5)
     hit = asyncio.Event()
@@ -541,7 +546,7 @@ async def test_a_viewer_whose_feed_fails_while_its_snapshot_is_read_is_closed(mo
     monkeypatch.setattr(feed, "_offer_text", offer_text)
     await writer.write("More. ")
     await asyncio.wait_for(hit.wait(), 5)
-    assert feed.closed and late.close_code == 1011
+    assert feed.closed and close_code(late.refused) == 1011
     release.set()
     await asyncio.wait_for(joining, 5)
     catch_ups = 0
@@ -556,7 +561,7 @@ async def test_a_viewer_whose_feed_fails_while_its_snapshot_is_read_is_closed(mo
     monkeypatch.setattr(feed, "catch_up", counted)
     async for _ in late.batches():
         pass
-    assert late.close_code == 1011
+    assert close_code(late.refused) == 1011
     hub().leave(late)
     assert (await asyncio.wait_for(first, 5))["code"] == 1011
 

@@ -13,7 +13,7 @@ from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 
-from streaming_app.http.views import JsonView
+from streaming_app.views import JsonView
 
 
 class Checked(JsonView):

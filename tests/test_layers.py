@@ -6,27 +6,45 @@ one layer here, so that a new one has to say where it belongs."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "streaming_app"
 
-#: The engine and what it is built on: no HTTP, no websockets.
+#: The engine and what it is built on: no HTTP, no websockets (modules at the top
+#: level, and the subpackages whose every module is in the layer).
 CORE = {
     "admission", "clients", "conf", "errors", "exceptions", "loops", "models",
     "parts", "permissions", "signals", "streams",
-    "drive", "drive.flush", "drive.persist", "drive.run", "drive.writer",
-    "sources", "sources.openai",
 }  # fmt: skip
+CORE_PACKAGES = {"drive", "sources"}
 #: Committed updates to this process's viewers and the others': no transport.
-FANOUT = {"fanout", "fanout.publish", "fanout.hub"}
-#: What talks to browsers (HTTP, websockets, HTML) or to the Django admin.
-TRANSPORTS = {
-    "views", "http", "http.views", "http.sse", "aisdk", "aisdk.views",
-    "websocket", "websocket.consumers", "routing", "urls", "admin",
-    "templatetags", "templatetags.streaming",
-}  # fmt: skip
+FANOUT_PACKAGES = {"fanout"}
+#: What talks to browsers (HTTP, websockets, HTML) or to the Django admin: each
+#: package a transport of its own; ``protocol`` the wire format two of them share.
+TRANSPORTS = {"protocol", "views", "routing", "urls", "admin"}
+TRANSPORT_PACKAGES = {"http", "websocket", "aisdk", "templatetags"}
+#: What of ``http`` the AI SDK's views build on (its drive and its viewers are HTTP's).
+HTTP_BASE = {"http.drive", "http.body", "http.following", "http.responses", "http.jsonview"}
 #: The package's entry points: its public names, its AppConfig and checks, commands.
-ENTRIES = {"__init__", "apps", "checks", "management", "management.commands"}
+ENTRIES = {"__init__", "apps", "checks"}
+ENTRY_PACKAGES = {"management"}
+
+
+def layer(name: str) -> str:
+    """The layer of module ``name`` (dotted, under streaming_app)."""
+    package = name.split(".")[0]
+    for layer_name, modules_, packages in (
+        ("core", CORE, CORE_PACKAGES),
+        ("fanout", set(), FANOUT_PACKAGES),
+        ("transport", TRANSPORTS, TRANSPORT_PACKAGES),
+        ("entry", ENTRIES, ENTRY_PACKAGES),
+    ):
+        if name in modules_ or package in packages:
+            return layer_name
+    return "none"
 
 
 def module_name(path: Path) -> str:
@@ -70,32 +88,66 @@ def app_modules(names: set[str]) -> set[str]:
 
 
 def test_every_module_is_in_one_layer():
-    layers = [CORE, FANOUT, TRANSPORTS, ENTRIES]
-    every = set().union(*layers)
-    commands = {n for n in modules() if n.startswith("management.commands.")}
-    assert set(modules()) - commands == every
-    assert sum(len(layer) for layer in layers) == len(every), "a module in two layers"
+    unplaced = {name for name in modules() if layer(name) == "none"}
+    assert unplaced == set(), "a module in no layer: place it in tests/test_layers.py"
+    top = CORE | TRANSPORTS | ENTRIES
+    packages = CORE_PACKAGES | FANOUT_PACKAGES | TRANSPORT_PACKAGES | ENTRY_PACKAGES
+    assert len(top) == len(CORE) + len(TRANSPORTS) + len(ENTRIES), "a module in two layers"
+    assert not top & packages, "a name both a module and a package"
+
+
+def crossings(importers: str, imported: set[str] | None = None) -> set[tuple[str, str]]:
+    """(module, what it imports) for the modules of layer ``importers`` that import a
+    module of a layer in ``imported``."""
+    return {
+        (name, module)
+        for name, path in modules().items()
+        if layer(name) == importers
+        for module in app_modules(imports(name, path))
+        if imported is None or layer(module) in imported
+    }
 
 
 def test_the_core_and_the_fan_out_import_no_transport():
-    crossings = {
-        (name, imported)
-        for name, path in modules().items()
-        if name in CORE | FANOUT
-        for imported in app_modules(imports(name, path)) & TRANSPORTS
-    }
-    assert crossings == set()
+    assert crossings("core", {"transport"}) | crossings("fanout", {"transport"}) == set()
 
 
 def test_the_core_imports_nothing_of_the_fan_out_but_publish():
     """The engine hands committed updates to ``publish``; the hub is the transports'."""
-    crossings = {
-        (name, imported)
-        for name, path in modules().items()
-        if name in CORE
-        for imported in app_modules(imports(name, path)) & (FANOUT - {"fanout", "fanout.publish"})
-    }
-    assert crossings == set()
+    found = {(name, module) for name, module in crossings("core", {"fanout"})}
+    assert {module for _, module in found} <= {"fanout", "fanout.publish"}
+
+
+def test_no_transport_imports_another():
+    """Each transport package imports the core, the fan-out and the shared wire format
+    (``protocol``), never another transport's modules; the AI SDK's views build on
+    HTTP's drive and viewers (:data:`HTTP_BASE`), not on its views."""
+    found = set()
+    for name, module in crossings("transport", {"transport"}):
+        mine, theirs = name.split(".")[0], module.split(".")[0]
+        if theirs == mine or theirs == "protocol":
+            continue
+        if mine == "aisdk" and module in HTTP_BASE:
+            continue
+        if mine not in TRANSPORT_PACKAGES:
+            continue  # urls, routing, the views shim: they gather the transports
+        found.add((name, module))
+    assert found == set()
+
+
+def test_importing_the_hub_loads_no_transport():
+    """``import streaming_app.fanout.hub`` in a fresh interpreter: no module of
+    ``http``, ``websocket`` or ``aisdk`` is loaded."""
+    code = (
+        "import django, sys; django.setup(); import streaming_app.fanout.hub; "
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('streaming_app.'))))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert "streaming_app.fanout.hub" in loaded
+    assert [m for m in loaded if m.split(".")[1] in {"http", "websocket", "aisdk"}] == []
 
 
 def test_nothing_in_the_package_imports_the_example_project():
@@ -108,9 +160,9 @@ def test_nothing_in_the_package_imports_the_example_project():
 
 
 def test_the_scan_sees_imports_inside_functions_and_relative_ones():
-    """The test's own reader: a lazy import is an import (models imports publish in
-    a function), and ``from . import conf`` names the module."""
-    assert "fanout.publish" in app_modules(imports("models", PACKAGE / "models.py"))
+    """The test's own reader: a lazy import is an import (apps imports the hub in
+    ``ready()``), and ``from . import conf`` names the module."""
+    assert "fanout.hub" in app_modules(imports("apps", PACKAGE / "apps.py"))
     assert "conf" in app_modules(imports("http.views", PACKAGE / "http" / "views.py"))
-    assert "http.views" in app_modules(imports("views", PACKAGE / "views.py"))
+    assert "http.drive" in app_modules(imports("views", PACKAGE / "views.py"))
     assert "parts" in app_modules(imports("sources.openai", PACKAGE / "sources" / "openai.py"))

@@ -14,9 +14,11 @@ from asgiref.sync import sync_to_async
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streaming_app import astream_response
 from streaming_app.drive.flush import FlushPolicy
-from streaming_app.fanout.hub import Feed, Hub, Viewer
-from streaming_app.http.views import astream_response
+from streaming_app.fanout.feed import Feed
+from streaming_app.fanout.hub import Hub
+from streaming_app.fanout.viewer import Viewer
 from streaming_app.models import Stream
 from streaming_app.parts import (
     Finish,
@@ -364,7 +366,7 @@ def part_aware_viewer(feed: Feed) -> Viewer:
 
 def written(viewer: Viewer) -> list[dict[str, Any]]:
     """The frames queued for ``viewer``, as its transport writes them."""
-    frames = [json.loads(frame) for frame, _, _ in viewer._queue]
+    frames = [json.loads(FRAMES_WITH_PARTS.frame(event)) for event, _, _, _ in viewer._queue]
     viewer._queue.clear()
     viewer._chars = 0
     viewer._written = (viewer.sent, viewer.status)

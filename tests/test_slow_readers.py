@@ -26,7 +26,7 @@ servers = pytest.mark.parametrize("kind", [Daphne, Uvicorn], ids=["daphne", "uvi
 
 WINDOW = 20_000
 TCP_WMEM = Path("/proc/sys/net/ipv4/tcp_wmem")
-#: The log line of a viewer cut loose (streaming_app.fanout.hub.Viewer._cut_loose).
+#: The log line of a viewer cut loose (streaming_app.fanout.viewer.Viewer._cut_loose).
 CUT_LOOSE = "is not reading; it will catch up"
 
 

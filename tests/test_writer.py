@@ -10,9 +10,9 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streaming_app import astream_response
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.run import StreamRun
-from streaming_app.http.views import astream_response
 from streaming_app.models import Status
 from streaming_app.streams import (
     aclaim_stream,

@@ -3,20 +3,20 @@ clients without websockets. A viewer of the process's hub, like a websocket."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
 from .. import conf
-from ..clients import request_viewer_key
-from ..fanout.hub import Hub, Viewer, hub, status_message, text_message, to_json
-from ..parts import Entry
-from ..streams import offset_parameter, parse_flag, parse_stream_id
-from .views import STREAM_ERRORS, JsonView, error_for, request_user
+from ..exceptions import InvalidOffset
+from ..fanout.events import Event, Status
+from ..fanout.viewer import Viewer
+from ..protocol import JsonMessages, close_code, to_json
+from ..streams import offset_parameter, parse_flag
+from .following import afollow
+from .jsonview import JsonView
+from .responses import error_for
 
 
 def sse_event(kind: str, event_id: int | None, data: str) -> str:
@@ -33,32 +33,18 @@ def close_event(code: int, reason: str) -> str:
     return sse_event("close", None, to_json({"type": "close", "code": code, "reason": reason}))
 
 
-class EventFrames:
-    """The protocol's messages as Server-Sent Events."""
+class EventFrames(JsonMessages):
+    """The protocol's messages as Server-Sent Events, each with its ``id``: the offset
+    the viewer has after it."""
 
-    def __init__(self, *, parts: bool = False) -> None:
-        self.parts = parts
-
-    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
-        return sse_event(
-            "text",
-            offset + len(text),
-            to_json(text_message(offset, text, parts if self.parts else (), since)),
-        )
-
-    def status(self, status: str, error: str | None, at: int) -> str:
-        return sse_event("status", at, to_json(status_message(status, error)))
+    def encode(self, event: Event) -> str:
+        if isinstance(event, Status):
+            return sse_event("status", event.at, super().encode(event))
+        return sse_event("text", event.end, super().encode(event))
 
 
 EVENTS = EventFrames()
 EVENTS_WITH_PARTS = EventFrames(parts=True)
-
-
-def leave_soon(loop: asyncio.AbstractEventLoop, followed: Hub, viewer: Viewer) -> None:
-    """Let ``viewer`` go from ``followed`` on ``loop``, from any thread (a response
-    collected without having been iterated)."""
-    with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to leave
-        loop.call_soon_threadsafe(followed.leave, viewer)
 
 
 class StreamEventsView(JsonView):
@@ -70,46 +56,36 @@ class StreamEventsView(JsonView):
     """
 
     async def get(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
-        user = await request_user(request)
         resuming = "Last-Event-ID" in request.headers
-        key = request_viewer_key(request, user)
-        viewer = Viewer(
-            user,
-            key.key,
-            EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS,
-            limit=key.limit,
-            also=key.also,
-            resumes=True,  # an EventSource comes back with Last-Event-ID
-        )
-        followed = hub()
         try:
             offset = request.headers.get("Last-Event-ID") or offset_parameter(
                 request.GET.getlist("offset")
             )
-            body = await followed.watch(viewer, parse_stream_id(stream_id), offset)
-        except STREAM_ERRORS as exc:
+        except InvalidOffset as exc:
             return error_for(exc)
-        if body.is_finished and resuming and not body.text:
+        events = EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS
+        # An EventSource comes back with Last-Event-ID: its window needs no acks.
+        following = await afollow(request, stream_id, events, offset, resumes=True)
+        if isinstance(following, HttpResponseBase):
+            return following  # refused
+        if following.body.is_finished and resuming and not following.body.text:
             # An EventSource reconnecting after the end: 204 tells it to stop.
-            followed.leave(viewer)
+            following.leave()
             return HttpResponse(status=204)
-        events = self.events(followed, viewer)
-        # Should the response never be iterated (the client gone before its first byte),
-        # its generator's `finally` would not run: the viewer is let go when it is.
-        weakref.finalize(events, leave_soon, asyncio.get_running_loop(), followed, viewer)
-        response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+        response = following.response(
+            self.events(following.viewer, events), "text/event-stream; charset=utf-8"
+        )
         response["Cache-Control"] = "no-cache, no-transform"
         response["X-Accel-Buffering"] = "no"
         return response
 
     @staticmethod
-    async def events(followed: Hub, viewer: Viewer) -> AsyncIterator[str]:
+    async def events(viewer: Viewer, events: EventFrames) -> AsyncIterator[str]:
         prefix = "retry: 1000\n\n"
-        try:
-            async for frames in viewer.batches(keepalive=float(conf.get("SSE_KEEPALIVE"))):
-                yield prefix + ("".join(frames) if frames else ": keep-alive\n\n")
-                prefix = ""
-            if viewer.close_reason is not None and viewer.close_code is not None:
-                yield prefix + close_event(viewer.close_code, viewer.close_reason)
-        finally:
-            followed.leave(viewer)
+        keepalive = float(conf.get("SSE_KEEPALIVE"))
+        async for batch in viewer.batches(keepalive=keepalive):
+            yield prefix + ("".join(map(events.frame, batch)) if batch else ": keep-alive\n\n")
+            prefix = ""
+        if isinstance(viewer.refused, InvalidOffset):
+            # The stream ended short of the viewer's offset (docs/protocol.md#offsets).
+            yield prefix + close_event(close_code(viewer.refused), str(viewer.refused))

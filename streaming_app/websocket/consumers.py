@@ -5,25 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from ..clients import scope_viewer_key
-from ..fanout.hub import (
-    WINDOW_SPENT,
-    Hub,
-    Viewer,
-    hub,
-    refusal,
-    status_message,
-    text_message,
-    to_json,
-)
-from ..parts import Entry
-from ..streams import offset_parameter, parse_flag, parse_offset, parse_stream_id
+from ..fanout.hub import Hub, follow
+from ..fanout.viewer import Viewer, log_refusal
+from ..protocol import INTERNAL_ERROR, JsonMessages, close_code, close_reason
+from ..streams import offset_parameter, parse_flag, parse_offset
 
 logger = logging.getLogger(__name__)
 
@@ -34,39 +25,16 @@ def query_offset(query_string: bytes) -> int:
     return parse_offset(offset_parameter(values))
 
 
-class WebsocketFrames:
-    """The protocol's messages as websocket text frames."""
-
-    def __init__(self, *, parts: bool = False) -> None:
-        self.parts = parts
-
-    def text(self, offset: int, text: str, parts: Sequence[Entry], since: int | None = None) -> str:
-        return to_json(text_message(offset, text, parts if self.parts else (), since))
-
-    def status(self, status: str, error: str | None, at: int) -> str:
-        return to_json(status_message(status, error))
-
-
-FRAMES = WebsocketFrames()
-FRAMES_WITH_PARTS = WebsocketFrames(parts=True)
-
-# Close codes (docs/protocol.md): 4400 bad request, 4403 forbidden, 4404 unknown stream,
-# 4413 a window sent without acknowledgement (come back and resume), 4429 too many
-# viewers, 4503 the database or the channel layer is away (come back and resume), 1011
-# a bug (logged with its traceback). Servers may only use 1000 and 3000-4999 (and
-# daphne, of the 1000s, only 1000; see StreamConsumer.close).
-REASONS = {
-    4404: "no such stream",
-    WINDOW_SPENT: "VIEWER_BUFFER_CHARS sent unacknowledged: resume from your offset",
-    4503: "temporarily unavailable, try again",
-    1011: "internal error",
-}
+#: The protocol's messages as text frames, one per event (close codes: protocol.py;
+#: daphne, of the 1000s, lets an application send only 1000: see StreamConsumer.close).
+FRAMES = JsonMessages()
+FRAMES_WITH_PARTS = JsonMessages(parts=True)
 
 #: The most bytes of UTF-8 a close frame's reason may hold (RFC 6455, 5.5).
 MAX_REASON_BYTES = 123
 
 
-def close_reason(text: str) -> str:
+def cut_reason(text: str) -> str:
     """``text`` cut to a close frame's reason: at most 123 bytes of UTF-8, between
     characters."""
     return text.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
@@ -152,43 +120,39 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         key = scope_viewer_key(self.scope)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         frames = FRAMES_WITH_PARTS if parse_flag((query.get("parts") or [""])[-1]) else FRAMES
-        viewer = Viewer(
-            user,
-            key.key,
-            frames,
-            limit=key.limit,
-            also=key.also,
-            acks=parse_flag((query.get("ack") or [""])[-1]),
-            resumes=True,  # client.js, and any client the protocol describes
-        )
-        # Released by release(), whatever happens from here on.
-        self.viewer = viewer
         stream_id = self.scope["url_route"]["kwargs"]["stream_id"]
         try:
-            self.followed = hub()
             offset = query_offset(self.scope.get("query_string", b""))
-            await self.followed.watch(viewer, parse_stream_id(stream_id), offset)
+            # Released by release(), whatever happens from here on.
+            self.followed, self.viewer, _ = await follow(
+                user,
+                key,
+                frames,
+                stream_id,
+                offset,
+                acks=parse_flag((query.get("ack") or [""])[-1]),
+                resumes=True,  # client.js, and any client the protocol describes
+            )
         except Exception as exc:
-            code = refusal(exc, stream_id)
-            await self.close(code=code, reason=REASONS.get(code, str(exc)))
+            log_refusal(exc, stream_id)
+            await self.close(code=close_code(exc), reason=close_reason(exc))
             return
-        self.writing = asyncio.create_task(self.write(viewer))
+        self.writing = asyncio.create_task(self.write(self.viewer, frames))
 
-    async def write(self, viewer: Viewer) -> None:
-        """Write the viewer's frames as the hub hands them over, then close."""
+    async def write(self, viewer: Viewer, frames: JsonMessages) -> None:
+        """Write the viewer's events as the hub hands them over, then close."""
         try:
-            async for frames in viewer.batches():
-                for frame in frames:
-                    await self.send(text_data=frame)
+            async for events in viewer.batches():
+                for event in events:
+                    await self.send(text_data=frames.frame(event))
                     if self.closed:
                         return
-            code = viewer.close_code or 1000
-            await self.close(code=code, reason=viewer.close_reason or REASONS.get(code, ""))
+            await self.close(code=close_code(viewer.refused), reason=close_reason(viewer.refused))
         except OSError:
             pass  # the client has gone (uvicorn's ClientDisconnected): nothing to close
-        except Exception:
+        except Exception as exc:
             logger.exception("the viewer of stream %s failed", viewer.stream_id)
-            await self.close(code=1011, reason=REASONS[1011])
+            await self.close(code=INTERNAL_ERROR, reason=close_reason(exc))
 
     async def send(
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
@@ -208,11 +172,11 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         self.closed = True
         async with self._sending:
             try:
-                await super().close(code, close_reason(reason) if reason else None)
+                await super().close(code, cut_reason(reason) if reason else None)
             except OSError:
                 pass  # the client has gone
             except Exception:
-                if code != 1011:
+                if code != INTERNAL_ERROR:
                     raise
                 # daphne lets an application close with 1000 and 3000-4999 only, and
                 # closes with 1011 for one that raises: the consumer raises.
