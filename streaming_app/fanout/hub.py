@@ -33,6 +33,7 @@ from ..streams import StreamBody, StreamId, parse_stream_id
 from . import reads
 from .events import Encoding
 from .feed import Feed
+from .groups import Groups
 from .publish import (
     CANCEL,
     RECHECK,
@@ -40,7 +41,6 @@ from .publish import (
     Message,
     control_group,
     group_name,
-    layer_call,
     set_local_hub,
 )
 from .viewer import Viewer
@@ -83,33 +83,14 @@ def _delta(message: Message) -> tuple[int, str, str, str | None, list[Entry], in
 class Hub:
     """An event loop's feeds, its one channel on the layer, and its runs' cancels."""
 
-    #: Joins and leaves under way at once: enough that one slow call holds up none of
-    #: the others, few enough that a burst of new feeds does not open as many
-    #: connections to the layer's server.
-    MEMBERSHIP_CALLS = 8
-
     def __init__(self, layer: BaseChannelLayer | None) -> None:
         self.layer = layer
         self.origin = uuid.uuid4().hex
         self.feeds: dict[uuid.UUID, Feed] = {}
         self.runs: dict[uuid.UUID, StreamRun] = {}
         self.viewers = Counter[str]()
-        self._channel: str | None = None
-        self._opening: asyncio.Task[str] | None = None
-        #: Groups the layer may have this hub's channel in (a join was tried and no
-        #: leave has succeeded since), and among them those whose last call failed or
-        #: timed out (it may have happened anyway): they are joined again, then left
-        #: if they are not wanted.
-        self._joined: set[str] = set()
-        self._unsure: set[str] = set()
-        #: The task bringing each group to what is wanted: one per group at a time, so
-        #: that one slow join holds up no other.
-        self._syncing: dict[str, asyncio.Task[None]] = {}
-        self._calls = asyncio.Semaphore(self.MEMBERSHIP_CALLS)
-        self._retry: asyncio.TimerHandle | None = None
-        self._failing = False
-        self._receiver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.groups = Groups(self)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task of the hub's own, owing nothing to the request or consumer that
@@ -220,30 +201,9 @@ class Hub:
         except Exception:  # a bug, in this stream's feed or run: the others go on
             logger.exception("a %s message of stream %s failed", kind, stream_id)
 
-    async def _receive(self) -> None:
-        # No bound here: a receive waits for messages by nature, and a layer that does
-        # not answer looks like silence, which the feeds' watchdogs cover.
-        assert self.layer is not None and self._channel is not None
-        failures = 0
-        while True:
-            try:
-                message = await self.layer.receive(self._channel)
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    logger.warning("the channel layer failed (%r); viewers poll meanwhile", exc)
-                await asyncio.sleep(min(0.5 * failures, 5.0))
-                # Memberships may have gone with the layer's server: join again.
-                self._unsure |= self._joined
-                self.ensure_groups()
-                continue
-            failures = 0
-            if not isinstance(message, dict) or message.get("origin") != self.origin:
-                self.deliver(message)  # (else delivered already)
-
     # Group memberships ------------------------------------------------------------------
 
-    def _wanted(self) -> set[str]:
+    def wanted(self) -> set[str]:
         """The groups to be in: the open feeds', the runs'. An id that cannot be named
         (a bug elsewhere) is logged and left out; the others are still wanted."""
         wanted: set[str] = set()
@@ -259,88 +219,7 @@ class Hub:
         """Join and leave the layer's groups to match the feeds and runs (in tasks).
         Each call to the layer is bounded (``PUBLISH_TIMEOUT``); what failed is tried
         again after ``RESYNC_INTERVAL``, and at the feeds' re-syncs."""
-        self.spawn(self._sync_groups())
-
-    async def _sync_groups(self) -> None:
-        try:
-            wanted = self._wanted()
-        except Exception:
-            logger.exception("could not tell which groups to join")
-            return
-        if self.layer is None:
-            self._subscribed(wanted)
-            return
-        for group in (wanted ^ self._joined) | self._unsure:
-            if group not in self._syncing:
-                self._syncing[group] = self.spawn(self._sync_group(group))
-        # Feeds whose group is joined already, or being left (it is joined again after).
-        self._subscribed(wanted - set(self._syncing))
-
-    async def _sync_group(self, group: str) -> None:
-        assert self.layer is not None
-        try:
-            while True:
-                wanted = self._wants(group)
-                if group in self._unsure or (wanted and group not in self._joined):
-                    # Counted as joined before the call: if it times out it may have
-                    # happened all the same, and must be left if the group is unwanted.
-                    self._joined.add(group)
-                    self._unsure.add(group)
-                    try:
-                        channel = await self._channel_name()
-                        async with self._calls:
-                            await layer_call(self.layer.group_add(group, channel))
-                    finally:
-                        self._subscribed({group})
-                    self._unsure.discard(group)
-                elif not wanted and group in self._joined:
-                    self._unsure.add(group)
-                    channel = await self._channel_name()
-                    async with self._calls:
-                        await layer_call(self.layer.group_discard(group, channel))
-                    self._unsure.discard(group)
-                    self._joined.discard(group)
-                else:
-                    break
-        except Exception as exc:
-            # The layer is away: viewers poll the database, cancels wait for the
-            # writer's next flush.
-            if not self._failing:
-                self._failing = True
-                logger.warning("could not join or leave a channel layer group: %r", exc)
-            self._retry_later()
-        else:
-            if self._failing and not self._unsure:
-                self._failing = False
-                logger.info("the channel layer answers again; its groups are joined")
-        finally:
-            del self._syncing[group]
-
-    async def _channel_name(self) -> str:
-        """The hub's channel on the layer, made once (every waiting join shares the
-        one bounded call)."""
-        if self._channel is not None:
-            return self._channel
-        if self._opening is None or self._opening.done():
-            self._opening = self.spawn(self._open_channel())
-        return await asyncio.shield(self._opening)
-
-    async def _open_channel(self) -> str:
-        assert self.layer is not None
-        channel = await layer_call(self.layer.new_channel())
-        self._channel = channel
-        self._receiver = self.spawn(self._receive())
-        return channel
-
-    def _retry_later(self) -> None:
-        if self._retry is None:
-
-            def retry() -> None:
-                self._retry = None
-                self.ensure_groups()
-
-            loop = asyncio.get_running_loop()
-            self._retry = loop.call_later(float(conf.get("RESYNC_INTERVAL")), retry)
+        self.spawn(self.groups.sync())
 
     def _feed_of(self, group: str) -> Feed | None:
         """The feed that wants ``group``, one of :meth:`_wanted`'s names."""
@@ -348,14 +227,14 @@ class Hub:
         feed = self.feeds.get(pk)
         return feed if feed is not None and group == group_name(pk) else None
 
-    def _wants(self, group: str) -> bool:
+    def wants(self, group: str) -> bool:
         feed = self._feed_of(group)
         if feed is not None:
             return not feed.closed
         pk = uuid.UUID(hex=group.rpartition(".")[2])
         return group == control_group(pk) and pk in self.runs
 
-    def _subscribed(self, groups: set[str]) -> None:
+    def subscribed(self, groups: set[str]) -> None:
         """The joins of these groups have been tried: their feeds' viewers go on."""
         for group in groups:
             feed = self._feed_of(group)
