@@ -15,7 +15,7 @@ CORE = {
     "admission", "clients", "conf", "errors", "exceptions", "loops", "models",
     "parts", "permissions", "signals", "streams",
     "drive", "drive.flush", "drive.persist", "drive.run", "drive.writer",
-    "sources", "sources.openai",
+    "sources", "sources.openai", "sources.readers", "sources.sse",
 }  # fmt: skip
 #: Committed updates to this process's viewers and the others': no transport.
 FANOUT = {"fanout", "fanout.publish", "fanout.hub"}
