@@ -1,11 +1,10 @@
 """Server-Sent Events read from an HTTP response's body: their data, one list per read.
 
-A model API streams JSON objects as the data of its events (OpenAI's APIs, Anthropic's).
-:func:`event_reads` reads them from the body's bytes as the network gives them: one
-``json.loads`` per event, and every event that arrived in one read as one list, never
-waiting for more, so that a source passes on what came at once as one piece. (The SDKs'
-own decoders, and httpx-sse, give one event at a time and cannot say where a read
-ended.) The API's errors are the adapter's: it says which events are errors and what
+A model API streams JSON objects as the data of its events. :func:`event_reads` reads
+them from the body's bytes as the network gives them: one ``json.loads`` per event, and
+every event that arrived in one read as one list, never waiting for more, so that a
+source passes on what came at once as one piece. (The SDKs' own decoders, and httpx-sse,
+give one event at a time and cannot say where a read ended.) The API's errors are the adapter's: it says which events are errors and what
 to raise for them and for a body that stops coming.
 """
 
@@ -47,7 +46,7 @@ async def event_reads(
 ) -> AsyncGenerator[list[Event], None]:
     """The events of ``body`` (an HTTP response's bytes, as read from the network), as
     the decoded JSON objects of their data: one list per read (never empty), until an
-    event whose data is ``end`` (``b"[DONE]"`` for OpenAI's) or the body's end.
+    event whose data is ``end`` (a sentinel such as ``b"[DONE]"``) or the body's end.
 
     An event's data is its ``data:`` lines joined; comments, event names and ids are not
     data (the APIs repeat an event's name in its data), and an event whose data is not
