@@ -2,9 +2,9 @@
 
 The SDK makes the request: authentication, base URL, retries, timeouts, and an HTTP
 error raised as its ``APIStatusError`` before any text. The body, Server-Sent Events,
-is read here: one ``json.loads`` per event instead of a pydantic model per chunk, and
-what arrived in one read of the network goes on as one piece (never waiting for more),
-which is most of a passthrough's cost per token (docs/benchmarks.md).
+is read by :mod:`.sse`: one ``json.loads`` per event instead of a pydantic model per
+chunk, and what arrived in one read of the network goes on as one piece (never waiting
+for more), which is most of a passthrough's cost per token (docs/benchmarks.md).
 
 :func:`chat_completion_text` gives a Chat Completion's text alone (a plain stream);
 :func:`chat_completion_parts` and :func:`response_parts` give its reasoning, text, tool
@@ -14,8 +14,6 @@ the Responses API.
 
 from __future__ import annotations
 
-import importlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -23,78 +21,45 @@ from typing import Any
 import openai
 
 from ..parts import Finish, Part, Reasoning, ToolCall
+from .readers import Reader, read_parts, tokens
+from .sse import Event, event_reads
 
-Event = dict[str, Any]
 #: An event's error as (message, body), or None for an event that is not one.
 Failure = Callable[[Event], tuple[str, Any] | None]
-
-
-def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """The timeouts and transport errors of the HTTP clients the SDK may use."""
-    timeouts: list[type[BaseException]] = []
-    transport: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        timeouts.append(module.TimeoutException)
-        transport.append(module.TransportError)
-    return tuple(timeouts), tuple(transport)
-
-
-_TIMEOUTS, _TRANSPORT = _http_errors()
 
 _STREAM_ERROR = "An error occurred during streaming"
 
 
-async def _event_reads(context: Any, failure: Failure) -> AsyncGenerator[list[Event], None]:
-    """The events of a streamed response (``context``, the SDK's
-    ``with_streaming_response.create(...)``), as the decoded JSON objects of their data:
-    one list per read of the network (never empty), until ``[DONE]`` or the body's end.
+async def _event_reads(
+    create: Callable[[], Any], failure: Failure
+) -> AsyncGenerator[list[Event], None]:
+    """The events of a streamed response (``create()``, the SDK's
+    ``with_streaming_response.create(...)``, made when they are first read): a list per
+    read of the network, until ``[DONE]`` or the body's end (:func:`.sse.event_reads`).
 
     An event ``failure`` calls an error is raised as ``openai.APIError``, after the
     events before it; timeouts and transport errors as ``APITimeoutError`` and
     ``APIConnectionError``. Closing the iterator closes the connection.
     """
-    async with context as response:
+    async with create() as response:
         request = response.http_response.request
-        buffer = b""
-        try:
-            async for chunk in response.iter_bytes():
-                buffer += chunk
-                # Events end with a blank line; a partial one waits for the next read.
-                *raw_events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
-                events: list[Event] = []
-                for raw in raw_events:
-                    # Its data lines, joined (comments, event names and ids are not data).
-                    data = b"\n".join(
-                        line[5:].removeprefix(b" ")
-                        for line in raw.split(b"\n")
-                        if line.startswith(b"data:")
-                    )
-                    if not data:
-                        continue
-                    if data == b"[DONE]":
-                        if events:
-                            yield events
-                        return
-                    event = json.loads(data)
-                    if not isinstance(event, dict):
-                        continue
-                    error = failure(event)
-                    if error is not None:
-                        if events:
-                            yield events
-                        message, body = error
-                        raise openai.APIError(message, request=request, body=body)
-                    events.append(event)
-                if events:
-                    yield events
-        except _TIMEOUTS as exc:
-            raise openai.APITimeoutError(request=request) from exc
-        except _TRANSPORT as exc:
-            raise openai.APIConnectionError(request=request) from exc
+
+        def error(event: Event) -> BaseException | None:
+            found = failure(event)
+            if found is None:
+                return None
+            return openai.APIError(found[0], request=request, body=found[1])
+
+        reads = event_reads(
+            response.iter_bytes(),
+            failure=error,
+            timed_out=lambda: openai.APITimeoutError(request=request),
+            disconnected=lambda: openai.APIConnectionError(request=request),
+            end=b"[DONE]",
+        )
+        async with aclosing(reads):
+            async for events in reads:
+                yield events
 
 
 def _message(error: Any) -> str:
@@ -135,8 +100,11 @@ async def chat_completion_text(client: openai.AsyncOpenAI, **create: Any) -> Asy
     event in the stream, ``APITimeoutError`` and ``APIConnectionError`` when the body
     stops coming. Closing the iterator (a cancelled stream) closes the connection.
     """
-    context = client.chat.completions.with_streaming_response.create(stream=True, **create)
-    async with aclosing(_event_reads(context, _chat_failure)) as reads:
+    reads = _event_reads(
+        lambda: client.chat.completions.with_streaming_response.create(stream=True, **create),
+        _chat_failure,
+    )
+    async with aclosing(reads):
         async for events in reads:
             text = "".join([_content(event) for event in events])
             if text:
@@ -146,61 +114,12 @@ async def chat_completion_text(client: openai.AsyncOpenAI, **create: Any) -> Asy
 # Parts -----------------------------------------------------------------------------------
 
 
-class _Reader:
-    """What one API's events say, as parts: :meth:`read` for each event, :meth:`end`
-    when the body has ended (cleanly)."""
-
-    def read(self, event: Event) -> list[str | Part]:
-        raise NotImplementedError
-
-    def end(self) -> list[str | Part]:
-        return []
-
-
-def _merged(parts: list[str | Part]) -> list[str | Part]:
-    """``parts`` with each run of deltas of the same kind (text, reasoning, one tool
-    call's arguments) made one, in order."""
-    out: list[str | Part] = []
-    for part in parts:
-        last = out[-1] if out else None
-        if isinstance(part, str) and isinstance(last, str):
-            out[-1] = last + part
-        elif isinstance(part, Reasoning) and isinstance(last, Reasoning):
-            out[-1] = Reasoning(last.text + part.text)
-        elif isinstance(part, ToolCall) and isinstance(last, ToolCall) and part.id == last.id:
-            out[-1] = ToolCall(last.id, last.name or part.name, last.arguments + part.arguments)
-        else:
-            out.append(part)
-    return out
-
-
-async def _parts(
-    context: Callable[[], Any], failure: Failure, reader: _Reader
-) -> AsyncIterator[str | Part]:
-    """The parts ``reader`` reads in the events of ``context()``'s response: those of one
-    read of the network merged, then those of the body's end."""
-    async with aclosing(_event_reads(context(), failure)) as reads:
-        async for events in reads:
-            parts: list[str | Part] = []
-            for event in events:
-                parts += reader.read(event)
-            for part in _merged(parts):
-                yield part
-    for part in reader.end():
-        yield part
-
-
 def _tokens(usage: Any, **names: str) -> dict[str, Any]:
-    """``usage``'s counts under the AI SDK's names (``names``: ours → theirs), those it
-    has, and ``reasoning_tokens`` from its output details when it has them."""
+    """``usage``'s counts under the AI SDK's names (:func:`.readers.tokens`), and
+    ``reasoning_tokens`` from its output details when it has them."""
+    mapped = tokens(usage, **names)
     if not isinstance(usage, dict):
-        return {}
-    mapped = {
-        ours: usage[theirs] for ours, theirs in names.items() if usage.get(theirs) is not None
-    }
-    inputs, outputs = mapped.get("input_tokens"), mapped.get("output_tokens")
-    if "total_tokens" not in mapped and isinstance(inputs, int) and isinstance(outputs, int):
-        mapped["total_tokens"] = inputs + outputs
+        return mapped
     for details in ("completion_tokens_details", "output_tokens_details"):
         found = usage.get(details)
         if isinstance(found, dict) and found.get("reasoning_tokens") is not None:
@@ -217,7 +136,7 @@ _CHAT_REASONS = {
 }
 
 
-class _ChatReader(_Reader):
+class _ChatReader(Reader):
     def __init__(self) -> None:
         self.calls: dict[Any, str] = {}  # a tool call's index → its id
         self.reason: str | None = None
@@ -283,9 +202,11 @@ def chat_completion_parts(client: openai.AsyncOpenAI, **create: Any) -> AsyncIte
     connection.
     """
     create.setdefault("stream_options", {"include_usage": True})
-    return _parts(
-        lambda: client.chat.completions.with_streaming_response.create(stream=True, **create),
-        _chat_failure,
+    return read_parts(
+        _event_reads(
+            lambda: client.chat.completions.with_streaming_response.create(stream=True, **create),
+            _chat_failure,
+        ),
         _ChatReader(),
     )
 
@@ -307,7 +228,7 @@ def _responses_failure(event: Event) -> tuple[str, Any] | None:
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content-filter"}
 
 
-class _ResponseReader(_Reader):
+class _ResponseReader(Reader):
     def __init__(self) -> None:
         # A function call item's id, and its output index, → its call id.
         self.calls: dict[tuple[str, Any], str] = {}
@@ -394,8 +315,10 @@ def response_parts(client: openai.AsyncOpenAI, **create: Any) -> AsyncIterator[s
     message; otherwise raises as :func:`chat_completion_text` does, and closing the
     iterator closes the connection.
     """
-    return _parts(
-        lambda: client.responses.with_streaming_response.create(stream=True, **create),
-        _responses_failure,
+    return read_parts(
+        _event_reads(
+            lambda: client.responses.with_streaming_response.create(stream=True, **create),
+            _responses_failure,
+        ),
         _ResponseReader(),
     )
