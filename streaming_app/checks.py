@@ -223,7 +223,7 @@ def limits_on() -> bool:
 
 @register(Tags.compatibility)
 def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
-    from .admission import parse_rate
+    from .rates import parse_rate
 
     problems: list[Error | Warning] = []
     for name in RATE_SETTINGS:

@@ -21,7 +21,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.test import AsyncRequestFactory, RequestFactory, override_settings
 
 import streaming_app
-from streaming_app import admission, astream_response
+from streaming_app import admission, astream_response, rates
 from streaming_app.aisdk.views import aui_message_stream_response
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.run import live_runs
@@ -226,7 +226,7 @@ async def test_the_ai_sdk_drive_is_admitted_the_same_way():
 def tokens_used(user: Any) -> int:
     """What the user's daily quota has counted, read from the cache."""
     quota = admission.drive_ticket(user, None).quotas[0]
-    return admission.CacheStorage("default").get(quota.item.key_for(*quota.key))
+    return rates.CacheStorage("default").get(quota.item.key_for(*quota.key))
 
 
 async def until_used(user: Any, tokens: int) -> None:
@@ -371,20 +371,20 @@ def test_admit_counts_what_it_admits_and_refuses_past_a_rate():
 
 
 def test_rate_strings():
-    assert str(admission.parse_rate("10/m")) == "10 per 1 minute"
-    assert admission.parse_rate("5/2h").get_expiry() == 7200
-    assert admission.parse_rate("100 per day").get_expiry() == 86_400
+    assert str(rates.parse_rate("10/m")) == "10 per 1 minute"
+    assert rates.parse_rate("5/2h").get_expiry() == 7200
+    assert rates.parse_rate("100 per day").get_expiry() == 86_400
     for bad in ("10", "ten/m", "10/w", 10):
         with pytest.raises(ValueError):
-            admission.parse_rate(bad)  # type: ignore[arg-type]
+            rates.parse_rate(bad)  # type: ignore[arg-type]
 
 
 @limits_on()
 def test_a_window_that_has_ended_counts_afresh_though_the_cache_still_holds_it(monkeypatch):
-    storage = admission.CacheStorage("default")
+    storage = rates.CacheStorage("default")
     now = [1_000_000.5]
     # The window's clock, not the cache's (which keeps the key its 2 real seconds).
-    monkeypatch.setattr(admission, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(rates, "time", SimpleNamespace(time=lambda: now[0]))
     assert [storage.incr("k", 2), storage.incr("k", 2)] == [1, 2]
     assert storage.get_expiry("k") == 1_000_002.5
     now[0] += 2.01  # past the window's end; the cache has not evicted it (its clock)
