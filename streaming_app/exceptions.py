@@ -31,7 +31,7 @@ class InvalidOffset(ValueError):
 class Overloaded(Exception):
     """A drive or a viewer refused for load, before anything was done: try again after
     ``retry_after`` seconds (by default ``RETRY_AFTER``). ``status_code`` is 503 for the
-    process's limit, 429 for the user's; ``close_code`` the websocket equivalent."""
+    process's limit, 429 for the user's (a websocket closes 4000 + that)."""
 
     def __init__(self, message: str, *, status_code: int, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -39,10 +39,6 @@ class Overloaded(Exception):
         if retry_after is None:
             retry_after = int(conf.get("RETRY_AFTER"))
         self.retry_after = retry_after
-
-    @property
-    def close_code(self) -> int:
-        return 4000 + self.status_code
 
 
 class RunStopped(Exception):

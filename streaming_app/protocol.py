@@ -62,7 +62,7 @@ def close_code(exc: BaseException | None) -> int:
     if exc is None:
         return NORMAL
     if isinstance(exc, Overloaded):
-        return exc.close_code
+        return 4000 + exc.status_code  # 4429, 4503
     if isinstance(exc, InvalidOffset):
         return 4400
     if isinstance(exc, PermissionDenied):
