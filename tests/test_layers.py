@@ -19,11 +19,12 @@ CORE = {
 }  # fmt: skip
 #: Committed updates to this process's viewers and the others': no transport.
 FANOUT = {"fanout", "fanout.publish", "fanout.hub"}
-#: What talks to browsers (HTTP, websockets, HTML) or to the Django admin.
+#: What talks to browsers (HTTP, websockets, HTML) or to the Django admin (render: the
+#: HTML of a stream's parts, for the template tag and the admin).
 TRANSPORTS = {
     "views", "http", "http.views", "http.sse", "aisdk", "aisdk.views",
     "websocket", "websocket.consumers", "routing", "urls", "admin",
-    "templatetags", "templatetags.streaming",
+    "templatetags", "templatetags.streaming", "render",
 }  # fmt: skip
 #: The package's entry points: its public names, its AppConfig and checks, commands.
 ENTRIES = {"__init__", "apps", "checks", "management", "management.commands"}
