@@ -1,38 +1,18 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html, format_html_join
 
 from .models import Stream
-from .parts import assemble
+from .render import preview_html
 from .streams import cancel_stream, compact_stream, read_text
 
 # The body page shows at most this much text, so that a huge stream cannot stall it.
 BODY_PREVIEW_CHARS = 100_000
-PRE = '<pre style="white-space: pre-wrap; max-width: 80em">{}{}</pre>'
-
-
-def _label(part: dict[str, Any]) -> str:
-    if part["type"] == "tool-call":
-        return f"tool call {part['name'] or '?'} ({part['id']})"
-    if part["type"] == "finish":
-        return f"finish: {part['reason']}"
-    return str(part["type"])
-
-
-def _content(part: dict[str, Any]) -> str:
-    if part["type"] == "tool-call":
-        result = json.dumps(part["result"], ensure_ascii=False) if "result" in part else "…"
-        return f"{part['arguments']}\n→ {result}"
-    if part["type"] == "finish":
-        return json.dumps(part["usage"], ensure_ascii=False)
-    return str(part["text"])
 
 
 @admin.register(Stream)
@@ -75,18 +55,9 @@ class StreamAdmin(admin.ModelAdmin):
 
     @admin.display(description="body")
     def body(self, stream: Stream) -> str:
+        """The stream's text (its first BODY_PREVIEW_CHARS), part by part (render.py)."""
         text = read_text(stream.id, 0, min(stream.length, BODY_PREVIEW_CHARS))
-        more = stream.length - len(text)
-        suffix = f"\n… and {more} more characters" if more > 0 else ""
-        if not stream.parts:
-            return format_html(PRE, text, suffix)
-        # A stream with parts: each part under its kind.
-        rows = ((_label(part), _content(part)) for part in assemble(text, stream.parts))
-        return format_html(
-            "{}{}",
-            format_html_join("", "<p><strong>{}</strong></p>" + PRE.format("{}", ""), rows),
-            format_html("<p>{}</p>", suffix.strip()) if suffix else "",
-        )
+        return preview_html(text, stream.parts, stream.length - len(text))
 
     @admin.action(description="Cancel the selected live streams", permissions=["delete"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Stream]) -> None:

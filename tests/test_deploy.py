@@ -94,8 +94,11 @@ def test_a_server_with_debug_off_serves_the_chat_page_and_its_scripts_and_styles
         assert "Content-Security-Policy" in page.headers
         linked = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
         assert {Path(url).suffix for url in linked} == {".js", ".css"}, linked
-        # stream-text.js imports these.
+        # stream-text.js imports these (and client.js the modules it is built of).
         linked += ["/static/streaming_app/client.js", "/static/streaming_app/markdown.js"]
+        linked += [
+            f"/static/streaming_app/{name}.js" for name in ("base", "parts", "http", "watch")
+        ]
         for url in linked:
             response = http.get(url)
             assert response.status_code == 200, url

@@ -24,7 +24,7 @@ CORE_PACKAGES = {"drive", "sources"}
 FANOUT_PACKAGES = {"fanout"}
 #: What talks to browsers (HTTP, websockets, HTML) or to the Django admin: each
 #: package a transport of its own; ``protocol`` the wire format two of them share.
-TRANSPORTS = {"protocol", "views", "routing", "urls", "admin"}
+TRANSPORTS = {"protocol", "render", "views", "routing", "urls", "admin"}
 TRANSPORT_PACKAGES = {"http", "websocket", "aisdk", "templatetags"}
 #: What of ``http`` the AI SDK's views build on (its drive and its viewers are HTTP's).
 HTTP_BASE = {"http.drive", "http.body", "http.following", "http.responses", "http.jsonview"}

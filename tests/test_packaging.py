@@ -57,6 +57,10 @@ def test_the_wheel_carries_migrations_and_static_files(dists: Dists):
     for expected in [
         "streaming_app/migrations/0001_initial.py",
         "streaming_app/static/streaming_app/client.js",
+        "streaming_app/static/streaming_app/base.js",
+        "streaming_app/static/streaming_app/parts.js",
+        "streaming_app/static/streaming_app/http.js",
+        "streaming_app/static/streaming_app/watch.js",
         "streaming_app/static/streaming_app/client.d.ts",
         "streaming_app/static/streaming_app/stream-text.js",
         "streaming_app/static/streaming_app/stream-text.css",

@@ -15,28 +15,12 @@ from django.urls import reverse
 from django.utils.safestring import SafeString
 
 from ..models import Stream
-from ..parts import TOOL_CALL, Entry, assemble
+from ..parts import assemble
 from ..permissions import has_permission, load_stream
+from ..render import parts_html
 from ..streams import body_of, expire_if_stale
 
 register = template.Library()
-
-
-def result_text(result: Any) -> str:
-    """A tool's result as the page shows it: a string as it is, anything else as JSON
-    (as ``JSON.stringify(result, null, 2)`` shows it in the browser)."""
-    if isinstance(result, str):
-        return result
-    return json.dumps(result, ensure_ascii=False, indent=2)
-
-
-def shown_parts(text: str, entries: tuple[Entry, ...]) -> list[dict[str, Any]]:
-    """The parts of a body as the template shows them (a tool call's result as text)."""
-    parts = assemble(text, entries)
-    for part in parts:
-        if part["type"] == TOOL_CALL and "result" in part:
-            part["result_text"] = result_text(part["result"])
-    return parts
 
 
 #: Django's default CSRF_HEADER_NAME: the header the element sends unless told another.
@@ -109,7 +93,7 @@ def stream_text(
         "streaming_app/stream_text.html",
         {
             "body": body,
-            "parts": shown_parts(body.text, body.parts) if body.parts else None,
+            "parts_html": parts_html(assemble(body.text, body.parts)) if body.parts else "",
             "part_map": json.dumps(list(body.parts), ensure_ascii=False) if body.parts else "",
             "markdown": markdown,
             "drive_url": drive,

@@ -11,7 +11,8 @@
 // order: reasoning in a closed <details class="stream-reasoning">, a tool call in a
 // closed <details class="stream-tool-call"> (its name, arguments and result, as text),
 // text as a plain stream's (Markdown with `markdown`). The server renders them the same
-// way, with the part map in `part-map`; the element always asks for parts, so a plain
+// way (streaming_app/render.py: tests/test_markup.py checks that both give the same
+// DOM), with the part map in `part-map`; the element always asks for parts, so a plain
 // stream that turns into one mid-way is shown as one.
 //
 // Attributes: stream-id; offset and status (what the server rendered); error;
