@@ -23,9 +23,12 @@ CORE_PACKAGES = {"drive", "sources"}
 #: Committed updates to this process's viewers and the others': no transport.
 FANOUT_PACKAGES = {"fanout"}
 #: What talks to browsers (HTTP, websockets, HTML) or to the Django admin: each
-#: package a transport of its own; ``protocol`` the wire format two of them share.
+#: package a transport of its own; ``protocol`` the wire format two of them share,
+#: ``render`` the HTML of parts the template tag and the admin share.
 TRANSPORTS = {"protocol", "render", "views", "routing", "urls", "admin"}
 TRANSPORT_PACKAGES = {"http", "websocket", "aisdk", "templatetags"}
+#: What the transports share: a wire format, a renderer.
+SHARED = {"protocol", "render"}
 #: What of ``http`` the AI SDK's views build on (its drive and its viewers are HTTP's).
 HTTP_BASE = {"http.drive", "http.body", "http.following", "http.responses", "http.jsonview"}
 #: The package's entry points: its public names, its AppConfig and checks, commands.
@@ -120,12 +123,12 @@ def test_the_core_imports_nothing_of_the_fan_out_but_publish():
 
 def test_no_transport_imports_another():
     """Each transport package imports the core, the fan-out and the shared wire format
-    (``protocol``), never another transport's modules; the AI SDK's views build on
+    (``protocol``) and HTML (``render``), never another transport's modules; the AI SDK's views build on
     HTTP's drive and viewers (:data:`HTTP_BASE`), not on its views."""
     found = set()
     for name, module in crossings("transport", {"transport"}):
         mine, theirs = name.split(".")[0], module.split(".")[0]
-        if theirs == mine or theirs == "protocol":
+        if theirs == mine or theirs in SHARED:
             continue
         if mine == "aisdk" and module in HTTP_BASE:
             continue
