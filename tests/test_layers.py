@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streaming_app"
 CORE = {
     "admission", "clients", "conf", "errors", "exceptions", "loops", "models",
     "parts", "permissions", "signals", "streams",
-    "drive", "drive.flush", "drive.persist", "drive.run", "drive.writer",
+    "drive", "drive.committer", "drive.flush", "drive.persist", "drive.run", "drive.threads",
+    "drive.writer",
     "sources", "sources.openai",
 }  # fmt: skip
 #: Committed updates to this process's viewers and the others': no transport.
