@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streaming_app"
 
 #: The engine and what it is built on: no HTTP, no websockets.
 CORE = {
-    "admission", "clients", "conf", "errors", "exceptions", "loops", "models",
+    "admission", "clients", "conf", "deletion", "errors", "exceptions", "loops", "models",
     "parts", "permissions", "signals", "streams",
     "drive", "drive.committer", "drive.flush", "drive.persist", "drive.run", "drive.threads",
     "drive.writer",
@@ -99,6 +99,13 @@ def test_the_core_imports_nothing_of_the_fan_out_but_publish():
     assert crossings == set()
 
 
+def test_the_models_import_nothing_of_the_package_but_parts():
+    """The models are the bottom of the core: what deletes, publishes or writes streams
+    imports them, not the other way round (a deletion's lock and cancel are
+    ``deletion``'s, connected by the app's ``ready()``)."""
+    assert app_modules(imports("models", PACKAGE / "models.py")) == {"parts"}
+
+
 def test_nothing_in_the_package_imports_the_example_project():
     importers = {
         name
@@ -109,9 +116,9 @@ def test_nothing_in_the_package_imports_the_example_project():
 
 
 def test_the_scan_sees_imports_inside_functions_and_relative_ones():
-    """The test's own reader: a lazy import is an import (models imports publish in
-    a function), and ``from . import conf`` names the module."""
-    assert "fanout.publish" in app_modules(imports("models", PACKAGE / "models.py"))
+    """The test's own reader: a lazy import is an import (apps imports the hub in
+    ``ready()``), and ``from . import conf`` names the module."""
+    assert "fanout.hub" in app_modules(imports("apps", PACKAGE / "apps.py"))
     assert "conf" in app_modules(imports("http.views", PACKAGE / "http" / "views.py"))
     assert "http.views" in app_modules(imports("views", PACKAGE / "views.py"))
     assert "parts" in app_modules(imports("sources.openai", PACKAGE / "sources" / "openai.py"))
