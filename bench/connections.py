@@ -49,8 +49,8 @@ def measure(streams: int, seconds: float) -> dict[str, float]:
     from django.db import connections
 
     from streaming_app import conf
+    from streaming_app.drive.committer import committer
     from streaming_app.drive.run import StreamRun
-    from streaming_app.drive.writer import committer
     from streaming_app.streams import claim_stream, create_stream
 
     prefix, _, name = os.environ["DATABASE_URL"].rpartition("/")

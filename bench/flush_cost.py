@@ -29,7 +29,8 @@ def measure(flushes: int) -> dict[str, float]:
 
     _django.migrate()
     from streaming_app.drive.flush import Batch
-    from streaming_app.drive.persist import in_writer_thread, write_batch
+    from streaming_app.drive.persist import write_batch
+    from streaming_app.drive.threads import in_writer_thread
     from streaming_app.streams import claim_stream, create_stream, delete_stream
 
     stream = create_stream()

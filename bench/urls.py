@@ -9,7 +9,7 @@ from django.urls import path
 
 from bench.passthrough import passthrough, passthrough_raw
 from example_project.urls import urlpatterns as example
-from streaming_app.drive.writer import committer
+from streaming_app.drive.committer import committer
 
 
 async def committed(request: HttpRequest) -> JsonResponse:

@@ -8,8 +8,6 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import connections, models, router, transaction
 from django.db.models import Q
-from django.db.models.signals import pre_delete
-from django.dispatch import receiver
 from django.utils import timezone
 
 from .parts import storable
@@ -105,15 +103,17 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         return self.live().filter(past)
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        """Delete the streams and their chunks, with the streams' rows locked first.
+        """Delete the streams and their chunks, in one :func:`write_transaction`.
 
-        Django deletes the chunks, then the streams. A writer flushing in between would
-        insert a chunk that the stream's deletion then trips over (a foreign key
-        violation on PostgreSQL). With the rows locked, the writer either commits first
-        (and its chunk is deleted too) or finds its stream gone and stops.
+        The streams' rows are locked, and the runs driving the live ones told to stop, by
+        the ``pre_delete`` receiver (:mod:`streaming_app.deletion`), as in any deletion
+        of streams. This override only opens the transaction before Django reads the rows
+        to delete: on SQLite that takes the write lock first, so that no writer commits
+        between the read and the deletion, and the deletion, which writes after reading,
+        does not fail with "database is locked". Elsewhere it is the deletion's own
+        transaction, opened a step earlier.
         """
         with write_transaction(self.db, savepoint=False):
-            lock_for_deletion(self)
             return super().delete()
 
     delete.alters_data = True  # type: ignore[attr-defined]
@@ -125,17 +125,6 @@ def lock_streams(streams: models.QuerySet[Stream]) -> list[uuid.UUID]:
     their ids (no lock on databases without SELECT ... FOR UPDATE, such as SQLite, which
     lock the whole file)."""
     return list(streams.order_by("pk").select_for_update().values_list("pk", flat=True))
-
-
-def lock_for_deletion(streams: models.QuerySet[Stream]) -> None:
-    """Lock ``streams`` before they are deleted, and tell the runs driving the live
-    ones, wherever they are, to stop as soon as the deletion commits (rather than at
-    their next flush)."""
-    from .fanout.publish import cancel_on_commit  # publish needs the models
-
-    for pk, status in streams.order_by("pk").select_for_update().values_list("pk", "status"):
-        if status == Status.STREAMING:
-            cancel_on_commit(pk)
 
 
 class Stream(models.Model):
@@ -195,10 +184,11 @@ class Stream(models.Model):
     def delete(
         self, using: str | None = None, keep_parents: bool = False
     ) -> tuple[int, dict[str, int]]:
-        """Delete the stream and its chunks; see :meth:`StreamQuerySet.delete`."""
+        """Delete the stream and its chunks, in one :func:`write_transaction` opened
+        before Django reads anything (for SQLite: see :meth:`StreamQuerySet.delete`);
+        the lock and the stop are :mod:`streaming_app.deletion`'s."""
         using = using or router.db_for_write(type(self), instance=self)
         with write_transaction(using, savepoint=False):
-            lock_for_deletion(Stream.objects.using(using).filter(pk=self.pk))
             return super().delete(using=using, keep_parents=keep_parents)
 
     delete.alters_data = True  # type: ignore[attr-defined]
@@ -263,17 +253,3 @@ class Chunk(models.Model):
     @property
     def end(self) -> int:
         return self.offset + len(self.text)
-
-
-@receiver(pre_delete, sender=Stream, dispatch_uid="streaming_app.lock_cascaded_stream")
-def lock_cascaded_stream(
-    sender: type[Stream], instance: Stream, origin: object, using: str, **kwargs: object
-) -> None:
-    """A stream deleted along with something else (its owner) is locked as it would be
-    on its own: Django sends ``pre_delete`` inside the deletion's transaction, before
-    it deletes any chunk."""
-    if isinstance(origin, Stream) or (
-        isinstance(origin, models.QuerySet) and origin.model is Stream
-    ):
-        return  # locked already, by Stream.delete or StreamQuerySet.delete
-    lock_for_deletion(Stream.objects.using(using).filter(pk=instance.pk))

@@ -15,7 +15,7 @@ import pytest
 from django.test import override_settings
 
 from streaming_app import streams
-from streaming_app.drive import writer
+from streaming_app.drive import committer, writer
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.persist import Write
 from streaming_app.drive.run import StreamRun
@@ -113,7 +113,7 @@ async def test_a_missing_outcome_ends_that_stream_only(monkeypatch, caplog):
     await bystanders.start()
     await faulty.start()
     dropped: list[Any] = []
-    write = writer.write_in_transaction
+    write = committer.write_in_transaction
 
     def forgetful(writes: list[Write]) -> dict[uuid.UUID, Any]:
         outcomes = write(writes)
@@ -122,7 +122,7 @@ async def test_a_missing_outcome_ends_that_stream_only(monkeypatch, caplog):
             bystanders.resume.set()
         return outcomes
 
-    monkeypatch.setattr(writer, "write_in_transaction", forgetful)
+    monkeypatch.setattr(committer, "write_in_transaction", forgetful)
     faulty.go_on.set()
     await bystanders.finish()
     assert dropped, "the fault did not hit"

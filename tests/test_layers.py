@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streaming_app"
 #: The engine and what it is built on: no HTTP, no websockets (modules at the top
 #: level, and the subpackages whose every module is in the layer).
 CORE = {
-    "admission", "clients", "conf", "errors", "exceptions", "loops", "models", "rates",
-    "parts", "permissions", "signals", "streams",
+    "admission", "clients", "conf", "deletion", "errors", "exceptions", "loops", "models",
+    "parts", "permissions", "rates", "signals", "streams",
 }  # fmt: skip
 CORE_PACKAGES = {"drive", "sources"}
 #: Committed updates to this process's viewers and the others': no transport.
@@ -151,6 +151,13 @@ def test_importing_the_hub_loads_no_transport():
     ).stdout.split()
     assert "streaming_app.fanout.hub" in loaded
     assert [m for m in loaded if m.split(".")[1] in {"http", "websocket", "aisdk"}] == []
+
+
+def test_the_models_import_nothing_of_the_package_but_parts():
+    """The models are the bottom of the core: what deletes, publishes or writes streams
+    imports them, not the other way round (a deletion's lock and cancel are
+    ``deletion``'s, connected by the app's ``ready()``)."""
+    assert app_modules(imports("models", PACKAGE / "models.py")) == {"parts"}
 
 
 def test_nothing_in_the_package_imports_the_example_project():

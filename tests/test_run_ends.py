@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
+from streaming_app.drive.committer import committer, open_writer
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.run import StreamRun
-from streaming_app.drive.writer import committer, open_writer
 from streaming_app.exceptions import StreamAlreadyRunning
 from streaming_app.models import Status
 from streaming_app.signals import stream_finished

@@ -347,3 +347,44 @@ async def test_the_async_twins_close_their_connections_as_channels_does():
     assert not await connection_is_open(), "acompact_stream"
     await adelete_stream(stream.pk)
     assert not await connection_is_open(), "adelete_stream"
+
+
+def deletions() -> list[tuple[str, object]]:
+    """Ways to delete streams, each taking the three streams of ``owner`` (two finished,
+    one live)."""
+    return [
+        ("queryset", lambda owner: Stream.objects.filter(owner=owner).delete()),
+        ("owner", lambda owner: owner.delete()),
+        ("owners", lambda owner: type(owner).objects.filter(pk=owner.pk).delete()),
+    ]
+
+
+@pytest.mark.parametrize(("how", "delete"), deletions(), ids=[how for how, _ in deletions()])
+def test_a_deletion_locks_its_streams_in_one_query_and_stops_only_its_live_ones(
+    how, delete, monkeypatch
+):
+    """``pre_delete`` is sent once per stream: the receiver locks them all at its first
+    call (a purge of 500 streams is one lock, not 500), and has the live one's run
+    stopped, not the others'."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from streaming_app import deletion
+
+    owner = get_user_model().objects.create_user(f"deleter-{how}")
+    finished = [written(["x"], status=Status.DONE) for _ in range(2)]
+    live = create_stream(owner=owner)
+    claim_stream(live.pk)
+    Stream.objects.filter(pk__in=[s.pk for s in finished]).update(owner=owner)
+    bystander = create_stream()
+    claim_stream(bystander.pk)
+    cancelled: list[uuid.UUID] = []
+    monkeypatch.setattr(deletion, "cancel_on_commit", cancelled.append)
+    with CaptureQueriesContext(connection) as queries:
+        delete(owner)
+    assert cancelled == [live.pk]
+    assert list(Stream.objects.values_list("pk", flat=True)) == [bystander.pk]
+    locks = [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"]]
+    if connection.features.has_select_for_update:
+        assert len(locks) == 1, locks

@@ -1,5 +1,5 @@
-"""The SQL of a flush, for one stream or for every stream of a tick, and the threads
-that run it.
+"""The SQL of a flush, for one stream or for every stream of a tick (run in the
+writers' threads: :mod:`streaming_app.drive.threads`).
 
 One call of :func:`write` is one transaction, whatever the number of streams in it:
 it locks their rows, decides for each whether its batch may be written (the writer's
@@ -12,31 +12,19 @@ written twice.
 from __future__ import annotations
 
 import enum
-import functools
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
-from asgiref.sync import sync_to_async
-from django.db import (
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connection,
-    models,
-)
+from django.db import InterfaceError, OperationalError, connection, models
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from .. import conf
 from ..models import Chunk, Status, Stream, write_transaction
 from .flush import Batch
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 #: Errors after which the same transaction may succeed: the connection, not the data.
 RETRYABLE = (OperationalError, InterfaceError)
@@ -246,46 +234,3 @@ def write_batch(stream_id: uuid.UUID, batch: Batch) -> None:
             f"stream {stream_id}: a batch at offset {batch.offset} does not start where "
             "its committed text ends"
         )
-
-
-_executor: ThreadPoolExecutor | None = None
-
-
-def writer_executor() -> ThreadPoolExecutor:
-    """The process's threads for the writers' database work (``WRITER_THREADS``): as
-    many database connections, at the most, whatever the number of live streams."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(
-            max_workers=int(conf.get("WRITER_THREADS")), thread_name_prefix="streaming_app"
-        )
-    return _executor
-
-
-def closing_connections(func: Callable[P, R]) -> Callable[P, R]:
-    """``func``, closing obsolete or broken connections before and after, as Django
-    does around a request and channels' ``database_sync_to_async`` around a call: for
-    database work done outside requests (CONN_MAX_AGE is honoured; a pooled connection
-    goes back to the pool).
-
-    It closes them inside the call, in the call's own context: channels' wrapper does
-    it around the call, and with asgiref 3.13 connections opened inside were seen to
-    stay open there (tests/test_streams.py checks they close)."""
-
-    @functools.wraps(func)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        close_old_connections()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            close_old_connections()
-
-    return call
-
-
-def in_writer_thread(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """``func`` as a coroutine function run in the writers' threads, closing the
-    connections it used."""
-    return sync_to_async(
-        closing_connections(func), thread_sensitive=False, executor=writer_executor()
-    )

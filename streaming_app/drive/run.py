@@ -2,8 +2,8 @@
 
 A :class:`StreamRun` runs a claimed stream's source in a task of its own. Every piece
 goes at once to an optional *tap* (the driving HTTP response) and to the stream's
-writer (:mod:`streaming_app.drive.writer`), which commits it beside the generation, never in
-front of it. Whatever happens (the source raises or is cancelled, the writer fails,
+writer (:mod:`streaming_app.drive.writer`), whose text the process's committer
+(:mod:`streaming_app.drive.committer`) commits beside the generation, never in front of it. Whatever happens (the source raises or is cancelled, the writer fails,
 the database goes away, the run's own task is cancelled, however often, its ``on_end``
 raises), the run ends its stream with a terminal status, keeps every piece the database
 accepts, and stops its writer's heartbeat (design.md, invariant 9). A stream has one run
@@ -28,9 +28,11 @@ from ..fanout.publish import published
 from ..models import Status, Stream, StreamId, parse_stream_id, storable
 from ..parts import Entry, Part
 from ..signals import stream_run_started
+from .committer import open_writer
 from .flush import FlushPolicy, Terminal
-from .persist import CancelRequested, in_writer_thread
-from .writer import StreamWriter, open_writer
+from .persist import CancelRequested
+from .threads import in_writer_thread
+from .writer import StreamWriter
 
 logger = logging.getLogger(__name__)
 

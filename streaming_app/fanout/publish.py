@@ -31,7 +31,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .. import conf
-from ..drive.persist import closing_connections
+from ..drive.threads import closing_connections
 from ..loops import PerLoop
 from ..models import Stream, StreamId, is_finished, parse_stream_id
 from ..signals import stream_committed, stream_finished
@@ -322,7 +322,7 @@ def published_after(
     func: Callable[P, R], *, thread_sensitive: bool = True, wait: bool = True
 ) -> Callable[P, Awaitable[R]]:
     """The async twin of a sync operation: run as channels' ``database_sync_to_async``
-    does (closing the connections it used: :func:`~streaming_app.drive.persist.closing_connections`),
+    does (closing the connections it used: :func:`~streaming_app.drive.threads.closing_connections`),
     then publish what it committed from the caller's task. ``thread_sensitive=False``
     runs it in any thread, for work that shares nothing with the caller's thread.
 
