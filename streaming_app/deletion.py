@@ -36,7 +36,7 @@ from typing import Any
 from django.db import connections, models
 from django.db.models import Q
 
-from .fanout.publish import cancel_on_commit
+from .fanout.outbox import cancel_on_commit
 from .models import Status, Stream
 
 #: The ``dispatch_uid`` of :func:`lock_deleted_streams` (its name from when it locked

@@ -3,7 +3,7 @@
 The synchronous core and its async twins (``a…``), which run it as channels'
 ``database_sync_to_async`` does and publish what it committed from the caller's task.
 Nothing here knows about HTTP or websockets. Every change that viewers must learn of is
-published after its commit (:func:`streaming_app.fanout.publish.publish_on_commit`).
+published after its commit (:func:`streaming_app.fanout.outbox.publish_on_commit`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from django.utils import timezone
 
 from . import conf
 from .exceptions import InvalidOffset, Overloaded, StreamNotPending
-from .fanout.publish import Update, cancel_on_commit, publish_on_commit, published_after
+from .fanout.outbox import cancel_on_commit, publish_on_commit, published_after
+from .fanout.publish import Update
 from .models import (
     TERMINAL_STATUSES,
     Chunk,

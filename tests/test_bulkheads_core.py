@@ -19,7 +19,7 @@ from streaming_app.drive import committer, writer
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.persist import Write
 from streaming_app.drive.run import StreamRun
-from streaming_app.fanout import publish
+from streaming_app.fanout import outbox, publish
 from streaming_app.models import Status, Stream
 from streaming_app.streams import aclaim_stream, acreate_stream, aget_stream_body
 
@@ -27,7 +27,7 @@ from .helpers import Bystanders, assert_chunks_consistent, chunks_of, stream_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-aexpire_stream = publish.published_after(streams.expire_stream)
+aexpire_stream = outbox.published_after(streams.expire_stream)
 QUICK = FlushPolicy(min_interval=0.0, max_interval=0.02, max_chars=4096)
 FIRST = "Committed before the fault. "
 

@@ -5,33 +5,27 @@ messages (cancel a run, re-check viewers' permissions).
 The writers publish once a flush has committed, through their event loop's
 :class:`Publisher`: this process's hub has each update at once, the channel layer and
 the signals' receivers get them in order from the publisher's task, so that neither a
-writer nor a drive's first token waits for them. Sync code that commits (a cancel, an
-expiry, a claim) publishes from ``transaction.on_commit``: called from an async twin
-(:func:`published_after`), the twin publishes once the sync part returns (and waits
-until it has gone out, or queues it on the publisher); called from plain sync code,
-``async_to_sync`` does it there. No update is ever published before its commit; every
-call to the layer is bounded (:func:`layer_call`), and channel layers deliver at most
-once: viewers fill what they miss from the database.
+writer nor a drive's first token waits for them; sync code that commits publishes
+through :mod:`.outbox`. No update is ever published before its commit; every call to
+the layer is bounded (:func:`layer_call`), and channel layers deliver at most once:
+viewers fill what they miss from the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
 
 from .. import conf
-from ..drive.threads import closing_connections
 from ..loops import PerLoop
 from ..models import Stream, StreamId, is_finished, parse_stream_id
 from ..signals import stream_committed, stream_finished
@@ -291,70 +285,6 @@ async def publish_now(items: Iterable[Update | Message]) -> None:
     have gone out (a cancel, sync code)."""
     for item in items:
         await _send(_outgoing(item))
-
-
-@dataclass
-class _Outbox:
-    items: list[Update | Message] = field(default_factory=list)
-    open: bool = True
-
-
-_outbox: contextvars.ContextVar[_Outbox | None] = contextvars.ContextVar(
-    "streaming_app_outbox", default=None
-)
-
-
-def _publish_from_sync(item: Update | Message) -> None:
-    outbox = _outbox.get()
-    if outbox is not None and outbox.open:
-        outbox.items.append(item)
-    else:
-        async_to_sync(publish_now)([item])
-
-
-def publish_on_commit(item: Update | Message) -> None:
-    """From sync code: publish ``item`` once the current transaction commits (at once
-    outside one)."""
-    transaction.on_commit(functools.partial(_publish_from_sync, item), robust=True)
-
-
-def published_after(
-    func: Callable[P, R], *, thread_sensitive: bool = True, wait: bool = True
-) -> Callable[P, Awaitable[R]]:
-    """The async twin of a sync operation: run as channels' ``database_sync_to_async``
-    does (closing the connections it used: :func:`~streaming_app.drive.threads.closing_connections`),
-    then publish what it committed from the caller's task. ``thread_sensitive=False``
-    runs it in any thread, for work that shares nothing with the caller's thread.
-
-    The twin returns once what it committed has gone to the channel layer (or been
-    given up after ``PUBLISH_TIMEOUT``) and the signals' receivers have run, as code
-    whose event loop may end next needs. With ``wait=False`` it hands that to the
-    loop's :class:`Publisher` and returns at once (this process's hub has it already),
-    ordered before anything published on the loop afterwards: for a server's loop,
-    which goes on, and a caller that must not wait for the layer (a drive's claim)."""
-    call = sync_to_async(closing_connections(func), thread_sensitive=thread_sensitive)
-
-    @functools.wraps(func)
-    async def twin(*args: P.args, **kwargs: P.kwargs) -> R:
-        outbox = _Outbox()
-        token = _outbox.set(outbox)
-        try:
-            return await call(*args, **kwargs)
-        finally:
-            _outbox.reset(token)
-            outbox.open = False
-            if outbox.items and wait:
-                await publish_now(outbox.items)
-            elif outbox.items:
-                publish(outbox.items)
-
-    return twin
-
-
-def cancel_on_commit(stream_id: uuid.UUID) -> None:
-    """From sync code: once the transaction commits, tell the process driving the
-    stream, wherever it is, to stop it."""
-    publish_on_commit({"type": CANCEL, "stream": stream_id.hex, "group": control_group(stream_id)})
 
 
 def recheck_message(stream_id: uuid.UUID) -> Message:

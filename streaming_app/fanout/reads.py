@@ -17,7 +17,7 @@ from ..models import Stream
 from ..parts import Entry
 from ..permissions import has_permission, load_stream
 from ..streams import StreamBody, body_of, expire_if_stale, get_stream, read_text
-from .publish import published_after
+from .outbox import published_after
 
 
 @dataclass(frozen=True)

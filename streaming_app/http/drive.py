@@ -23,7 +23,7 @@ from ..errors import ended_message
 from ..exceptions import Overloaded
 from ..fanout.events import Status as StatusEvent
 from ..fanout.events import Text
-from ..fanout.publish import published_after
+from ..fanout.outbox import published_after
 from ..models import Status, Stream
 from ..permissions import load_stream
 from ..protocol import message, to_json

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
 from .. import conf
-from ..fanout.publish import published_after
+from ..fanout.outbox import published_after
 from ..models import Stream
 from ..permissions import Action, load_stream
 from ..streams import (
