@@ -20,15 +20,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from django.core.exceptions import PermissionDenied
-
-from .. import conf
-from ..models import Stream, is_finished
+from ..models import is_finished
 from ..parts import Entry, merge, reach
 from ..streams import StreamBody
 from . import reads
 from .events import Status, Text, text_event
 from .viewer import Viewer, ended_short, log_refusal, rank
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -58,9 +56,7 @@ class Feed:
         self._tail = ""
         self._tail_start = 0
         self._early: list[tuple[int, str, str, str | None, Sequence[Entry], int]] = []
-        self._resync_lock = asyncio.Lock()
-        self._resync_again = False
-        self._watchdog = hub.spawn(self._watch())
+        self.watchdog = Watchdog(self)
 
     # Deltas ----------------------------------------------------------------------------
 
@@ -76,7 +72,7 @@ class Feed:
         """A committed delta: ``text`` from ``offset``, the entries of the part map
         from number ``parts_from`` that came with it, then ``status``. Never raises
         (it runs in the committer's task): a bug here ends this feed (:meth:`fail`)."""
-        with self._contained("a delta"):
+        with self.contained("a delta"):
             self._apply(offset, text, status, error, parts, parts_from)
 
     def _apply(
@@ -118,7 +114,7 @@ class Feed:
                         else:
                             viewer.offer(Status(status, error, viewer.sent), status=status)
             if is_finished(status):
-                self._finish()
+                self.finish()
 
     def _offer_text(self, start: int, end: int, text: str) -> None:
         """Hand the viewers caught up to ``start`` or beyond the text up to ``end``
@@ -194,7 +190,7 @@ class Feed:
         """A viewer whose snapshot ``body`` was read after the feed subscribed: send it
         the snapshot, then whatever the feed has heard since. Never raises: a fault in
         the viewer's encoder closes that viewer, one of the feed ends the feed."""
-        with self._contained("admitting a viewer"):
+        with self.contained("admitting a viewer"):
             self._admit(viewer, body)
 
     def _admit(self, viewer: Viewer, body: StreamBody) -> None:
@@ -270,7 +266,7 @@ class Feed:
     async def catch_up(self, viewer: Viewer) -> None:
         """Bring a viewer that was cut loose (or joined late) up to what has committed.
         Never raises (it runs in the viewer's transport): see :meth:`admit`."""
-        with self._contained("a catch-up"):
+        with self.contained("a catch-up"):
             await self._catch_up(viewer)
 
     async def _catch_up(self, viewer: Viewer) -> None:
@@ -320,7 +316,7 @@ class Feed:
             self.remove(viewer)
 
     @contextlib.contextmanager
-    def _contained(self, what: str) -> Iterator[None]:
+    def contained(self, what: str) -> Iterator[None]:
         """A bug in this feed ends it (:meth:`fail`) rather than its caller: the
         committer, the layer's receiver, a viewer's transport, the watchdog."""
         try:
@@ -344,74 +340,23 @@ class Feed:
         fault = sys.exception() or RuntimeError(f"{what} failed")
         for viewer in viewers:
             viewer.end(fault)
-        self._finish()
+        self.finish()
 
     # The watchdog ----------------------------------------------------------------------
 
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = float(conf.get("RESYNC_INTERVAL"))
-        while not self.closed:
-            wait = self.heard + interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            self.heard = loop.time()
-            await self.resync()
-
     def resync_soon(self) -> None:
-        if self._resync_lock.locked():
-            # The read under way may have been made before what showed the gap
-            # committed: read again when it is done.
-            self._resync_again = True
-        else:
-            self.hub.spawn(self.resync())
-
-    async def resync(self) -> None:
-        """Read the stream once for all its viewers here: fill what was missed, learn
-        its status, and close the viewers the permission policy now refuses. Again if
-        another gap showed while it read. Never raises: a bug ends the feed."""
-        with self._contained("a re-sync"):
-            async with self._resync_lock:
-                while True:
-                    self._resync_again = False
-                    await self._resync_once()
-                    if not self._resync_again or self.closed:
-                        return
-
-    async def _resync_once(self) -> None:
-        joined = [viewer for viewer in self.viewers if viewer.joined]
-        if self.end is None or not joined:
-            return
-        start = self.end
-        try:
-            found = await reads.read_for_viewers(
-                self.stream_id, start, {viewer.key: viewer.user for viewer in joined}
-            )
-        except Exception as exc:
-            logger.warning("viewers of stream %s could not re-sync: %r", self.stream_id, exc)
-            return
-        if found is None:
-            gone = Stream.DoesNotExist("no such stream")
-            for viewer in joined:
-                viewer.end(gone)
-            self._finish()
-            return
-        for viewer in joined:
-            if not found.allowed[viewer.key]:
-                viewer.end(PermissionDenied("you may no longer read this stream"))
-                self.remove(viewer)
-        self.hub.ensure_groups()
-        self.apply(start, found.text, found.status, found.error, found.parts, 0)
+        """Read the stream for its viewers here soon: a gap showed, or a re-check was
+        asked for (:class:`~.watchdog.Watchdog`)."""
+        self.watchdog.soon()
 
     # Membership ------------------------------------------------------------------------
 
     def remove(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
         if not self.viewers:
-            self._finish()
+            self.finish()
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         """Stop following the stream: unsubscribe, stop the watchdog. Viewers still
         attached drain (and catch up) on their own."""
         if self.closed:
@@ -419,7 +364,7 @@ class Feed:
         self.closed = True
         for viewer in list(self.viewers):
             viewer.end()
-        self._watchdog.cancel()
+        self.watchdog.stop()
         if self.hub.feeds.get(self.stream_id) is self:
             del self.hub.feeds[self.stream_id]
         self.hub.ensure_groups()
