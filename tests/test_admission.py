@@ -22,7 +22,7 @@ from django.test import AsyncRequestFactory, RequestFactory, override_settings
 
 import streaming_app
 from streaming_app import admission, astream_response, rates
-from streaming_app.aisdk.views import aui_message_stream_response
+from streaming_app.aisdk.responses import aui_message_stream_response
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.run import live_runs
 from streaming_app.exceptions import Overloaded

@@ -1,4 +1,4 @@
-"""The AI SDK's UI message stream (streaming_app.aisdk.views): the encoder's chunks, the live
+"""The AI SDK's UI message stream (streaming_app.aisdk.responses): the encoder's chunks, the live
 drive and the resume from the database giving the same message, the example's useChat
 endpoints, and the real ``useChat`` of ``@ai-sdk/react`` in Chromium against daphne.
 

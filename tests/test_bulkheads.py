@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient, AsyncRequestFactory, override_settings
 
-from streaming_app.aisdk import views as aisdk
+from streaming_app.aisdk import responses as aisdk
 from streaming_app.fanout.events import Event
 from streaming_app.fanout.hub import hub
 from streaming_app.fanout.publish import UPDATE, group_name, group_send

@@ -17,7 +17,7 @@ from django.test import AsyncClient, AsyncRequestFactory, override_settings
 from django.urls import include, path
 
 from streaming_app import views
-from streaming_app.aisdk.views import aui_message_stream_response
+from streaming_app.aisdk.responses import aui_message_stream_response
 from streaming_app.drive.flush import FlushPolicy
 from streaming_app.drive.run import StreamRun, live_runs
 from streaming_app.models import Status, Stream

@@ -29,7 +29,7 @@ TRANSPORTS = {"protocol", "render", "views", "routing", "urls", "admin"}
 TRANSPORT_PACKAGES = {"http", "websocket", "aisdk", "templatetags"}
 #: What the transports share: a wire format, a renderer.
 SHARED = {"protocol", "render"}
-#: What of ``http`` the AI SDK's views build on (its drive and its viewers are HTTP's).
+#: What of ``http`` the AI SDK's responses build on (its drive and its viewers are HTTP's).
 HTTP_BASE = {"http.drive", "http.body", "http.following", "http.responses", "http.jsonview"}
 #: The package's entry points: its public names, its AppConfig and checks, commands.
 ENTRIES = {"__init__", "apps", "checks"}
@@ -124,7 +124,7 @@ def test_the_core_imports_nothing_of_the_fan_out_but_publishing():
 
 def test_no_transport_imports_another():
     """Each transport package imports the core, the fan-out and the shared wire format
-    (``protocol``) and HTML (``render``), never another transport's modules; the AI SDK's views build on
+    (``protocol``) and HTML (``render``), never another transport's modules; the AI SDK's responses build on
     HTTP's drive and viewers (:data:`HTTP_BASE`), not on its views."""
     found = set()
     for name, module in crossings("transport", {"transport"}):

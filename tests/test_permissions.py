@@ -22,7 +22,7 @@ from django.urls import path
 
 from example_project import urls as example_urls
 from streaming_app import astream_response
-from streaming_app.aisdk.views import aui_message_stream_response
+from streaming_app.aisdk.responses import aui_message_stream_response
 from streaming_app.drive.run import StreamRun
 from streaming_app.models import Status
 from streaming_app.streams import (
