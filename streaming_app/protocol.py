@@ -77,8 +77,17 @@ def close_code(exc: BaseException | None) -> int:
 
 
 def close_reason(exc: BaseException | None) -> str:
-    """The reason to give with :func:`close_code`: the code's own, or the refusal's
-    message (an offset past the end says which end)."""
+    """The reason to give with :func:`close_code` when a viewer is refused as it
+    connects: the code's own, or the refusal's message (which limit, which end)."""
     if exc is None:
         return ""
     return REASONS.get(close_code(exc), str(exc))
+
+
+def closed_reason(exc: BaseException | None) -> str:
+    """The reason to give when the hub closes a viewer it had admitted: the code's
+    own (none for 4403), or, for a stream that ended short of the viewer's offset, the
+    words a new viewer at that offset would get."""
+    if isinstance(exc, InvalidOffset):
+        return str(exc)
+    return REASONS.get(close_code(exc), "")

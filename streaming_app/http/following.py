@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from django.http import HttpRequest, StreamingHttpResponse
@@ -61,17 +61,20 @@ async def afollow(
     request: HttpRequest,
     stream_id: StreamId,
     encoding: Encoding,
-    offset: int | str,
+    offset: int | str | Callable[[], int | str],
     *,
     resumes: bool = False,
 ) -> Following | HttpResponseBase:
-    """A viewer of ``stream_id`` for ``request``'s user, from ``offset``, counted
-    against the user's (or session's) and the address's viewer limits; refused, the
-    JSON answer to send instead (400, 403, 404, 429, 503: :func:`error_for`)."""
+    """A viewer of ``stream_id`` for ``request``'s user, from ``offset`` (or what
+    ``offset()`` says, read from the request once its user is known: it may raise
+    InvalidOffset), counted against the user's (or session's) and the address's viewer
+    limits; refused, the JSON answer to send instead (400, 403, 404, 429, 503:
+    :func:`error_for`)."""
     user = await request_user(request)
     try:
+        start = offset() if callable(offset) else offset
         followed, viewer, body = await follow(
-            user, request_viewer_key(request, user), encoding, stream_id, offset, resumes=resumes
+            user, request_viewer_key(request, user), encoding, stream_id, start, resumes=resumes
         )
     except STREAM_ERRORS as exc:
         return error_for(exc)

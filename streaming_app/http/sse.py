@@ -16,7 +16,6 @@ from ..protocol import JsonMessages, close_code, to_json
 from ..streams import offset_parameter, parse_flag
 from .following import afollow
 from .jsonview import JsonView
-from .responses import error_for
 
 
 def sse_event(kind: str, event_id: int | None, data: str) -> str:
@@ -57,12 +56,12 @@ class StreamEventsView(JsonView):
 
     async def get(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
         resuming = "Last-Event-ID" in request.headers
-        try:
-            offset = request.headers.get("Last-Event-ID") or offset_parameter(
+
+        def offset() -> str:
+            return request.headers.get("Last-Event-ID") or offset_parameter(
                 request.GET.getlist("offset")
             )
-        except InvalidOffset as exc:
-            return error_for(exc)
+
         events = EVENTS_WITH_PARTS if parse_flag(request.GET.get("parts")) else EVENTS
         # An EventSource comes back with Last-Event-ID: its window needs no acks.
         following = await afollow(request, stream_id, events, offset, resumes=True)

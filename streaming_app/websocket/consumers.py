@@ -13,7 +13,14 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from ..clients import scope_viewer_key
 from ..fanout.hub import Hub, follow
 from ..fanout.viewer import Viewer, log_refusal
-from ..protocol import INTERNAL_ERROR, JsonMessages, close_code, close_reason
+from ..protocol import (
+    INTERNAL_ERROR,
+    REASONS,
+    JsonMessages,
+    close_code,
+    close_reason,
+    closed_reason,
+)
 from ..streams import offset_parameter, parse_flag, parse_offset
 
 logger = logging.getLogger(__name__)
@@ -147,12 +154,13 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
                     await self.send(text_data=frames.frame(event))
                     if self.closed:
                         return
-            await self.close(code=close_code(viewer.refused), reason=close_reason(viewer.refused))
+            refused = viewer.refused
+            await self.close(code=close_code(refused), reason=closed_reason(refused))
         except OSError:
             pass  # the client has gone (uvicorn's ClientDisconnected): nothing to close
-        except Exception as exc:
+        except Exception:
             logger.exception("the viewer of stream %s failed", viewer.stream_id)
-            await self.close(code=INTERNAL_ERROR, reason=close_reason(exc))
+            await self.close(code=INTERNAL_ERROR, reason=REASONS[INTERNAL_ERROR])
 
     async def send(
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
