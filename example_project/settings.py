@@ -187,6 +187,9 @@ else:
 STREAMING_APP: dict[str, Any] = {
     # Anyone with a chat's link may watch it; only its owner drives or cancels.
     "PERMISSION_POLICY": "streaming_app.permissions.anyone_reads_policy",
+    # Durable Streams at /v1/stream/ (docs/protocol.md#durable-streams): seconds a
+    # long-poll waits before its 204.
+    "LONG_POLL_TIMEOUT": env_number("STREAMING_LONG_POLL_TIMEOUT", "20", float),
 }
 # A guest's reply stops when its tab closes (a public site's choice: the model is not
 # paid for a reply nobody waits for); off by default, so that the demo's promise holds

@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/chats/<str:chat_id>/messages/", views.MessagesView.as_view(), name="messages"),
     path("api/chats/<str:chat_id>/stream/", views.DriveView.as_view(), name="drive"),
     path("api/streams/", include("streaming_app.urls")),
+    # The Durable Streams protocol over the same streams (docs/protocol.md#durable-streams).
+    path("v1/stream/", include("streaming_app.durable.urls")),
     # The AI SDK's useChat (its default transport and resume: true).
     path("api/ai/", include("example_project.chat.ai_urls")),
     path("admin/", admin.site.urls),

@@ -27,6 +27,8 @@ _NUMBERS = {
     "CANCEL_WAIT": (0.0, False, False),
     "PUBLISH_TIMEOUT": (0.0, True, False),
     "SSE_KEEPALIVE": (0.0, True, False),
+    "LONG_POLL_TIMEOUT": (0.0, True, False),
+    "SSE_MAX_AGE": (0.0, True, False),
     "RATE_LIMIT_TIMEOUT": (0.0, True, False),
 }
 

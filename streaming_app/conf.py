@@ -53,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "PUBLISH_TIMEOUT": 2.0,
     # Seconds between keep-alive comments on an idle Server-Sent Events response.
     "SSE_KEEPALIVE": 15.0,
+    # Durable Streams (docs/protocol.md#durable-streams): how long a long-poll waits for
+    # text before its 204, and how long a live=sse response lasts before the client
+    # reconnects from its offset (PROTOCOL.md §10.2: so that a CDN can collapse them).
+    "LONG_POLL_TIMEOUT": 20.0,
+    "SSE_MAX_AGE": 60.0,
     # Threads that run the database work of all writers in a process. The writers of a
     # process commit together, one transaction per tick, so they need few (and as many
     # database connections at the most).

@@ -26,10 +26,11 @@ FANOUT_PACKAGES = {"fanout"}
 #: package a transport of its own; ``protocol`` the wire format two of them share,
 #: ``render`` the HTML of parts the template tag and the admin share.
 TRANSPORTS = {"protocol", "render", "views", "routing", "urls", "admin"}
-TRANSPORT_PACKAGES = {"http", "websocket", "aisdk", "templatetags"}
+TRANSPORT_PACKAGES = {"http", "websocket", "aisdk", "durable", "templatetags"}
 #: What the transports share: a wire format, a renderer.
 SHARED = {"protocol", "render"}
-#: What of ``http`` the AI SDK's responses build on (its drive and its viewers are HTTP's).
+#: What of ``http`` the AI SDK's responses and Durable Streams build on (their drive and
+#: their viewers are HTTP's).
 HTTP_BASE = {"http.drive", "http.body", "http.following", "http.responses", "http.jsonview"}
 #: The package's entry points: its public names, its AppConfig and checks, commands.
 ENTRIES = {"__init__", "apps", "checks"}
@@ -124,14 +125,15 @@ def test_the_core_imports_nothing_of_the_fan_out_but_publishing():
 
 def test_no_transport_imports_another():
     """Each transport package imports the core, the fan-out and the shared wire format
-    (``protocol``) and HTML (``render``), never another transport's modules; the AI SDK's responses build on
-    HTTP's drive and viewers (:data:`HTTP_BASE`), not on its views."""
+    (``protocol``) and HTML (``render``), never another transport's modules; the AI SDK's
+    responses and Durable Streams build on HTTP's drive and viewers (:data:`HTTP_BASE`),
+    not on its views."""
     found = set()
     for name, module in crossings("transport", {"transport"}):
         mine, theirs = name.split(".")[0], module.split(".")[0]
         if theirs == mine or theirs in SHARED:
             continue
-        if mine == "aisdk" and module in HTTP_BASE:
+        if mine in {"aisdk", "durable"} and module in HTTP_BASE:
             continue
         if mine not in TRANSPORT_PACKAGES:
             continue  # urls, routing, the views shim: they gather the transports
@@ -141,7 +143,7 @@ def test_no_transport_imports_another():
 
 def test_importing_the_hub_loads_no_transport():
     """``import streaming_app.fanout.hub`` in a fresh interpreter: no module of
-    ``http``, ``websocket`` or ``aisdk`` is loaded."""
+    ``http``, ``websocket``, ``aisdk`` or ``durable`` is loaded."""
     code = (
         "import django, sys; django.setup(); import streaming_app.fanout.hub; "
         "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('streaming_app.'))))"
@@ -151,7 +153,7 @@ def test_importing_the_hub_loads_no_transport():
         [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
     ).stdout.split()
     assert "streaming_app.fanout.hub" in loaded
-    assert [m for m in loaded if m.split(".")[1] in {"http", "websocket", "aisdk"}] == []
+    assert [m for m in loaded if m.split(".")[1] in {"http", "websocket", "aisdk", "durable"}] == []
 
 
 def test_the_models_import_nothing_of_the_package_but_parts():

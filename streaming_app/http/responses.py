@@ -4,6 +4,7 @@ POST."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.core.exceptions import PermissionDenied
@@ -12,7 +13,10 @@ from django.http import HttpRequest, JsonResponse
 
 from .. import conf
 from ..exceptions import InvalidOffset, Overloaded, StreamNotPending
+from ..fanout.outbox import published_after
 from ..models import Stream
+from ..permissions import Action, load_stream
+from ..streams import StreamId, expire_if_stale
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +81,17 @@ async def request_user(request: HttpRequest) -> Any:
     if hasattr(request, "auser"):
         return await request.auser()
     return None
+
+
+async def act_on(
+    request: HttpRequest, stream_id: StreamId, action: Action, then: Callable[[Stream], T]
+) -> T:
+    """``then(stream)``, in the request's thread, if the request's user may do
+    ``action`` to the stream; raises one of :data:`STREAM_ERRORS` otherwise. What it
+    commits is published once it returns."""
+    user = await request_user(request)
+
+    def act() -> T:
+        return then(expire_if_stale(load_stream(user, stream_id, action)))
+
+    return await published_after(act)()

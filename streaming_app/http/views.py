@@ -4,42 +4,15 @@ events, Server-Sent, are :mod:`.sse`'s)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 
 from .. import conf
-from ..fanout.outbox import published_after
 from ..models import Stream
-from ..permissions import Action, load_stream
-from ..streams import (
-    StreamId,
-    aget_stream,
-    body_of,
-    cancel_stream,
-    expire_if_stale,
-    offset_parameter,
-)
+from ..streams import aget_stream, body_of, cancel_stream, offset_parameter
 from .jsonview import JsonView
-from .responses import STREAM_ERRORS, error_for, request_user
-
-T = TypeVar("T")
-
-
-async def act_on(
-    request: HttpRequest, stream_id: StreamId, action: Action, then: Callable[[Stream], T]
-) -> T:
-    """``then(stream)``, in the request's thread, if the request's user may do
-    ``action`` to the stream; raises one of :data:`STREAM_ERRORS` otherwise. What it
-    commits is published once it returns."""
-    user = await request_user(request)
-
-    def act() -> T:
-        return then(expire_if_stale(load_stream(user, stream_id, action)))
-
-    return await published_after(act)()
+from .responses import STREAM_ERRORS, act_on, error_for
 
 
 class StreamBodyView(JsonView):
