@@ -191,6 +191,11 @@ STREAMING_APP: dict[str, Any] = {
     # long-poll waits before its 204.
     "LONG_POLL_TIMEOUT": env_number("STREAMING_LONG_POLL_TIMEOUT", "20", float),
 }
+# Anyone may create, append to and delete streams over Durable Streams at /v1/stream/
+# (the protocol's conformance suite, which sends no credentials, runs against it so):
+# never on a public site.
+if env_bool("STREAMING_DURABLE_OPEN", False):
+    STREAMING_APP["PERMISSION_POLICY"] = "streaming_app.permissions.durable_writes_open_policy"
 # A guest's reply stops when its tab closes (a public site's choice: the model is not
 # paid for a reply nobody waits for); off by default, so that the demo's promise holds
 # (close the tab, the reply goes on). A registered user's reply always goes on.

@@ -29,6 +29,7 @@ _NUMBERS = {
     "SSE_KEEPALIVE": (0.0, True, False),
     "LONG_POLL_TIMEOUT": (0.0, True, False),
     "SSE_MAX_AGE": (0.0, True, False),
+    "MAX_APPEND_BYTES": (1, False, True),
     "RATE_LIMIT_TIMEOUT": (0.0, True, False),
 }
 

@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     # reconnects from its offset (PROTOCOL.md §10.2: so that a CDN can collapse them).
     "LONG_POLL_TIMEOUT": 20.0,
     "SSE_MAX_AGE": 60.0,
+    # The largest body one Durable Streams PUT or POST may carry: past it, 413.
+    "MAX_APPEND_BYTES": 1_048_576,
     # Threads that run the database work of all writers in a process. The writers of a
     # process commit together, one transaction per tick, so they need few (and as many
     # database connections at the most).

@@ -14,6 +14,8 @@ from .parts import storable
 
 __all__ = [
     "Chunk",
+    "DurableProducer",
+    "DurableStream",
     "Status",
     "Stream",
     "StreamId",
@@ -97,7 +99,12 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         ``pending_timeout`` seconds (None: a pending stream waits for ever, it has no
         writer to die). The one definition of stale (:meth:`Stream.is_stale` applies it
         to a loaded row)."""
-        past = Q(status=Status.STREAMING, updated_at__lt=stale_cutoff(timeout, now))
+        # A stream written over Durable Streams has no writer to die: never stale.
+        past = Q(
+            status=Status.STREAMING,
+            updated_at__lt=stale_cutoff(timeout, now),
+            durable__isnull=True,
+        )
         if pending_timeout is not None:
             past |= Q(status=Status.PENDING, updated_at__lt=stale_cutoff(pending_timeout, now))
         return self.live().filter(past)
@@ -202,7 +209,12 @@ class Stream(models.Model):
     ) -> bool:
         """Whether this row, as loaded, matches :meth:`StreamQuerySet.stale`."""
         if self.status == Status.STREAMING:
-            return self.updated_at < stale_cutoff(timeout, now)
+            return (
+                self.updated_at < stale_cutoff(timeout, now)
+                # Asked only of a silent one: one written over Durable Streams has no
+                # writer to die.
+                and not DurableStream.objects.filter(stream=self.pk).exists()
+            )
         if self.status == Status.PENDING and pending_timeout is not None:
             return self.updated_at < stale_cutoff(pending_timeout, now)
         return False
@@ -253,3 +265,52 @@ class Chunk(models.Model):
     @property
     def end(self) -> int:
         return self.offset + len(self.text)
+
+
+class DurableStream(models.Model):
+    """A stream created over the Durable Streams protocol (:mod:`streaming_app.durable`):
+    its name in the protocol's URLs, and the protocol's state of it. Its text is its
+    :class:`Stream`'s, in the same chunks, followed by the same viewers; it is
+    ``streaming`` while open and ``done`` once closed, and never stale (it has no
+    writer that could die)."""
+
+    stream = models.OneToOneField(
+        Stream, on_delete=models.CASCADE, primary_key=True, related_name="durable"
+    )
+    #: The last segment(s) of its URL under the mount.
+    name = models.CharField(max_length=255, unique=True)
+    content_type = models.CharField(max_length=255)
+    #: Seconds of idleness after which it expires (``Stream-TTL``), or its absolute
+    #: expiry (``Stream-Expires-At``); neither: it lasts.
+    ttl = models.PositiveIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    #: The last read or write that reached the server (a TTL counts from it).
+    accessed_at = models.DateTimeField(default=timezone.now)
+    #: The last ``Stream-Seq`` of an append ("" before any).
+    last_seq = models.CharField(max_length=255, blank=True, default="")
+    #: The producer's ``[id, epoch, seq]`` whose append closed it, if one did.
+    closed_by = models.JSONField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DurableProducer(models.Model):
+    """An idempotent producer's state on one stream (PROTOCOL.md §5.2.1), written in
+    the transaction of the append it accepts."""
+
+    id = models.BigAutoField(primary_key=True)
+    durable = models.ForeignKey(DurableStream, on_delete=models.CASCADE, related_name="producers")
+    producer = models.CharField(max_length=255)
+    epoch = models.PositiveBigIntegerField()
+    last_seq = models.PositiveBigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["durable", "producer"], name="streaming_app_durable_producer"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.producer}@{self.epoch}#{self.last_seq}"

@@ -16,8 +16,14 @@ from .streams import StreamId, get_stream
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["read", "drive", "cancel"]
+#: "create", "append" and "delete" are what the Durable Streams protocol writes
+#: (streaming_app.durable): a policy is asked "create" with the stream about to be
+#: made (unsaved, its owner the user, or None for an anonymous one).
+Action = Literal["read", "drive", "cancel", "create", "append", "delete"]
 Policy = Callable[[Any, Stream, Action], bool]
+#: The actions of the Durable Streams protocol's writes: nobody's over HTTP under the
+#: app's policies but :func:`durable_writes_open_policy`.
+DURABLE_WRITES: tuple[Action, ...] = ("create", "append", "delete")
 
 
 def is_owner(user: Any, stream: Stream) -> bool:
@@ -39,6 +45,8 @@ def owner_policy(user: Any, stream: Stream, action: Action) -> bool:
     code (``claim_stream`` with ``StreamRun``, ``cancel_stream``, the admin) is not
     subject to the policy; :func:`ownerless_open_policy` lets anyone drive and cancel.
     """
+    if action in DURABLE_WRITES:
+        return False
     if stream.owner_id is None:
         return action == "read"
     return is_owner(user, stream)
@@ -47,14 +55,23 @@ def owner_policy(user: Any, stream: Stream, action: Action) -> bool:
 def anyone_reads_policy(user: Any, stream: Stream, action: Action) -> bool:
     """Anyone with the link may read; driving and cancelling are the owner's alone, as
     in owner_policy (nobody's, for a stream without owner)."""
-    return action == "read" or is_owner(user, stream)
+    return action == "read" or (action not in DURABLE_WRITES and is_owner(user, stream))
 
 
 def ownerless_open_policy(user: Any, stream: Stream, action: Action) -> bool:
     """A stream without an owner is anyone's who knows its id, to read, drive and
     cancel; one with an owner is as in owner_policy. For a site without accounts that
-    drives ownerless streams from its views: the id is then the only key."""
-    return stream.owner_id is None or is_owner(user, stream)
+    drives ownerless streams from its views: the id is then the only key. Writes over
+    Durable Streams are nobody's."""
+    return action not in DURABLE_WRITES and (stream.owner_id is None or is_owner(user, stream))
+
+
+def durable_writes_open_policy(user: Any, stream: Stream, action: Action) -> bool:
+    """Anyone may create, append to and delete streams over Durable Streams, and read
+    any stream; driving and cancelling as in :func:`anyone_reads_policy`. For a test
+    server (the protocol's conformance suite sends no credentials) or an open demo;
+    a site's own policy decides who writes, from ``user`` and ``stream.owner``."""
+    return action in DURABLE_WRITES or anyone_reads_policy(user, stream, action)
 
 
 def get_policy() -> Policy:
@@ -88,6 +105,8 @@ def refusal(stream: Stream, action: Action) -> str:
     a policy that makes it read-only, what to do instead (an anonymous visitor's
     ``create_stream(owner=request.user)`` makes such a stream)."""
     message = f"you may not {action} this stream"
+    if action in DURABLE_WRITES:
+        return f"you may not {action} streams over Durable Streams"
     if stream.owner_id is None and action != "read" and get_policy() in _READ_ONLY_OWNERLESS:
         message += (
             ": a stream without owner is read-only under the default permission policy. "

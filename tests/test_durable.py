@@ -47,6 +47,13 @@ async def cancel(stream) -> None:
     assert await published_after(expire_stream)(stream.pk, 0) == Status.CANCELLED
 
 
+def sse_value(line: str) -> str:
+    """A ``data:`` line's value, as an SSE client reads it."""
+    assert line.startswith("data:"), line
+    value = line[len("data:") :]
+    return value[1:] if value.startswith(" ") else value
+
+
 def assert_protocol_headers(response) -> None:
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Cross-Origin-Resource-Policy"] == "cross-origin"
@@ -235,11 +242,10 @@ async def test_sse_follows_to_the_close_with_the_status(client):
     events = [event for event in body.split("\n\n") if event and not event.startswith(":")]
     kinds = [event.split("\n")[0] for event in events]
     assert kinds == ["event: data", "event: control"]
-    data = "\n".join(line[len("data: ") :] for line in events[0].split("\n")[1:])
+    # As a client reads them: after "data:", one space dropped if there is one.
+    data = "\n".join(sse_value(line) for line in events[0].split("\n")[1:])
     assert data == WHOLE[2:]
-    control = events[1].split("\n")[1]
-    assert control.startswith("data: {")
-    fields = json.loads(control[len("data: ") :])
+    fields = json.loads(sse_value(events[1].split("\n")[1]))
     assert fields["streamNextOffset"] == token(len(WHOLE))
     assert fields["streamClosed"] is True
     assert fields["streamingStatus"] == "error"
@@ -271,16 +277,25 @@ async def test_an_owned_stream_is_its_owners_and_kept_private(client):
     assert response["Cache-Control"].startswith("private, ")
 
 
-async def test_writes_are_405_and_cors_preflight_is_answered(client):
-    stream = await finished()
-    for method in (client.put, client.post, client.delete):
-        response = await method(url(stream))
-        assert response.status_code == 405
+async def test_the_apps_own_streams_are_not_written_over_the_protocol(client):
+    stream = await finished(Status.STREAMING)
+    for method in (client.post, client.delete):
+        response = await method(url(stream), b"more", content_type="text/plain")
+        assert response.status_code == 405, response.content
         assert response["Allow"] == "GET, HEAD, OPTIONS"
         assert_protocol_headers(response)
+    # Under the example's policy nobody creates a stream over the protocol.
+    response = await client.put("/v1/stream/mine", b"", content_type="text/plain")
+    assert response.status_code == 403
+    assert (await client.get(url(stream))).content == WHOLE.encode()  # unchanged
+
+
+async def test_a_cors_preflight_is_answered(client):
+    stream = await finished()
     preflight = await client.options(url(stream))
     assert preflight.status_code == 204
-    assert "GET" in preflight["Access-Control-Allow-Methods"]
+    assert "POST" in preflight["Access-Control-Allow-Methods"]
+    assert "Producer-Id" in preflight["Access-Control-Allow-Headers"]
     assert_protocol_headers(preflight)
 
 

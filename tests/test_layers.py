@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streaming_app"
 #: The engine and what it is built on: no HTTP, no websockets (modules at the top
 #: level, and the subpackages whose every module is in the layer).
 CORE = {
-    "admission", "clients", "conf", "deletion", "errors", "exceptions", "loops", "models",
+    "admission", "appends", "clients", "conf", "deletion", "errors", "exceptions", "loops", "models",
     "parts", "permissions", "rates", "signals", "streams",
 }  # fmt: skip
 CORE_PACKAGES = {"drive", "sources"}

@@ -1,43 +1,55 @@
-"""The Durable Streams read path over the app's streams (PROTOCOL.md §5.5–§5.8, §10,
-§12.7; docs/protocol.md#durable-streams).
+"""The Durable Streams protocol over the app's streams (PROTOCOL.md §5, §8–§10, §12.7;
+docs/protocol.md#durable-streams).
 
-Every stream of the app is a Durable Streams stream of content type
-``text/plain; charset=utf-8`` at ``<mount>/<id>``: ``HEAD`` for its metadata, ``GET``
-for a catch-up read from an offset, ``live=long-poll`` to wait for what comes next,
-``live=sse`` to follow it. Reads go through ``PERMISSION_POLICY`` like every reader's;
-live reads are viewers of the process's hub, counted against the same limits as a
-websocket's. Every terminal status reads as *closed*; which one it was is said by the
-``Streaming-Status`` header (and ``Streaming-Error``, percent-encoded), or, over SSE,
-by the last control event's ``streamingStatus`` and ``streamingError``.
+``<mount>/<name>`` is a stream created over the protocol (``PUT``), or one of the app's
+by its id, read as ``text/plain; charset=utf-8``. ``HEAD`` for its metadata, ``GET`` for
+a catch-up read from an offset, ``live=long-poll`` to wait for what comes next,
+``live=sse`` to follow it; ``POST`` appends (and closes), ``DELETE`` deletes. Reads go
+through ``PERMISSION_POLICY`` like every reader's; writes need its ``create``,
+``append`` and ``delete``. Live reads are viewers of the process's hub, counted against
+the same limits as a websocket's. Every terminal status reads as *closed*; which one it
+was is said by the ``Streaming-Status`` header (and ``Streaming-Error``,
+percent-encoded), or, over SSE, by the last control event's ``streamingStatus`` and
+``streamingError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
+from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import conf
+from .. import appends, conf
+from ..appends import AppendError, Config, Found, Producer
 from ..exceptions import InvalidOffset
 from ..fanout.events import Event, SharedEncoding, Status, Text
+from ..fanout.outbox import published_after
 from ..fanout.viewer import Viewer
 from ..http.following import Following, afollow
-from ..http.responses import STREAM_ERRORS, act_on, error_for, error_response
+from ..http.jsonview import csrf_refusal
+from ..http.responses import STREAM_ERRORS, error_for, error_response, request_user
 from ..models import Stream, is_finished
-from ..permissions import has_permission
-from ..streams import StreamBody, body_of
-from .offsets import NOW, Start, cursor, parse_start, token
+from ..permissions import DURABLE_WRITES, Action, has_permission, refusal
+from ..streams import StreamBody, body_of, expire_if_stale
+from .offsets import Start, cursor, parse_start, token
 
-CONTENT_TYPE = "text/plain; charset=utf-8"
+T = TypeVar("T")
+
 #: What a cacheable read may be kept for (§10.1).
 CACHEABLE = "max-age=60, stale-while-revalidate=300"
 #: The headers a cross-origin script may send, and read back (the reference server's).
@@ -47,10 +59,15 @@ ALLOW_HEADERS = (
 )
 EXPOSE_HEADERS = (
     "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Streaming-Status, "
-    "Streaming-Error, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, "
-    "Producer-Received-Seq, ETag, Content-Type, Location"
+    "Streaming-Error, Stream-TTL, Stream-Expires-At, Stream-SSE-Data-Encoding, "
+    "Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, ETag, "
+    "Content-Type, Location"
 )
-READ_METHODS = ["GET", "HEAD", "OPTIONS"]
+#: The longest name a stream may have (DurableStream.name).
+MAX_NAME = 255
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]
+_TTL = re.compile(r"0|[1-9][0-9]{0,9}")
+_INTEGER = re.compile(r"0|[1-9][0-9]{0,15}")
 
 
 class Nothing(SharedEncoding):
@@ -65,14 +82,63 @@ class Nothing(SharedEncoding):
 EVENTS = Nothing()
 
 
+class BadRequest(Exception):
+    """A request the protocol answers with 400: what was wrong."""
+
+
 def with_protocol_headers(response: HttpResponseBase) -> HttpResponseBase:
     """The headers every answer carries: §12.7's, and CORS for scripts of any origin
-    (which send no cookies with ``*``: a cross-origin read is an anonymous one)."""
+    (which send no cookies with ``*``: a cross-origin request is an anonymous one)."""
     response["X-Content-Type-Options"] = "nosniff"
     response["Cross-Origin-Resource-Policy"] = "cross-origin"
     response["Access-Control-Allow-Origin"] = "*"
     response["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
     return response
+
+
+def is_true(value: str | None) -> bool:
+    """``Stream-Closed``: present only as ``true``, in any case (§4.1)."""
+    return (value or "").lower() == "true"
+
+
+@dataclass(frozen=True)
+class Read:
+    """A stream as a read found it: its committed body from the read's offset, its
+    content type, and whether a shared cache may keep it."""
+
+    body: StreamBody
+    content_type: str
+    public: bool
+
+    def data(self, text: str) -> bytes:
+        return appends.encode(self.content_type, text)
+
+
+def publicly_readable(stream: Stream) -> bool:
+    """Whether anyone may read ``stream`` (a shared cache may then keep it)."""
+    return has_permission(AnonymousUser(), stream, "read")
+
+
+async def on_stream(
+    request: HttpRequest, name: str, action: Action, then: Callable[[Found], T], *, touch: bool
+) -> T:
+    """``then(found)``, in a thread, for the stream ``name`` if the request's user may do
+    ``action`` to it; raises one of :data:`STREAM_ERRORS` or an
+    :class:`~streaming_app.appends.AppendError` otherwise. What it commits is published
+    once it returns."""
+    user = await request_user(request)
+
+    def act() -> T:
+        found = appends.find(name, touch=touch)
+        if action in DURABLE_WRITES and found.durable is None:
+            # One of the app's own: the method is not this resource's (§5.2), whoever asks.
+            raise appends.NotAppendable("the app's own streams are written by the app")
+        stream = expire_if_stale(found.stream)
+        if not has_permission(user, stream, action):
+            raise PermissionDenied(refusal(stream, action))
+        return then(replace(found, stream=stream))
+
+    return await published_after(act)()
 
 
 def status_headers(response: HttpResponseBase, status: str, error: str | None) -> None:
@@ -83,52 +149,41 @@ def status_headers(response: HttpResponseBase, status: str, error: str | None) -
         response["Streaming-Error"] = quote(error, safe=" ")
 
 
-def publicly_readable(stream: Stream) -> bool:
-    """Whether anyone may read ``stream`` (a shared cache may then keep it)."""
-    return has_permission(AnonymousUser(), stream, "read")
-
-
-def read(stream: Stream, start: Start) -> tuple[StreamBody, bool]:
-    """The committed body from ``start`` (the tail for ``now``), and whether a shared
-    cache may keep it."""
-    offset = stream.length if start.offset is None else start.offset
-    return body_of(stream, offset), publicly_readable(stream)
-
-
-def position_headers(
-    response: HttpResponseBase, body: StreamBody, end: int, *, at_tail: bool
-) -> None:
+def position_headers(response: HttpResponseBase, body: StreamBody, end: int) -> None:
     """Where the reader is after this response (``end``), and, once it has all of a
     finished stream, that it is closed."""
     response["Stream-Next-Offset"] = token(end)
-    if at_tail:
+    if end >= body.length:
         response["Stream-Up-To-Date"] = "true"
-        if body.is_finished and end >= body.length:
+        if body.is_finished:
             response["Stream-Closed"] = "true"
     status_headers(response, body.status, body.error)
 
 
-def data_response(
-    request: HttpRequest, body: StreamBody, start: Start, text: str, public: bool
-) -> HttpResponseBase:
-    """A 200 with ``text`` from ``body.offset`` (or a 304, for a client that has it)."""
+def data_response(request: HttpRequest, read: Read, start: Start, text: str) -> HttpResponseBase:
+    """A 200 with ``text`` from ``read.body.offset`` (or a 304, for a client that has
+    it)."""
+    body = read.body
     end = body.offset + len(text)
     closed = body.is_finished and end >= body.length
     etag = f'"{body.id}:{start.given}:{token(end)}{":c" if closed else ""}"'
+    response: HttpResponseBase
     if start.at_tail:
-        response: HttpResponseBase = HttpResponse(b"", content_type=CONTENT_TYPE)
+        response = HttpResponse(read.data(""), content_type=read.content_type)
         response["Cache-Control"] = "no-store"  # the tail moves; no ETag (§8)
     else:
         if request.headers.get("If-None-Match") == etag:
             response = HttpResponse(status=304)
         else:
-            response = HttpResponse(text.encode(), content_type=CONTENT_TYPE)
+            response = HttpResponse(read.data(text), content_type=read.content_type)
         response["ETag"] = etag
-        # An empty answer at the tail of a live stream is stale with its next token.
+        # An empty answer at the tail of a live stream is stale with its next append.
         response["Cache-Control"] = (
-            f"{'public' if public else 'private'}, {CACHEABLE}" if text or closed else "no-store"
+            f"{'public' if read.public else 'private'}, {CACHEABLE}"
+            if text or closed
+            else "no-store"
         )
-    position_headers(response, body, end, at_tail=end >= body.length)
+    position_headers(response, body, end)
     return response
 
 
@@ -140,9 +195,90 @@ def refused(exc: BaseException | None) -> HttpResponseBase:
     return error_response(503, "the stream could not be followed; try again")
 
 
+def append_refused(exc: AppendError) -> HttpResponseBase:
+    """The protocol's answer to a refused write (§5.1, §5.2, §5.2.1)."""
+    if isinstance(exc, appends.NotAppendable):
+        response = error_response(405, str(exc))
+        response["Allow"] = "GET, HEAD, OPTIONS"
+        return response
+    code = {"bad request": 400, "conflict": 409, "forbidden": 403, "too long": 413}[exc.kind]
+    response = error_response(code, str(exc))
+    if isinstance(exc, appends.Closed):
+        response["Stream-Closed"] = "true"
+        response["Stream-Next-Offset"] = token(exc.details["length"])
+    elif isinstance(exc, appends.StaleEpoch):
+        response["Producer-Epoch"] = str(exc.details["epoch"])
+    elif isinstance(exc, appends.SequenceGap):
+        response["Producer-Expected-Seq"] = str(exc.details["expected"])
+        response["Producer-Received-Seq"] = str(exc.details["received"])
+    return response
+
+
+def producer_of(request: HttpRequest) -> Producer | None:
+    """The idempotent producer's headers, all three or none (§5.2.1)."""
+    given = [request.headers.get(h) for h in ("Producer-Id", "Producer-Epoch", "Producer-Seq")]
+    if all(value is None for value in given):
+        return None
+    producer, epoch, seq = given
+    if producer is None or epoch is None or seq is None:
+        raise BadRequest("Producer-Id, Producer-Epoch and Producer-Seq go together")
+    if not producer:
+        raise BadRequest("Producer-Id must not be empty")
+    numbers = []
+    for header, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
+        if not _INTEGER.fullmatch(value) or int(value) > appends.MAX_PRODUCER_NUMBER:
+            raise BadRequest(f"{header} must be an integer from 0 to 2^53-1, not {value[:40]!r}")
+        numbers.append(int(value))
+    return Producer(producer, numbers[0], numbers[1])
+
+
+def config_of(request: HttpRequest) -> Config:
+    """A creation's configuration from its headers (§5.1)."""
+    ttl_header = request.headers.get("Stream-TTL")
+    expires_header = request.headers.get("Stream-Expires-At")
+    if ttl_header is not None and expires_header is not None:
+        raise BadRequest("give Stream-TTL or Stream-Expires-At, not both")
+    ttl = None
+    if ttl_header is not None:
+        if not _TTL.fullmatch(ttl_header):
+            raise BadRequest(f"Stream-TTL must be whole seconds, not {ttl_header[:40]!r}")
+        ttl = int(ttl_header)
+    expires_at = None
+    if expires_header is not None:
+        try:
+            expires_at = parse_datetime(expires_header)
+        except ValueError:
+            expires_at = None
+        if expires_at is None or expires_at.tzinfo is None:
+            raise BadRequest(
+                f"Stream-Expires-At must be an RFC 3339 time, not {expires_header[:40]!r}"
+            )
+    return Config(
+        request.headers.get("Content-Type") or "application/octet-stream",
+        ttl,
+        expires_at,
+        is_true(request.headers.get("Stream-Closed")),
+    )
+
+
+def request_body(request: HttpRequest) -> bytes:
+    """The request's body, at most ``MAX_APPEND_BYTES``; raises RequestDataTooBig."""
+    limit = int(conf.get("MAX_APPEND_BYTES"))
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        raise RequestDataTooBig(f"the body is larger than {limit} bytes")
+    body = request.body
+    if len(body) > limit:
+        raise RequestDataTooBig(f"the body is larger than {limit} bytes")
+    return body
+
+
 @method_decorator(csrf_exempt, name="dispatch")
 class DurableStreamView(View):
-    """``<mount>/<id>``: one of the app's streams, read as a Durable Stream."""
+    """``<mount>/<name>``: a stream, as a Durable Stream."""
 
     http_method_names = ["get", "head", "options", "put", "post", "delete"]
 
@@ -150,7 +286,28 @@ class DurableStreamView(View):
         handler: Any = super().dispatch
 
         async def answer() -> HttpResponseBase:
-            return with_protocol_headers(await handler(request, *args, **kwargs))
+            if len(kwargs.get("name", "")) > MAX_NAME:
+                return with_protocol_headers(
+                    error_response(400, f"a stream's name is at most {MAX_NAME} characters")
+                )
+            if request.method in ("PUT", "POST", "DELETE") and request.COOKIES:
+                # A write that carries cookies may be a page's, with its session: it
+                # passes Django's CSRF check. One without (the protocol's clients, a
+                # server) has no ambient credentials to abuse.
+                refused_csrf = await sync_to_async(csrf_refusal)(request)
+                if refused_csrf is not None:
+                    return with_protocol_headers(refused_csrf)
+            try:
+                response = await handler(request, *args, **kwargs)
+            except BadRequest as exc:
+                response = error_response(400, str(exc))
+            except RequestDataTooBig as exc:
+                response = error_response(413, str(exc))
+            except AppendError as exc:
+                response = append_refused(exc)
+            except STREAM_ERRORS as exc:
+                response = error_for(exc)
+            return with_protocol_headers(response)
 
         return answer()
 
@@ -158,8 +315,8 @@ class DurableStreamView(View):
         # A CORS preflight. (Django leaves ``options`` out of its check that a view's
         # handlers are all async, and expects it to answer as the view does.)
         response = HttpResponse(status=204)
-        response["Allow"] = ", ".join(READ_METHODS)
-        response["Access-Control-Allow-Methods"] = ", ".join(READ_METHODS)
+        response["Allow"] = ", ".join(METHODS)
+        response["Access-Control-Allow-Methods"] = ", ".join(METHODS)
         response["Access-Control-Allow-Headers"] = ALLOW_HEADERS
         response["Access-Control-Max-Age"] = "86400"
 
@@ -168,66 +325,123 @@ class DurableStreamView(View):
 
         return answer()
 
-    async def put(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
-        return self.read_only(request)
+    # Writes --------------------------------------------------------------------------
 
-    post = delete = put
+    async def put(self, request: HttpRequest, name: str) -> HttpResponseBase:
+        if "Stream-Forked-From" in request.headers:
+            return error_response(501, "this server does not fork streams")
+        config = config_of(request)
+        body = await sync_to_async(request_body)(request)
+        user = await request_user(request)
+        owner = user if user is not None and user.is_authenticated else None
 
-    @staticmethod
-    def read_only(request: HttpRequest) -> HttpResponseBase:
-        # §5.2: 405 where appends (and creation, deletion) are not supported.
-        response = error_response(
-            405, f"{request.method} is not allowed: the app's streams are written by the app"
-        )
-        response["Allow"] = ", ".join(READ_METHODS)
-        return response
+        def create() -> tuple[Found, bool]:
+            if not has_permission(user, Stream(owner=owner), "create"):
+                raise PermissionDenied(refusal(Stream(owner=owner), "create"))
+            found, created = appends.create(name, config, body, owner=owner)
+            if not created and not has_permission(user, found.stream, "read"):
+                raise PermissionDenied("you may not read this stream")
+            return found, created
 
-    async def head(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
-        try:
-            body, _ = await act_on(
-                request, stream_id, "read", lambda stream: read(stream, Start(None, NOW))
-            )
-        except STREAM_ERRORS as exc:
-            return error_for(exc)
-        response = HttpResponse(content_type=CONTENT_TYPE)
-        response["Cache-Control"] = "no-store"  # §5.5
-        position_headers(response, body, body.length, at_tail=False)
-        if body.is_finished:
+        found, created = await published_after(create)()
+        response = HttpResponse(status=201 if created else 200, content_type=found.content_type)
+        if created:
+            response["Location"] = request.build_absolute_uri()
+        response["Stream-Next-Offset"] = token(found.stream.length)
+        if found.stream.is_finished:
             response["Stream-Closed"] = "true"
         return response
 
-    async def get(self, request: HttpRequest, stream_id: str) -> HttpResponseBase:
+    async def post(self, request: HttpRequest, name: str) -> HttpResponseBase:
+        close = is_true(request.headers.get("Stream-Closed"))
+        producer = producer_of(request)
+        seq = request.headers.get("Stream-Seq")
+        body = await sync_to_async(request_body)(request)
+        if not body and not close:
+            raise BadRequest("an append needs a body (or Stream-Closed: true to close)")
+        content_type = request.headers.get("Content-Type")
+        if body and not content_type:
+            raise BadRequest("an append with a body needs its Content-Type")
+        done = await on_stream(
+            request,
+            name,
+            "append",
+            lambda found: appends.append(
+                name, body, content_type, close=close, seq=seq, producer=producer
+            ),
+            touch=False,
+        )
+        # 200 for a producer's data appended, 204 for the rest (§5.2, §5.2.1).
+        fresh = producer is not None and bool(body) and not done.duplicate
+        response = HttpResponse(status=200 if fresh else 204)
+        response["Stream-Next-Offset"] = token(done.length)
+        if done.closed:
+            response["Stream-Closed"] = "true"
+        if done.producer is not None:
+            response["Producer-Epoch"] = str(done.producer.epoch)
+            response["Producer-Seq"] = str(done.producer.seq)
+        return response
+
+    async def delete(self, request: HttpRequest, name: str) -> HttpResponseBase:
+        await on_stream(request, name, "delete", lambda found: appends.delete(name), touch=False)
+        return HttpResponse(status=204)
+
+    # Reads ---------------------------------------------------------------------------
+
+    async def head(self, request: HttpRequest, name: str) -> HttpResponseBase:
+        def metadata(found: Found) -> tuple[Found, StreamBody]:
+            return found, body_of(found.stream, found.stream.length)
+
+        found, body = await on_stream(request, name, "read", metadata, touch=False)
+        response = HttpResponse(content_type=found.content_type)
+        response["Cache-Control"] = "no-store"  # §5.5
+        position_headers(response, body, body.length)
+        del response["Stream-Up-To-Date"]
+        if found.durable is not None:
+            if found.durable.ttl is not None:
+                response["Stream-TTL"] = str(found.durable.ttl)
+            if found.durable.expires_at is not None:
+                response["Stream-Expires-At"] = found.durable.expires_at.isoformat()
+        return response
+
+    async def get(self, request: HttpRequest, name: str) -> HttpResponseBase:
         live = request.GET.get("live")
+        if live not in (None, "long-poll", "sse"):
+            raise BadRequest(f"live must be long-poll or sse, not {live[:40]!r}")
+        if live and "offset" not in request.GET:
+            raise BadRequest(f"live={live} needs an offset")
         try:
-            if live not in (None, "long-poll", "sse"):
-                raise InvalidOffset(f"live must be long-poll or sse, not {live[:40]!r}")
-            if live and "offset" not in request.GET:
-                raise InvalidOffset(f"live={live} needs an offset")
             start = parse_start(request.GET.getlist("offset"))
-            body, public = await act_on(
-                request, stream_id, "read", lambda stream: read(stream, start)
-            )
-        except STREAM_ERRORS as exc:
-            return error_for(exc)
+        except InvalidOffset as exc:
+            raise BadRequest(str(exc)) from None
+
+        def reading(found: Found) -> Read:
+            stream = found.stream
+            offset = stream.length if start.offset is None else start.offset
+            return Read(body_of(stream, offset), found.content_type, publicly_readable(stream))
+
+        read = await on_stream(request, name, "read", reading, touch=True)
+        body = read.body
         if live is None or (live == "long-poll" and (body.text or body.is_finished)):
             # What is there, at once: a catch-up, a long-poll that has something (or
             # the end) to give.
-            response = data_response(request, body, start, body.text, public)
+            response = data_response(request, read, start, body.text)
             if live is not None:
                 if response.get("Stream-Closed") != "true":
                     response["Stream-Cursor"] = cursor(request.GET.get("cursor"))
                 if not body.text:
                     response.status_code = 204
+                    response["Cache-Control"] = "no-store"
             return response
-        following = await afollow(request, stream_id, EVENTS, body.offset, resumes=live == "sse")
+        following = await afollow(request, body.id, EVENTS, body.offset, resumes=live == "sse")
         if isinstance(following, HttpResponseBase):
             return following  # refused: the viewer limits, the database away
         if live == "sse":
-            return self.sse(request, following)
-        return await self.long_poll(request, following, start, public)
+            return self.sse(request, following, read)
+        return await self.long_poll(request, following, read, start)
 
     async def long_poll(
-        self, request: HttpRequest, following: Following, start: Start, public: bool
+        self, request: HttpRequest, following: Following, read: Read, start: Start
     ) -> HttpResponseBase:
         """Wait up to ``LONG_POLL_TIMEOUT`` for text past the reader's offset, or the
         end; 204 with the tail if neither comes."""
@@ -249,10 +463,10 @@ class DurableStreamView(View):
             following.leave()
         if viewer.refused is not None and not text:
             return refused(viewer.refused)
-        now = StreamBody(
-            body.id, status, text, body.offset, body.offset + len(text), error, body.parts
-        )
-        response = data_response(request, now, start, text, public)
+        now = replace(body, status=status, text=text, length=body.offset + len(text), error=error)
+        # From ``now``, the text that came is the answer: from where the reader was.
+        at = Start(body.offset, start.given)
+        response = data_response(request, replace(read, body=now), at, text)
         if not text:
             response.status_code = 204
             response["Cache-Control"] = "no-store"  # §10.1: a 204 is not for caching
@@ -261,38 +475,57 @@ class DurableStreamView(View):
             response["Stream-Cursor"] = cursor(request.GET.get("cursor"))
         return response
 
-    def sse(self, request: HttpRequest, following: Following) -> HttpResponseBase:
+    def sse(self, request: HttpRequest, following: Following, read: Read) -> HttpResponseBase:
+        binary = not appends.is_text(read.content_type)
         response = following.response(
-            sse_events(following.viewer, following.body, request.GET.get("cursor")),
+            sse_events(following.viewer, following.body, read, request.GET.get("cursor")),
             "text/event-stream",
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        if binary:
+            response["Stream-SSE-Data-Encoding"] = "base64"
         return response
 
 
-def sse_data(text: str) -> str:
-    """One ``data`` event: each line after ``data: `` (a client strips one space after
-    the colon, so a line that starts with one keeps it). SSE ends a line at CR, LF or
-    CRLF alike: a CR reads back as a line feed (docs/protocol.md#durable-streams)."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return "event: data\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+def sse_line(line: str) -> str:
+    """``data:`` and the line; ``data: `` before a line that starts with a space, which
+    a client, stripping one space after the colon, then keeps."""
+    return f"data: {line}\n" if line.startswith(" ") else f"data:{line}\n"
+
+
+def sse_data(payload: str) -> str:
+    """One ``data`` event, a ``data:`` line per line of the payload. SSE ends a line at
+    CR, LF or CRLF alike: a CR reads back as a line feed
+    (docs/protocol.md#durable-streams)."""
+    lines = payload.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "event: data\n" + "".join(map(sse_line, lines)) + "\n"
+
+
+def sse_payload(read: Read, text: str) -> str:
+    """What a ``data`` event carries for ``text``: the text, a JSON array, base64."""
+    data = read.data(text)
+    if appends.is_text(read.content_type):
+        return data.decode()
+    return base64.b64encode(data).decode()
 
 
 def sse_control(fields: dict[str, Any]) -> str:
-    return f"event: control\ndata: {json.dumps(fields, separators=(',', ':'))}\n\n"
+    return f"event: control\ndata:{json.dumps(fields, separators=(',', ':'))}\n\n"
 
 
-async def sse_events(viewer: Viewer, body: StreamBody, echoed: str | None) -> AsyncIterator[str]:
+async def sse_events(
+    viewer: Viewer, body: StreamBody, read: Read, echoed: str | None
+) -> AsyncIterator[str]:
     """The stream as ``data`` and ``control`` events from the viewer's offset, until
     it is closed, or for ``SSE_MAX_AGE`` seconds (§10.2: the client reconnects from its
     last ``streamNextOffset``, and a CDN can collapse the new requests)."""
     end, status, error = body.offset, body.status, body.error
     keepalive = float(conf.get("SSE_KEEPALIVE"))
+    max_age = float(conf.get("SSE_MAX_AGE"))
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + float(conf.get("SSE_MAX_AGE"))
-    batches = viewer.batches(keepalive=min(keepalive, float(conf.get("SSE_MAX_AGE"))))
-    async for batch in batches:
+    deadline = loop.time() + max_age
+    async for batch in viewer.batches(keepalive=min(keepalive, max_age)):
         if not batch:
             if loop.time() >= deadline:
                 return
@@ -303,7 +536,7 @@ async def sse_events(viewer: Viewer, body: StreamBody, echoed: str | None) -> As
             if isinstance(event, Text):
                 fresh = event.text[end - event.offset :]
                 if fresh:
-                    out.append(sse_data(fresh))
+                    out.append(sse_data(sse_payload(read, fresh)))
                     end += len(fresh)
             else:
                 status, error = event.status, event.error

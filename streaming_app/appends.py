@@ -1,0 +1,405 @@
+"""Streams written by appends, not by a run: the core of the Durable Streams write path
+(PROTOCOL.md §5.1–§5.4), with no HTTP in it.
+
+A stream created by :func:`create` is a :class:`~.models.Stream` like any other, with a
+:class:`~.models.DurableStream` beside it for its name and the protocol's state. Each
+append is one transaction: the stream's rows are locked, the protocol's checks made
+(closure, content type, ``Stream-Seq``, the idempotent producer), the text inserted as
+one chunk and the producer's state written with it, and the change published after the
+commit, so that its viewers, over any transport, see it as they see a run's flushes
+(invariants 1, 3 and 8).
+
+Bytes become the body's text by content type (:func:`decode`): UTF-8 for ``text/*``
+and ``application/json`` (whose messages are kept one per line, compact), and for any
+other type one code point per byte, so that offsets count bytes and every byte value
+but NUL (which PostgreSQL's text cannot hold: it is kept as U+0100) is itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Max
+from django.utils import timezone
+
+from . import conf
+from .fanout.outbox import publish_on_commit
+from .fanout.publish import Update
+from .models import (
+    Chunk,
+    DurableProducer,
+    DurableStream,
+    Status,
+    Stream,
+    is_finished,
+    lock_streams,
+    parse_stream_id,
+    write_transaction,
+)
+
+#: The content type of the app's own streams, as Durable Streams reads them.
+TEXT_PLAIN = "text/plain; charset=utf-8"
+#: The greatest producer epoch or sequence number (JavaScript's safe integers).
+MAX_PRODUCER_NUMBER = 2**53 - 1
+
+
+class AppendError(Exception):
+    """An append, creation or close the protocol refuses: ``kind`` says which, for the
+    transport to answer (a 400, 403, 409 or 413)."""
+
+    kind = "bad request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class BadBody(AppendError):
+    """Invalid JSON, an empty JSON array, a NUL in a text stream."""
+
+
+class Conflict(AppendError):
+    """A content type that does not match, a ``Stream-Seq`` that does not grow, a
+    creation whose configuration differs from the existing stream's."""
+
+    kind = "conflict"
+
+
+class Closed(Conflict):
+    """An append to a closed stream; ``details["length"]`` is its final length."""
+
+
+class StaleEpoch(AppendError):
+    """A producer's epoch older than the stream's (``details["epoch"]``)."""
+
+    kind = "forbidden"
+
+
+class SequenceGap(Conflict):
+    """A producer's sequence number past the next (``details["expected"]``)."""
+
+
+class TooLong(AppendError):
+    """Past ``MAX_LENGTH``."""
+
+    kind = "too long"
+
+
+class NotAppendable(AppendError):
+    """One of the app's own streams (a run writes it)."""
+
+    kind = "not appendable"
+
+
+# Content types -------------------------------------------------------------------------
+
+
+def media_type(content_type: str) -> str:
+    """``text/plain`` of ``Text/Plain; charset=utf-8``: what two content types must
+    share to match."""
+    return content_type.split(";")[0].strip().lower()
+
+
+def is_json(content_type: str) -> bool:
+    return media_type(content_type) == "application/json"
+
+
+def is_text(content_type: str) -> bool:
+    """Whether the stream's bytes are UTF-8 text (``text/*`` without another charset,
+    and JSON); other types are bytes."""
+    if is_json(content_type):
+        return True
+    if not media_type(content_type).startswith("text/"):
+        return False
+    params = dict(part.strip().lower().partition("=")[::2] for part in content_type.split(";")[1:])
+    return params.get("charset", "utf-8").strip('"') in ("utf-8", "utf8", "us-ascii")
+
+
+def json_messages(body: bytes, *, flatten: bool = True) -> list[str]:
+    """The messages of a JSON body, compact, one level of array flattened (§9.1)."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadBody(f"the body is not valid JSON: {exc}") from None
+    values = value if flatten and isinstance(value, list) else [value]
+    return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
+
+
+def decode(content_type: str, body: bytes, *, creating: bool = False) -> str:
+    """``body`` as the text the stream keeps."""
+    if is_json(content_type):
+        messages = json_messages(body)
+        if not messages and not creating:
+            raise BadBody("an empty JSON array appends nothing")
+        return "".join(message + "\n" for message in messages)
+    if is_text(content_type):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadBody(f"the body is not UTF-8 ({exc}); bytes go in a binary stream") from None
+        if "\x00" in text:
+            raise BadBody("a text stream cannot hold NUL; bytes go in a binary stream")
+        return text
+    return body.decode("latin-1").replace("\x00", "\u0100")
+
+
+def encode(content_type: str, text: str) -> bytes:
+    """The bytes of ``text`` read from a stream of ``content_type`` (the inverse of
+    :func:`decode`; JSON as one array of the messages)."""
+    if is_json(content_type):
+        return ("[" + ",".join(text.splitlines()) + "]").encode()
+    if is_text(content_type):
+        return text.encode()
+    return text.replace("\u0100", "\x00").encode("latin-1")
+
+
+# Streams -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a creation sets: compared with the existing stream's on a repeated one."""
+
+    content_type: str
+    ttl: int | None = None
+    expires_at: datetime | None = None
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Found:
+    """A stream by its name: the app's row, and its Durable Streams state (None for
+    one of the app's own streams, read as ``text/plain``)."""
+
+    stream: Stream
+    durable: DurableStream | None
+
+    @property
+    def content_type(self) -> str:
+        return self.durable.content_type if self.durable else TEXT_PLAIN
+
+    @property
+    def config(self) -> Config:
+        d = self.durable
+        return Config(
+            self.content_type,
+            d.ttl if d else None,
+            d.expires_at if d else None,
+            self.stream.is_finished,
+        )
+
+
+def expired(durable: DurableStream, now: datetime | None = None) -> bool:
+    now = now or timezone.now()
+    if durable.expires_at is not None and durable.expires_at <= now:
+        return True
+    return durable.ttl is not None and durable.accessed_at + timedelta(seconds=durable.ttl) <= now
+
+
+def find(name: str, *, touch: bool = False) -> Found:
+    """The stream called ``name``: one created over Durable Streams, or else one of the
+    app's by its id. One past its TTL or expiry is deleted, and not found. ``touch``:
+    a read or write that resets a TTL. Raises ``Stream.DoesNotExist``."""
+    durable = DurableStream.objects.select_related("stream").filter(name=name).first()
+    if durable is None:
+        return Found(Stream.objects.get(pk=parse_stream_id(name)), None)
+    now = timezone.now()
+    if expired(durable, now):
+        Stream.objects.filter(pk=durable.stream_id).delete()
+        raise Stream.DoesNotExist(f"no stream {name[:60]!r}")
+    if touch and durable.ttl is not None:
+        DurableStream.objects.filter(pk=durable.pk).update(accessed_at=now)
+    return Found(durable.stream, durable)
+
+
+def create(
+    name: str, config: Config, body: bytes = b"", *, owner: Any = None
+) -> tuple[Found, bool]:
+    """Create the stream ``name`` with ``config`` and ``body`` as its first text;
+    ``(found, False)`` if it exists with the same configuration (the body is then not
+    appended). Raises :class:`Conflict` if it exists otherwise, :class:`BadBody`,
+    :class:`TooLong`."""
+    text = decode(config.content_type, body, creating=True) if body else ""
+    limit = conf.get("MAX_LENGTH")
+    if limit is not None and len(text) > int(limit):
+        raise TooLong(f"the body is longer than the stream's limit of {limit} characters")
+    with write_transaction():
+        try:
+            found = find(name)
+        except Stream.DoesNotExist:
+            found = None
+        if found is not None:
+            existing = found.config
+            same = (
+                media_type(existing.content_type) == media_type(config.content_type)
+                and existing.ttl == config.ttl
+                and existing.expires_at == config.expires_at
+                and existing.closed == config.closed
+            )
+            if not same:
+                raise Conflict("the stream exists with another configuration")
+            return found, False
+        now = timezone.now()
+        stream = Stream.objects.create(
+            owner=owner,
+            status=Status.DONE if config.closed else Status.STREAMING,
+            length=len(text),
+            finished_at=now if config.closed else None,
+        )
+        durable = DurableStream.objects.create(
+            stream=stream,
+            name=name,
+            content_type=config.content_type,
+            ttl=config.ttl,
+            expires_at=config.expires_at,
+            accessed_at=now,
+        )
+        if text:
+            Chunk.objects.create(stream=stream, seq=0, offset=0, text=text)
+        return Found(stream, durable), True
+
+
+@dataclass(frozen=True)
+class Producer:
+    """An idempotent producer's headers (§5.2.1)."""
+
+    id: str
+    epoch: int
+    seq: int
+
+    def as_list(self) -> list[Any]:
+        return [self.id, self.epoch, self.seq]
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What an append did: the stream's length and whether it is closed after it;
+    ``duplicate``: nothing was written, it had been (a producer's retry, a repeated
+    close); ``producer``: the producer's state after it."""
+
+    length: int
+    closed: bool
+    duplicate: bool = False
+    producer: Producer | None = None
+
+
+def _producer_check(durable: DurableStream, producer: Producer) -> DurableProducer:
+    """The producer's row, checked for ``producer``'s request (§5.2.1's validation):
+    to be saved with the append, or, when the request is a duplicate of an accepted
+    one, as it is (its ``last_seq`` at or past the request's). Raises
+    :class:`StaleEpoch`, :class:`SequenceGap`, :class:`BadBody`."""
+    state = DurableProducer.objects.filter(durable=durable, producer=producer.id).first()
+    if state is None:
+        if producer.seq != 0:
+            raise SequenceGap("a new producer starts at 0", expected=0, received=producer.seq)
+        return DurableProducer(
+            durable=durable, producer=producer.id, epoch=producer.epoch, last_seq=-1
+        )
+    if producer.epoch < state.epoch:
+        raise StaleEpoch(f"epoch {producer.epoch} is stale", epoch=state.epoch)
+    if producer.epoch > state.epoch:
+        if producer.seq != 0:
+            raise BadBody(f"a new epoch starts at sequence 0, not {producer.seq}")
+        state.epoch, state.last_seq = producer.epoch, -1
+        return state
+    if producer.seq <= state.last_seq:
+        return state  # a duplicate
+    if producer.seq != state.last_seq + 1:
+        raise SequenceGap(
+            f"expected sequence {state.last_seq + 1}",
+            expected=state.last_seq + 1,
+            received=producer.seq,
+        )
+    return state
+
+
+def append(
+    name: str,
+    body: bytes,
+    content_type: str | None,
+    *,
+    close: bool = False,
+    seq: str | None = None,
+    producer: Producer | None = None,
+) -> Appended:
+    """Append ``body`` to the stream ``name`` (and close it, with ``close``; an empty
+    body only closes). Raises ``Stream.DoesNotExist``, :class:`NotAppendable` and the
+    other :class:`AppendError` s, in the protocol's order of precedence."""
+    with write_transaction():
+        found = find(name, touch=True)
+        durable = found.durable
+        if durable is None:
+            raise NotAppendable("the app's own streams are written by their runs")
+        lock_streams(Stream.objects.filter(pk=found.stream.pk))
+        durable = (
+            DurableStream.objects.select_for_update().select_related("stream").get(pk=durable.pk)
+        )
+        stream = durable.stream
+        if is_finished(stream.status):
+            if producer is not None and durable.closed_by == producer.as_list():
+                return Appended(stream.length, True, duplicate=True, producer=producer)
+            if not body and close:
+                return Appended(stream.length, True, duplicate=True)
+            raise Closed("the stream is closed", length=stream.length)
+        if (
+            body
+            and content_type is not None
+            and media_type(content_type) != media_type(durable.content_type)
+        ):
+            raise Conflict(
+                f"the stream's content type is {durable.content_type}, not {content_type}"
+            )
+        state = None
+        if producer is not None:
+            state = _producer_check(durable, producer)
+            if producer.seq <= state.last_seq:
+                # The highest sequence number it has had accepted (§5.2.1).
+                done = Producer(producer.id, state.epoch, state.last_seq)
+                return Appended(stream.length, False, duplicate=True, producer=done)
+        if seq is not None and durable.last_seq and seq <= durable.last_seq:
+            raise Conflict(f"Stream-Seq {seq!r} is not past {durable.last_seq!r}")
+        text = decode(durable.content_type, body) if body else ""
+        limit = conf.get("MAX_LENGTH")
+        if limit is not None and stream.length + len(text) > int(limit):
+            raise TooLong(f"the stream would be longer than its limit of {limit} characters")
+        now = timezone.now()
+        offset = stream.length
+        if text:
+            last = Chunk.objects.filter(stream=stream).aggregate(last=Max("seq"))["last"]
+            Chunk.objects.create(
+                stream=stream, seq=0 if last is None else last + 1, offset=offset, text=text
+            )
+        stream.length = offset + len(text)
+        stream.updated_at = now
+        fields = ["length", "updated_at"]
+        if close:
+            stream.status, stream.finished_at = Status.DONE, now
+            fields += ["status", "finished_at"]
+        stream.save(update_fields=fields)
+        if state is not None and producer is not None:
+            state.last_seq = producer.seq
+            state.save()
+        changed = ["accessed_at"]
+        durable.accessed_at = now
+        if seq is not None:
+            durable.last_seq = seq
+            changed.append("last_seq")
+        if close and producer is not None:
+            durable.closed_by = producer.as_list()
+            changed.append("closed_by")
+        durable.save(update_fields=changed)
+        publish_on_commit(Update(stream.pk, offset, text, stream.status, None))
+        return Appended(stream.length, close, producer=producer)
+
+
+def delete(name: str) -> None:
+    """Delete the stream ``name`` created over Durable Streams, its text and its
+    producers; its viewers are closed as for any deletion. Raises
+    ``Stream.DoesNotExist``, and :class:`NotAppendable` for one of the app's own."""
+    found = find(name)
+    if found.durable is None:
+        raise NotAppendable("the app's own streams are deleted by the app")
+    Stream.objects.filter(pk=found.stream.pk).delete()
