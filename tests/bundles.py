@@ -14,20 +14,21 @@ from .conftest import require
 HERE = Path(__file__).parent / "browser"
 
 
-def node_modules() -> Path:
-    """tests/browser/node_modules, installed from the lock file (``npm ci``) when it is
-    missing or older than the lock file. Skips (fails on CI) without npm."""
+def node_modules(here: Path = HERE) -> Path:
+    """``here``/node_modules (tests/browser's by default), installed from the lock file
+    (``npm ci``) when it is missing or older than the lock file. Skips (fails on CI)
+    without npm."""
     require(shutil.which("npm") is not None, "needs Node.js and npm for the test pages")
-    installed = HERE / "node_modules" / ".package-lock.json"
-    lock = HERE / "package-lock.json"
+    installed = here / "node_modules" / ".package-lock.json"
+    lock = here / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
+            cwd=here,
             check=True,
             timeout=300,
         )
-    return HERE / "node_modules"
+    return here / "node_modules"
 
 
 def bundle(entry: str, out: Path) -> str:
