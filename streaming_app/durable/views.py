@@ -58,8 +58,8 @@ ALLOW_HEADERS = (
     "Producer-Id, Producer-Epoch, Producer-Seq, If-None-Match"
 )
 EXPOSE_HEADERS = (
-    "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Streaming-Status, "
-    "Streaming-Error, Stream-TTL, Stream-Expires-At, Stream-SSE-Data-Encoding, "
+    "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Streaming-Id, "
+    "Streaming-Status, Streaming-Error, Stream-TTL, Stream-Expires-At, Stream-SSE-Data-Encoding, "
     "Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, ETag, "
     "Content-Type, Location"
 )
@@ -153,6 +153,7 @@ def position_headers(response: HttpResponseBase, body: StreamBody, end: int) -> 
     """Where the reader is after this response (``end``), and, once it has all of a
     finished stream, that it is closed."""
     response["Stream-Next-Offset"] = token(end)
+    response["Streaming-Id"] = str(body.id)
     if end >= body.length:
         response["Stream-Up-To-Date"] = "true"
         if body.is_finished:
@@ -348,6 +349,7 @@ class DurableStreamView(View):
         if created:
             response["Location"] = request.build_absolute_uri()
         response["Stream-Next-Offset"] = token(found.stream.length)
+        response["Streaming-Id"] = str(found.stream.pk)
         if found.stream.is_finished:
             response["Stream-Closed"] = "true"
         return response

@@ -1,0 +1,214 @@
+"""Streams written over Durable Streams are the app's streams: the same rows, the same
+hub, the same invariants (docs/protocol.md#durable-streams). In process; the protocol's
+own answers are the conformance suite's (tests/test_conformance.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import AsyncClient, override_settings
+from django.utils import timezone
+
+from streaming_app.durable.offsets import token
+from streaming_app.models import Chunk, DurableStream, Status, Stream
+from streaming_app.streams import aexpire_stale_streams
+
+from .test_fanout import viewer, watch
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OPEN = {
+    **settings.STREAMING_APP,
+    "PERMISSION_POLICY": "streaming_app.permissions.durable_writes_open_policy",
+}
+open_writes = override_settings(STREAMING_APP=OPEN)
+
+
+@pytest.fixture
+def client() -> AsyncClient:
+    return AsyncClient()
+
+
+async def send(method, name: str, body: bytes, content_type: str, headers: dict[str, str]):
+    # The test client drops content_type with an empty body: CONTENT_TYPE then.
+    extra = {} if body else {"CONTENT_TYPE": content_type}
+    return await method(
+        f"/v1/stream/{name}", body, content_type=content_type, headers=headers, **extra
+    )
+
+
+async def put(client, name: str, body: bytes = b"", content_type: str = "text/plain", **headers):
+    return await send(client.put, name, body, content_type, headers)
+
+
+async def post(client, name: str, body: bytes, content_type: str = "text/plain", **headers):
+    return await send(client.post, name, body, content_type, headers)
+
+
+async def stream_of(name: str) -> Stream:
+    durable = await DurableStream.objects.select_related("stream").aget(name=name)
+    return durable.stream
+
+
+@open_writes
+async def test_a_websocket_viewer_follows_appends_exactly_to_the_close(client):
+    created = await put(client, "chat-1")
+    assert created.status_code == 201
+    stream_id = created["Streaming-Id"]
+    ready = asyncio.Event()
+    watching = asyncio.create_task(watch(await viewer(stream_id), ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)  # it has its (empty) snapshot: all else is live
+    for piece in ["Hello ", "wörld", " 🌍"]:
+        assert (await post(client, "chat-1", piece.encode())).status_code == 204
+    closed = await post(client, "chat-1", b"", **{"Stream-Closed": "true"})
+    assert closed.status_code == 204
+    seen = await asyncio.wait_for(watching, 10)
+    assert (seen["text"], seen["statuses"][-1], seen["code"]) == ("Hello wörld 🌍", "done", 1000)
+    # The same rows: the body endpoint, a chunk per append.
+    body = (await client.get(f"/api/streams/{stream_id}/")).json()
+    assert (body["text"], body["status"], body["length"]) == ("Hello wörld 🌍", "done", 13)
+    chunks = [c async for c in Chunk.objects.filter(stream_id=stream_id).order_by("seq")]
+    assert [(c.seq, c.offset, c.text) for c in chunks] == [
+        (0, 0, "Hello "),
+        (1, 6, "wörld"),
+        (2, 11, " 🌍"),
+    ]
+
+
+@open_writes
+async def test_a_producer_retried_at_once_is_appended_once(client):
+    await put(client, "retried")
+    headers = {"Producer-Id": "p", "Producer-Epoch": "0", "Producer-Seq": "0"}
+    answers = await asyncio.gather(*(post(client, "retried", b"once", **headers) for _ in range(5)))
+    assert sorted(a.status_code for a in answers) == [200, 204, 204, 204, 204]
+    stream = await stream_of("retried")
+    assert stream.length == 4
+    assert [c.text async for c in Chunk.objects.filter(stream=stream)] == ["once"]
+
+
+@open_writes
+async def test_bytes_and_json_are_kept_exactly(client):
+    every_byte = bytes(range(256)) * 2
+    await put(client, "bytes", every_byte, "application/octet-stream")
+    read = await client.get("/v1/stream/bytes")
+    assert read.content == every_byte
+    assert read["Stream-Next-Offset"] == token(512)  # offsets count bytes
+    await put(client, "json", b'[{"a": 1}, "two"]', "application/json")
+    appended = await post(client, "json", b'{"b": [3, "\\u00e9"]}', "application/json")
+    assert appended.status_code == 204, appended.content
+    read = await client.get("/v1/stream/json")
+    assert json.loads(read.content) == [{"a": 1}, "two", {"b": [3, "é"]}]
+    # Over the app's own readers, one message a line.
+    stream = await stream_of("json")
+    body = (await client.get(f"/api/streams/{stream.pk}/")).json()
+    assert body["text"] == '{"a":1}\n"two"\n{"b":[3,"é"]}\n'
+
+
+@open_writes
+async def test_bad_bodies_are_400_and_write_nothing(client):
+    await put(client, "text")
+    await put(client, "json-bad", content_type="application/json")
+    for name, body, content_type, says in [
+        ("text", b"\xff\xfe", "text/plain", "not UTF-8"),
+        ("text", b"nul\x00", "text/plain", "cannot hold NUL"),
+        ("json-bad", b"{nope", "application/json", "not valid JSON"),
+        ("json-bad", b"[]", "application/json", "empty JSON array"),
+        ("text", b"", "text/plain", "needs a body"),
+    ]:
+        response = await post(client, name, body, content_type)
+        assert response.status_code == 400, (body, response.content)
+        assert says in response.json()["error"]
+    for name in ("text", "json-bad"):
+        assert (await stream_of(name)).length == 0
+
+
+@override_settings(STREAMING_APP={**OPEN, "MAX_LENGTH": 10, "MAX_APPEND_BYTES": 8})
+async def test_the_stream_and_body_limits_are_413(client):
+    await put(client, "small")
+    assert (await post(client, "small", b"12345678")).status_code == 204
+    too_long = await post(client, "small", b"abc")
+    assert too_long.status_code == 413
+    assert "limit of 10 characters" in too_long.json()["error"]
+    assert (await post(client, "small", b"123456789")).status_code == 413
+    assert (await stream_of("small")).length == 8
+
+
+async def test_under_the_default_policies_nobody_writes(client):
+    refused = await put(client, "anyone")
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "you may not create streams over Durable Streams"
+    assert not await DurableStream.objects.filter(name="anyone").aexists()
+
+
+@open_writes
+async def test_a_write_with_a_session_cookie_passes_the_csrf_check():
+    user = await get_user_model().objects.acreate_user("sam", password="pw")
+    browser = AsyncClient(enforce_csrf_checks=True)
+    await browser.aforce_login(user)
+    forged = await put(browser, "forged")
+    assert forged.status_code == 403
+    assert "CSRF" in forged.json()["error"]
+    assert not await DurableStream.objects.filter(name="forged").aexists()
+    # Without cookies (the protocol's clients) there is nothing to forge.
+    plain = await put(AsyncClient(enforce_csrf_checks=True), "plain")
+    assert plain.status_code == 201
+
+
+@open_writes
+async def test_a_quiet_open_stream_is_never_stale(client):
+    await put(client, "quiet", b"waiting")
+    stream = await stream_of("quiet")
+    long_ago = timezone.now() - timedelta(hours=1)
+    await Stream.objects.filter(pk=stream.pk).aupdate(updated_at=long_ago)
+    assert await aexpire_stale_streams() == 0
+    head = await client.head("/v1/stream/quiet")
+    assert head["Streaming-Status"] == "streaming"
+    assert "Stream-Closed" not in head
+
+
+@open_writes
+async def test_a_stream_past_its_ttl_is_gone_with_its_rows(client):
+    await put(client, "brief", b"soon gone", **{"Stream-TTL": "60"})
+    stream = await stream_of("brief")
+    await DurableStream.objects.filter(pk=stream.pk).aupdate(
+        accessed_at=timezone.now() - timedelta(seconds=61)
+    )
+    assert (await client.get("/v1/stream/brief")).status_code == 404
+    assert not await Stream.objects.filter(pk=stream.pk).aexists()
+    assert not await Chunk.objects.filter(stream_id=stream.pk).aexists()
+
+
+@open_writes
+async def test_deleting_closes_its_viewers(client):
+    created = await put(client, "doomed", b"text")
+    communicator = await viewer(created["Streaming-Id"])
+    watching = asyncio.create_task(watch(communicator))
+    await asyncio.sleep(0.2)
+    assert (await client.delete("/v1/stream/doomed")).status_code == 204
+    seen = await asyncio.wait_for(watching, 10)
+    assert seen["code"] == 4404
+    assert (await client.head("/v1/stream/doomed")).status_code == 404
+    assert not await sync_to_async(Stream.objects.filter(pk=created["Streaming-Id"]).exists)()
+
+
+@open_writes
+async def test_a_name_too_long_is_400(client):
+    response = await put(client, "n" * 256)
+    assert response.status_code == 400
+    assert "at most 255" in response.json()["error"]
+
+
+@open_writes
+async def test_a_closed_stream_refuses_appends_and_keeps_its_text(client):
+    await put(client, "final", b"the end", **{"Stream-Closed": "true"})
+    refused = await post(client, "final", b"more")
+    assert refused.status_code == 409
+    assert refused["Stream-Closed"] == "true"
+    assert (await stream_of("final")).status == Status.DONE
+    assert (await client.get("/v1/stream/final")).content == b"the end"
