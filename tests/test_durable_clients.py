@@ -1,11 +1,16 @@
-"""The official Python client of the Durable Streams protocol (``durable-streams`` on
-PyPI) follows a reply that the example's chat is driving, on real servers: from the
-beginning and from an offset in the middle, over long-poll and SSE, to the exact text
-and the stream's close."""
+"""The official clients of the Durable Streams protocol, the Python one
+(``durable-streams`` on PyPI) and the TypeScript one (``@durable-streams/client`` from
+npm, in Node, pinned in tests/conformance/), follow a reply that the example's chat is
+driving, on real servers: from the beginning and from an offset in the middle, over
+long-poll and SSE, to the exact text and the stream's close. And the TypeScript
+client's idempotent producer writes a stream that a websocket viewer of the app
+follows exactly."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import threading
 from typing import Any
 
@@ -13,7 +18,10 @@ import httpx
 import pytest
 from durable_streams import astream
 
+from .bundles import node_modules
 from .servers import Browser, Daphne, Uvicorn
+from .test_conformance import HERE as NODE_CLIENTS
+from .test_offsets import ws_messages
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
@@ -138,3 +146,73 @@ def test_the_example_serves_the_protocol_at_v1_stream(daphne_factory) -> Any:
     response = httpx.head(f"{server.url}/v1/stream/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def node(script: str, *args: str, timeout: float = 60) -> dict[str, Any]:
+    """``node tests/conformance/<script> args...``: the JSON it prints."""
+    node_modules(NODE_CLIENTS)
+    done = subprocess.run(
+        ["node", script, *args], cwd=NODE_CLIENTS, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+@servers
+@modes
+@pytest.mark.parametrize("where", ["beginning", "middle"])
+def test_the_typescript_client_follows_a_live_reply_to_its_close(daphne_factory, kind, live, where):
+    driving, base = drive_on(daphne_factory, kind, f"Follow me from the {where}")
+    head, offset = "", "-1"
+    while where == "middle":  # a first read has part of it, while it is written
+        first = httpx.get(base, params={"offset": "-1"})
+        assert "Stream-Closed" not in first.headers, "the reply ended before it was read"
+        if first.content:
+            head, offset = first.content.decode(), first.headers["Stream-Next-Offset"]
+            break
+    # This client knows a stream's close: it stops there by itself.
+    read = node("follow.mjs", base, offset, live)
+    whole = driving.join()
+    assert head + read["text"] == whole
+    assert read["closed"] is True
+    assert read["offset"] == httpx.head(base).headers["Stream-Next-Offset"]
+    assert_closed(base)
+
+
+@servers
+def test_a_producer_writes_a_stream_that_a_websocket_viewer_follows_exactly(daphne_factory, kind):
+    server = daphne_factory(kind, STREAMING_DURABLE_OPEN="1")
+    base = f"{server.url}/v1/stream/produced-{kind.name}"
+    created = httpx.put(base, headers={"Content-Type": "text/plain"})
+    assert created.status_code == 201
+    stream_id = created.headers["Streaming-Id"]
+    pieces = ["Exactly ", "once, ", "in ", "order: ", "é 🌍 ", "done."]
+
+    async def watch() -> tuple[str, list[str], int | None]:
+        from websockets.exceptions import ConnectionClosedOK
+
+        url = server.url.replace("http://", "ws://") + f"/ws/streams/{stream_id}/"
+        text, statuses = "", []
+        async with await ws_messages(url, server.url) as ws:
+            snapshot = json.loads(await ws.recv())
+            assert (snapshot["type"], snapshot["text"]) == ("text", "")
+            # Live from here: the producer starts once the viewer has its snapshot.
+            producing = asyncio.ensure_future(asyncio.to_thread(node, "produce.mjs", base, *pieces))
+            try:
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "text":
+                        assert message["offset"] == len(text), "overlap or gap"
+                        text += message["text"]
+                    else:
+                        statuses.append(message["status"])
+            except ConnectionClosedOK:
+                pass
+            assert (await producing)["written"] == len(pieces)
+            return text, statuses, ws.close_code
+
+    text, statuses, code = asyncio.run(asyncio.wait_for(watch(), 60))
+    assert text == "".join(pieces)
+    assert statuses[-1] == "done"
+    assert code == 1000
+    assert httpx.get(base).text == "".join(pieces)
