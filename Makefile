@@ -79,8 +79,9 @@ define benchmarks
 	@if [ -n "$$REDIS_URL" ] && case "$$DATABASE_URL" in postgres*) true;; *) false;; esac; then \
 		$(BIN)/python -m bench.fanout $(1) && \
 		$(BIN)/python -m bench.capacity $(1) && \
-		$(BIN)/python -m bench.viewers $(1); \
-	else echo "fanout, capacity and viewers skipped: they need DATABASE_URL (PostgreSQL) and REDIS_URL"; fi
+		$(BIN)/python -m bench.viewers $(1) && \
+		$(BIN)/python -m bench.durable $(1); \
+	else echo "fanout, capacity, viewers and durable skipped: they need DATABASE_URL (PostgreSQL) and REDIS_URL"; fi
 	$(BIN)/python -m bench.slow_readers $(1)
 endef
 

@@ -381,10 +381,67 @@ def slow_readers(result: dict[str, Any], images: Path) -> str:
     )
 
 
+def durable(result: dict[str, Any], images: Path) -> str:
+    rows = result["summary"]
+    finished = [r for r in rows if r["scenario"] == "finished"]
+    live = [r for r in rows if r["scenario"] == "live"]
+    return "\n".join(
+        [
+            "## Readers behind a cache: Durable Streams (`bench/durable.py`)",
+            "",
+            provenance(result),
+            "",
+            "R readers of one reply over Durable Streams, straight at one uvicorn process "
+            "(*app*, the same-run baseline) or through nginx with the cache block of "
+            "[deployment.md](deployment.md#a-cache-in-front-readers-past-one-machine) "
+            "(*cache*); a stream of its own for each row, so that the cache starts cold. "
+            "*exact*: readers whose bytes were the stream's body. *retries*: requests a "
+            "reader made again after a connection error, a 429 or a 503.",
+            "",
+            "**A finished reply**, read from `-1` to its close: the app's requests per "
+            "distinct offset the readers asked for (1 is the floor).",
+            "",
+            table(
+                finished,
+                [
+                    ("readers", "readers", number()),
+                    ("via", "via", text),
+                    ("app requests", "app_requests", number()),
+                    ("distinct offsets", "distinct_offsets", number()),
+                    ("per offset", "requests_per_offset", number(2)),
+                    ("exact", "exact", number()),
+                    ("retries", "retries", number()),
+                ],
+            ),
+            "",
+            "**A live reply**, followed by long-polls from before it was driven to its "
+            "close: the app's requests per second while it was written, and their growth "
+            "from the fewest readers to these (*readers ×*: how many times more readers; "
+            "behind the cache the floor is 1.00×, however many).",
+            "",
+            table(
+                live,
+                [
+                    ("readers", "readers", number()),
+                    ("via", "via", text),
+                    ("app requests", "app_requests", number()),
+                    ("per second", "app_requests_per_second", number(1)),
+                    ("growth", "growth", ratio),
+                    ("readers ×", "growth_of_readers", ratio),
+                    ("reply took", "seconds", number(1)),
+                    ("exact", "exact", number()),
+                    ("retries", "retries", number()),
+                ],
+            ),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("capacity", capacity),
     ("viewers", viewers),
     ("slow_readers", slow_readers),
+    ("durable", durable),
     ("flush_policy_sqlite", flush_policy),
     ("flush_policy_postgresql", flush_policy),
     ("flush_cost", flush_cost),

@@ -18,7 +18,7 @@ but NUL (which PostgreSQL's text cannot hold: it is kept as U+0100) is itself.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -160,13 +160,26 @@ def encode(content_type: str, text: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class Config:
-    """What a creation sets: compared with the existing stream's on a repeated one."""
+class Fork:
+    """A creation's source (``Stream-Forked-From``, as a name under the same mount) and
+    where the fork diverges: ``offset`` (None: the source's tail) and ``sub_offset``
+    past it (§4.2: messages of a JSON stream, bytes of any other)."""
 
-    content_type: str
+    source: str
+    offset: int | None = None
+    sub_offset: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a creation sets: compared with the existing stream's on a repeated one.
+    ``content_type`` None: a fork's, inherited from its source."""
+
+    content_type: str | None
     ttl: int | None = None
     expires_at: datetime | None = None
     closed: bool = False
+    fork: Fork | None = None
 
 
 @dataclass(frozen=True)
@@ -181,15 +194,11 @@ class Found:
     def content_type(self) -> str:
         return self.durable.content_type if self.durable else TEXT_PLAIN
 
-    @property
-    def config(self) -> Config:
-        d = self.durable
-        return Config(
-            self.content_type,
-            d.ttl if d else None,
-            d.expires_at if d else None,
-            self.stream.is_finished,
-        )
+
+class Gone(AppendError):
+    """A stream deleted while forks of it remain (§4.2: soft-deleted)."""
+
+    kind = "gone"
 
 
 def expired(durable: DurableStream, now: datetime | None = None) -> bool:
@@ -202,10 +211,13 @@ def expired(durable: DurableStream, now: datetime | None = None) -> bool:
 def find(name: str, *, touch: bool = False) -> Found:
     """The stream called ``name``: one created over Durable Streams, or else one of the
     app's by its id. One past its TTL or expiry is deleted, and not found. ``touch``:
-    a read or write that resets a TTL. Raises ``Stream.DoesNotExist``."""
+    a read or write that resets a TTL. Raises ``Stream.DoesNotExist``, and
+    :class:`Gone` for a soft-deleted one."""
     durable = DurableStream.objects.select_related("stream").filter(name=name).first()
     if durable is None:
         return Found(Stream.objects.get(pk=parse_stream_id(name)), None)
+    if durable.soft_deleted:
+        raise Gone("the stream was deleted; forks of it remain")
     now = timezone.now()
     if expired(durable, now):
         Stream.objects.filter(pk=durable.stream_id).delete()
@@ -215,51 +227,145 @@ def find(name: str, *, touch: bool = False) -> Found:
     return Found(durable.stream, durable)
 
 
+def _inherited(source: Found, fork: Fork) -> tuple[int, str]:
+    """Where a fork of ``source`` diverges, and its sub-offset's text past there (up to
+    the source's next data boundary: the end of the append that holds the offset)."""
+    stream = source.stream
+    offset = stream.length if fork.offset is None else fork.offset
+    if offset > stream.length:
+        raise BadBody("Stream-Fork-Offset is past the source's tail")
+    if not fork.sub_offset:
+        return offset, ""
+    chunk = (
+        Chunk.objects.filter(stream=stream, offset__lte=offset)
+        .order_by("-seq")
+        .values("offset", "text")
+        .first()
+    )
+    rest = chunk["text"][offset - chunk["offset"] :] if chunk else ""
+    content_type, sub = source.content_type, fork.sub_offset
+    if is_json(content_type):
+        messages = rest.splitlines(keepends=True)
+        if sub > len(messages):
+            raise BadBody("Stream-Fork-Sub-Offset is past the source's next data boundary")
+        return offset, "".join(messages[:sub])
+    if is_text(content_type):
+        data = rest.encode()
+        if sub > len(data):
+            raise BadBody("Stream-Fork-Sub-Offset is past the source's next data boundary")
+        try:
+            return offset, data[:sub].decode()
+        except UnicodeDecodeError:
+            raise BadBody("Stream-Fork-Sub-Offset splits a character") from None
+    if sub > len(rest):
+        raise BadBody("Stream-Fork-Sub-Offset is past the source's next data boundary")
+    return offset, rest[:sub]
+
+
+def _copy(source: Stream, stream: Stream, end: int, extra: str) -> int:
+    """The source's chunks up to code point ``end`` (and ``extra`` after), as
+    ``stream``'s own: same offsets, same boundaries. Returns the length."""
+    chunks = []
+    for chunk in Chunk.objects.filter(stream=source, offset__lt=end).order_by("seq"):
+        chunks.append(chunk.text[: end - chunk.offset])
+    if extra:
+        chunks.append(extra)
+    offset = 0
+    rows = []
+    for seq, text in enumerate(chunks):
+        rows.append(Chunk(stream=stream, seq=seq, offset=offset, text=text))
+        offset += len(text)
+    Chunk.objects.bulk_create(rows)
+    return offset
+
+
 def create(
     name: str, config: Config, body: bytes = b"", *, owner: Any = None
 ) -> tuple[Found, bool]:
-    """Create the stream ``name`` with ``config`` and ``body`` as its first text;
+    """Create the stream ``name`` with ``config`` and ``body`` as its first text (after
+    what a fork inherits: the source's text up to the fork's offset, copied);
     ``(found, False)`` if it exists with the same configuration (the body is then not
-    appended). Raises :class:`Conflict` if it exists otherwise, :class:`BadBody`,
-    :class:`TooLong`."""
-    text = decode(config.content_type, body, creating=True) if body else ""
-    limit = conf.get("MAX_LENGTH")
-    if limit is not None and len(text) > int(limit):
-        raise TooLong(f"the body is longer than the stream's limit of {limit} characters")
+    appended). Raises :class:`Conflict` if it exists otherwise (or was deleted while
+    forks of it remain), ``Stream.DoesNotExist`` for a fork's missing source,
+    :class:`BadBody`, :class:`TooLong`."""
     with write_transaction():
+        source = None
+        if config.fork is not None:
+            try:
+                source = find(config.fork.source)
+            except Gone:
+                raise Conflict("the source was deleted; it cannot be forked") from None
+            if config.content_type is None:
+                config = replace(config, content_type=source.content_type)
+            elif media_type(config.content_type) != media_type(source.content_type):
+                raise Conflict(f"the source's content type is {source.content_type}")
+            if config.ttl is None and config.expires_at is None and source.durable is not None:
+                config = replace(
+                    config, ttl=source.durable.ttl, expires_at=source.durable.expires_at
+                )
+        content_type = config.content_type or "application/octet-stream"
         try:
             found = find(name)
+        except Gone:
+            raise Conflict("a stream deleted while forks of it remain keeps its name") from None
         except Stream.DoesNotExist:
             found = None
         if found is not None:
-            existing = found.config
-            same = (
-                media_type(existing.content_type) == media_type(config.content_type)
-                and existing.ttl == config.ttl
-                and existing.expires_at == config.expires_at
-                and existing.closed == config.closed
-            )
-            if not same:
+            if not _same(found, replace(config, content_type=content_type), source):
                 raise Conflict("the stream exists with another configuration")
             return found, False
+        text = decode(content_type, body, creating=True) if body else ""
+        at, extra = _inherited(source, config.fork) if source and config.fork else (0, "")
+        limit = conf.get("MAX_LENGTH")
+        if limit is not None and at + len(extra) + len(text) > int(limit):
+            raise TooLong(f"the stream would be longer than its limit of {limit} characters")
         now = timezone.now()
         stream = Stream.objects.create(
             owner=owner,
             status=Status.DONE if config.closed else Status.STREAMING,
-            length=len(text),
             finished_at=now if config.closed else None,
         )
+        length = _copy(source.stream, stream, at, extra + text) if source else 0
+        if not source and text:
+            Chunk.objects.create(stream=stream, seq=0, offset=0, text=text)
+            length = len(text)
+        stream.length = length
+        stream.save(update_fields=["length"])
         durable = DurableStream.objects.create(
             stream=stream,
             name=name,
-            content_type=config.content_type,
+            content_type=content_type,
             ttl=config.ttl,
             expires_at=config.expires_at,
             accessed_at=now,
+            forked_from=source.stream if source else None,
+            fork_offset=at if source else None,
+            fork_sub_offset=config.fork.sub_offset if config.fork else 0,
         )
-        if text:
-            Chunk.objects.create(stream=stream, seq=0, offset=0, text=text)
         return Found(stream, durable), True
+
+
+def _same(found: Found, config: Config, source: Found | None) -> bool:
+    """Whether a repeated creation asks for what ``found`` is (a fork's offset is
+    compared only where the request gives one)."""
+    durable = found.durable
+    fork = config.fork
+    same = (
+        media_type(found.content_type) == media_type(config.content_type or "")
+        and (durable.ttl if durable else None) == config.ttl
+        and (durable.expires_at if durable else None) == config.expires_at
+        and found.stream.is_finished == config.closed
+    )
+    if fork is None:
+        return same and (durable is None or durable.forked_from_id is None)
+    return (
+        same
+        and durable is not None
+        and source is not None
+        and durable.forked_from_id == source.stream.pk
+        and (fork.offset is None or durable.fork_offset == fork.offset)
+        and durable.fork_sub_offset == fork.sub_offset
+    )
 
 
 @dataclass(frozen=True)
@@ -397,9 +503,24 @@ def append(
 
 def delete(name: str) -> None:
     """Delete the stream ``name`` created over Durable Streams, its text and its
-    producers; its viewers are closed as for any deletion. Raises
-    ``Stream.DoesNotExist``, and :class:`NotAppendable` for one of the app's own."""
-    found = find(name)
-    if found.durable is None:
-        raise NotAppendable("the app's own streams are deleted by the app")
-    Stream.objects.filter(pk=found.stream.pk).delete()
+    producers; its viewers are closed as for any deletion. One that forks still come
+    from is soft-deleted instead (gone to clients, its name kept) until the last of
+    them goes; then it goes too, and so on up the chain. Raises
+    ``Stream.DoesNotExist``, :class:`Gone`, and :class:`NotAppendable` for one of the
+    app's own."""
+    with write_transaction():
+        found = find(name)
+        durable = found.durable
+        if durable is None:
+            raise NotAppendable("the app's own streams are deleted by the app")
+        if DurableStream.objects.filter(forked_from=found.stream).exists():
+            DurableStream.objects.filter(pk=durable.pk).update(soft_deleted=True)
+            return
+        source_id = durable.forked_from_id
+        Stream.objects.filter(pk=found.stream.pk).delete()
+        while source_id is not None:
+            source = DurableStream.objects.filter(stream=source_id, soft_deleted=True).first()
+            if source is None or DurableStream.objects.filter(forked_from=source_id).exists():
+                return
+            source_id = source.forked_from_id
+            Stream.objects.filter(pk=source.stream_id).delete()

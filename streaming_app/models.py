@@ -290,6 +290,15 @@ class DurableStream(models.Model):
     last_seq = models.CharField(max_length=255, blank=True, default="")
     #: The producer's ``[id, epoch, seq]`` whose append closed it, if one did.
     closed_by = models.JSONField(null=True, blank=True)
+    #: A fork's source and where it diverged (its text up to there was copied from
+    #: the source's when it was made); a source deleted while forks of it remain is
+    #: ``soft_deleted`` (gone to clients, kept until its last fork goes).
+    forked_from = models.ForeignKey(
+        Stream, null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
+    )
+    fork_offset = models.PositiveBigIntegerField(null=True, blank=True)
+    fork_sub_offset = models.PositiveBigIntegerField(default=0)
+    soft_deleted = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return self.name

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -687,3 +688,74 @@ async def ws_follow(base_url: str, stream_id: str, *, patience: float = 60) -> d
         reconnects += 1
         await asyncio.sleep(0.2)
     raise TimeoutError(f"stream {stream_id} did not end for a viewer within {patience}s")
+
+
+def documented_block(heading: str = "## Proxies") -> str:
+    """The nginx block of docs/deployment.md's section ``heading``."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text.split(heading + "\n", 1)[1]
+    found = re.search(r"```nginx\n(.*?)```", section, re.S)
+    assert found, f"docs/deployment.md's {heading!r} has no nginx block"
+    return found.group(1)
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"the documented nginx block should have {old!r} once"
+    return text.replace(old, new)
+
+
+NGINX = os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+class Nginx:
+    """Debian's nginx in the foreground, with a prefix, logs and temp paths of its own,
+    serving a documented block (docs/deployment.md's section ``heading``) in front of
+    ``upstream_port``: its upstream and listen addresses replaced, then what
+    :meth:`adapt` changes."""
+
+    heading = "## Proxies"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="streaming_app_nginx_"))
+        self.dir.chmod(0o777)  # nginx's workers run as nobody when the test runs as root
+        block = documented_block(self.heading)
+        block = replace_once(block, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+        block = replace_once(block, "listen 80;", f"listen 127.0.0.1:{self.port};")
+        block = self.adapt(block)
+        temp = "\n".join(
+            f"    {kind}_temp_path {self.dir}/{kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        config = self.dir / "nginx.conf"
+        config.write_text(
+            f"worker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/error.log;\n"
+            "worker_rlimit_nofile 16384;\nevents { worker_connections 8192; }\n"
+            f"http {{\n    access_log off;\n{temp}\n{block}\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(self.dir), "-c", str(config), "-e", str(self.dir / "error.log")]
+            + ["-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(self.port, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def adapt(self, block: str) -> str:
+        return block
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def errors(self) -> str:
+        log = self.dir / "error.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -19,6 +19,7 @@ from streaming_app.durable.offsets import token
 from streaming_app.models import Chunk, DurableStream, Status, Stream
 from streaming_app.streams import aexpire_stale_streams
 
+from .helpers import written
 from .test_fanout import viewer, watch
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,11 +44,11 @@ async def send(method, name: str, body: bytes, content_type: str, headers: dict[
     )
 
 
-async def put(client, name: str, body: bytes = b"", content_type: str = "text/plain", **headers):
+async def put(client, name: str, body: bytes = b"", content_type: str = "text/plain", /, **headers):
     return await send(client.put, name, body, content_type, headers)
 
 
-async def post(client, name: str, body: bytes, content_type: str = "text/plain", **headers):
+async def post(client, name: str, body: bytes, content_type: str = "text/plain", /, **headers):
     return await send(client.post, name, body, content_type, headers)
 
 
@@ -212,3 +213,41 @@ async def test_a_closed_stream_refuses_appends_and_keeps_its_text(client):
     assert refused["Stream-Closed"] == "true"
     assert (await stream_of("final")).status == Status.DONE
     assert (await client.get("/v1/stream/final")).content == b"the end"
+
+
+@open_writes
+async def test_a_fork_of_an_app_stream_regenerates_from_a_point(client):
+    # An edited prompt regenerating from a point of a conversation: the app's reply,
+    # forked where the edit begins, goes on over the protocol; the original stays.
+    original = await sync_to_async(written)(
+        ["Paris is ", "the capital", " of France."], status="done"
+    )
+    half = await client.get(f"/v1/stream/{original.pk}", {"offset": "-1"})
+    at = token(len("Paris is "))
+    fork = await put(
+        client,
+        "edited",
+        **{"Stream-Forked-From": f"/v1/stream/{original.pk}", "Stream-Fork-Offset": at},
+    )
+    assert fork.status_code == 201, fork.content
+    assert fork["Stream-Next-Offset"] == at  # the same offsets as its source
+    assert (await post(client, "edited", b"a city on the Seine.")).status_code == 204
+    assert (await client.get("/v1/stream/edited")).content == b"Paris is a city on the Seine."
+    # The fork is open though its source is done; the source is unchanged.
+    assert (await client.head("/v1/stream/edited"))["Streaming-Status"] == "streaming"
+    assert (await client.get(f"/v1/stream/{original.pk}")).content == half.content
+
+
+@open_writes
+async def test_a_source_deleted_under_its_forks_is_gone_until_the_last_goes(client):
+    await put(client, "source", b"shared ")
+    await put(client, "fork", **{"Stream-Forked-From": "/v1/stream/source"})
+    assert (await client.delete("/v1/stream/source")).status_code == 204
+    for method in (client.get, client.head, client.delete):
+        assert (await method("/v1/stream/source")).status_code == 410
+    assert (await put(client, "source")).status_code == 409  # its name is kept
+    assert (await client.get("/v1/stream/fork")).content == b"shared "
+    assert (await client.delete("/v1/stream/fork")).status_code == 204
+    # The last fork gone, the source goes with it, rows and all.
+    assert not await DurableStream.objects.filter(name__in=["source", "fork"]).aexists()
+    assert (await client.get("/v1/stream/source")).status_code == 404

@@ -29,14 +29,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import shutil
 import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,19 +39,17 @@ import pytest
 
 from .conftest import require
 from .servers import (
-    ROOT,
+    NGINX,
     Daphne,
+    Nginx,
     Uvicorn,
     closing,
-    free_port,
+    replace_once,
     sse_messages,
-    stop_process,
-    wait_for_port,
 )
 
 pytestmark = [pytest.mark.daphne, pytest.mark.slow]
 
-NGINX = os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 PROXY_ADDRESS = "127.0.0.250"
 READERS = 200
 SSE_READERS = 20  # of the 200
@@ -72,67 +65,15 @@ FLAGS = {
 }
 
 
-def documented_block() -> str:
-    """The nginx block of docs/deployment.md's "Proxies"."""
-    text = (ROOT / "docs" / "deployment.md").read_text()
-    section = text.split("## Proxies", 1)[1]
-    found = re.search(r"```nginx\n(.*?)```", section, re.S)
-    assert found, "docs/deployment.md's Proxies section has no nginx block"
-    return found.group(1)
+class ProxyNginx(Nginx):
+    """nginx with the block of docs/deployment.md's "Proxies", as another host seen
+    from the server."""
 
-
-def replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"the documented nginx block should have {old!r} once"
-    return text.replace(old, new)
-
-
-class Nginx:
-    """Debian's nginx in the foreground, with a prefix, logs and temp paths of its own."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="streaming_app_nginx_"))
-        self.dir.chmod(0o777)  # nginx's workers run as nobody when the test runs as root
-        block = documented_block()
-        block = replace_once(block, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
-        block = replace_once(block, "listen 80;", f"listen 127.0.0.1:{self.port};")
+    def adapt(self, block: str) -> str:
         # The only line the docs do not have: nginx as another host, seen from the server.
-        block = replace_once(
+        return replace_once(
             block, "location / {", f"location / {{\n        proxy_bind {PROXY_ADDRESS};"
         )
-        temp = "\n".join(
-            f"    {kind}_temp_path {self.dir}/{kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        config = self.dir / "nginx.conf"
-        config.write_text(
-            f"worker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/error.log;\n"
-            "events { worker_connections 4096; }\n"
-            f"http {{\n    access_log off;\n{temp}\n{block}\n}}\n"
-        )
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(config), "-e", str(self.dir / "error.log")]
-            + ["-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_port(self.port, process=self.process)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def errors(self) -> str:
-        log = self.dir / "error.log"
-        return log.read_text(errors="replace") if log.exists() else ""
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def loopback_sources_work() -> bool:
@@ -154,7 +95,7 @@ def nginx_factory() -> Iterator[Any]:
     started: list[Nginx] = []
 
     def start(upstream_port: int) -> Nginx:
-        proxy = Nginx(upstream_port)
+        proxy = ProxyNginx(upstream_port)
         started.append(proxy)
         return proxy
 

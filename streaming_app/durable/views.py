@@ -35,7 +35,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import appends, conf
-from ..appends import AppendError, Config, Found, Producer
+from ..appends import AppendError, Config, Fork, Found, Producer
 from ..exceptions import InvalidOffset
 from ..fanout.events import Event, SharedEncoding, Status, Text
 from ..fanout.outbox import published_after
@@ -55,7 +55,8 @@ CACHEABLE = "max-age=60, stale-while-revalidate=300"
 #: The headers a cross-origin script may send, and read back (the reference server's).
 ALLOW_HEADERS = (
     "Content-Type, Authorization, Stream-Seq, Stream-TTL, Stream-Expires-At, Stream-Closed, "
-    "Producer-Id, Producer-Epoch, Producer-Seq, If-None-Match"
+    "Producer-Id, Producer-Epoch, Producer-Seq, Stream-Forked-From, Stream-Fork-Offset, "
+    "Stream-Fork-Sub-Offset, If-None-Match"
 )
 EXPOSE_HEADERS = (
     "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, Streaming-Id, "
@@ -188,6 +189,17 @@ def data_response(request: HttpRequest, read: Read, start: Start, text: str) -> 
     return response
 
 
+def no_content(response: HttpResponseBase) -> None:
+    """A long-poll that has no text to give: 204. One that timed out is not for caching
+    (§10.1: the next append makes it wrong); the close of a stream is for ever (terminal
+    is final), so a cache may keep it like any read that reached the end: a thousand
+    readers of a live stream behind a CDN do not each come to the server for it."""
+    response.status_code = 204
+    del response["ETag"]
+    if response.get("Stream-Closed") != "true":
+        response["Cache-Control"] = "no-store"
+
+
 def refused(exc: BaseException | None) -> HttpResponseBase:
     """The answer to a live read whose viewer was refused or closed before it had
     anything (the stream deleted, a read failed)."""
@@ -202,7 +214,9 @@ def append_refused(exc: AppendError) -> HttpResponseBase:
         response = error_response(405, str(exc))
         response["Allow"] = "GET, HEAD, OPTIONS"
         return response
-    code = {"bad request": 400, "conflict": 409, "forbidden": 403, "too long": 413}[exc.kind]
+    code = {"bad request": 400, "conflict": 409, "forbidden": 403, "too long": 413, "gone": 410}[
+        exc.kind
+    ]
     response = error_response(code, str(exc))
     if isinstance(exc, appends.Closed):
         response["Stream-Closed"] = "true"
@@ -254,12 +268,42 @@ def config_of(request: HttpRequest) -> Config:
             raise BadRequest(
                 f"Stream-Expires-At must be an RFC 3339 time, not {expires_header[:40]!r}"
             )
+    fork = fork_of(request)
+    content_type = request.headers.get("Content-Type")
     return Config(
-        request.headers.get("Content-Type") or "application/octet-stream",
+        # A fork without one inherits its source's.
+        content_type or (None if fork else "application/octet-stream"),
         ttl,
         expires_at,
         is_true(request.headers.get("Stream-Closed")),
+        fork,
     )
+
+
+def fork_of(request: HttpRequest) -> Fork | None:
+    """A creation's fork headers (§4.2): the source as a name under this mount."""
+    source = request.headers.get("Stream-Forked-From")
+    offset = request.headers.get("Stream-Fork-Offset")
+    sub = request.headers.get("Stream-Fork-Sub-Offset")
+    if source is None:
+        if offset is not None or sub is not None:
+            raise BadRequest(
+                "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From"
+            )
+        return None
+    name = request.resolver_match.kwargs["name"] if request.resolver_match else ""
+    mount = request.path[: len(request.path) - len(name)]
+    if not source.startswith(mount) or len(source) == len(mount):
+        raise Stream.DoesNotExist(f"no stream {source[:60]!r} under {mount}")
+    at = None
+    if offset is not None:
+        try:
+            at = parse_start([offset]).offset
+        except InvalidOffset as exc:
+            raise BadRequest(f"Stream-Fork-Offset: {exc}") from None
+    if sub is not None and not _INTEGER.fullmatch(sub):
+        raise BadRequest(f"Stream-Fork-Sub-Offset must be a whole number, not {sub[:40]!r}")
+    return Fork(source[len(mount) :], at, int(sub or 0))
 
 
 def request_body(request: HttpRequest) -> bytes:
@@ -329,8 +373,6 @@ class DurableStreamView(View):
     # Writes --------------------------------------------------------------------------
 
     async def put(self, request: HttpRequest, name: str) -> HttpResponseBase:
-        if "Stream-Forked-From" in request.headers:
-            return error_response(501, "this server does not fork streams")
         config = config_of(request)
         body = await sync_to_async(request_body)(request)
         user = await request_user(request)
@@ -432,8 +474,7 @@ class DurableStreamView(View):
                 if response.get("Stream-Closed") != "true":
                     response["Stream-Cursor"] = cursor(request.GET.get("cursor"))
                 if not body.text:
-                    response.status_code = 204
-                    response["Cache-Control"] = "no-store"
+                    no_content(response)
             return response
         following = await afollow(request, body.id, EVENTS, body.offset, resumes=live == "sse")
         if isinstance(following, HttpResponseBase):
@@ -470,9 +511,7 @@ class DurableStreamView(View):
         at = Start(body.offset, start.given)
         response = data_response(request, replace(read, body=now), at, text)
         if not text:
-            response.status_code = 204
-            response["Cache-Control"] = "no-store"  # §10.1: a 204 is not for caching
-            del response["ETag"]
+            no_content(response)
         if response.get("Stream-Closed") != "true":
             response["Stream-Cursor"] = cursor(request.GET.get("cursor"))
         return response
