@@ -521,6 +521,28 @@ def test_the_quickstart_streams_to_its_owner_and_a_viewer(site: Site):
     site.assert_no_server_errors()
 
 
+def test_the_quickstart_serves_its_streams_over_durable_streams(site: Site):
+    alice = site.visitor("alice")
+    message = alice.asked("Over the open protocol?")
+    assert alice.reply(message["id"]).status_code == 200
+    alice.finished(message["stream_id"])
+    url = f"/v1/stream/{message['stream_id']}"
+    # Its owner reads it (the default policy), as the protocol's clients read: to the close.
+    read = alice.http.get(url, params={"offset": "-1"})
+    assert read.status_code == 200, read.text
+    assert (read.text, read.headers["Stream-Closed"]) == (ANSWER, "true")
+    assert read.headers["Cache-Control"].startswith("private, ")  # hers alone
+    end = alice.http.get(url, params={"offset": read.headers["Stream-Next-Offset"]})
+    assert (end.content, end.headers["Stream-Closed"]) == (b"", "true")
+    # Anyone else is refused, and nobody writes over the protocol by default.
+    assert json_error(site.visitor().http.get(url), 403)
+    refused = alice.http.post(
+        url, content=b"more", headers={**alice.headers(), "Content-Type": "text/plain"}
+    )
+    assert refused.status_code == 405
+    site.assert_no_server_errors()
+
+
 def test_the_quickstart_refuses_clearly(site: Site):
     alice = site.visitor("alice")
     anonymous = site.visitor()
