@@ -122,10 +122,12 @@ def json_messages(body: bytes, *, flatten: bool = True) -> list[str]:
     """The messages of a JSON body, compact, one level of array flattened (§9.1)."""
     try:
         value = json.loads(body.decode("utf-8"))
+        values = value if flatten and isinstance(value, list) else [value]
+        return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadBody(f"the body is not valid JSON: {exc}") from None
-    values = value if flatten and isinstance(value, list) else [value]
-    return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
+    except RecursionError:
+        raise BadBody("the body's JSON is nested too deeply") from None
 
 
 def decode(content_type: str, body: bytes, *, creating: bool = False) -> str:

@@ -251,3 +251,21 @@ async def test_a_source_deleted_under_its_forks_is_gone_until_the_last_goes(clie
     # The last fork gone, the source goes with it, rows and all.
     assert not await DurableStream.objects.filter(name__in=["source", "fork"]).aexists()
     assert (await client.get("/v1/stream/source")).status_code == 404
+
+
+@open_writes
+async def test_values_the_database_cannot_hold_are_400_not_500(client):
+    await put(client, "sane", content_type="application/json")
+    producer = {"Producer-Id": "p" * 256, "Producer-Epoch": "0", "Producer-Seq": "0"}
+    for response in [
+        await client.get("/v1/stream/bad%00name"),
+        await post(client, "sane", b"[1]", "application/json", **{"Stream-Seq": "s" * 256}),
+        await post(client, "sane", b"[1]", "application/json", **producer),
+        await post(client, "sane", b"[" * 100_000 + b"]" * 100_000, "application/json"),
+        await put(client, "ttl", **{"Stream-TTL": "9999999999"}),
+        await put(client, "forked", **{"Stream-Forked-From": "/v1/stream/sane\x00"}),
+        await put(client, "typed", b"x", "text/" + "x" * 300),
+    ]:
+        assert response.status_code == 400, response.content
+    assert (await stream_of("sane")).length == 0
+    assert not await DurableStream.objects.filter(name__in=["ttl", "forked", "typed"]).aexists()

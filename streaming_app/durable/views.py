@@ -64,8 +64,10 @@ EXPOSE_HEADERS = (
     "Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, ETag, "
     "Content-Type, Location"
 )
-#: The longest name a stream may have (DurableStream.name).
+#: The longest name a stream may have (DurableStream.name), and other stored headers.
 MAX_NAME = 255
+#: The longest Stream-TTL (DurableStream.ttl: a positive integer column).
+MAX_TTL = 2**31 - 1
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]
 _TTL = re.compile(r"0|[1-9][0-9]{0,9}")
 _INTEGER = re.compile(r"0|[1-9][0-9]{0,15}")
@@ -231,7 +233,7 @@ def append_refused(exc: AppendError) -> HttpResponseBase:
 
 def producer_of(request: HttpRequest) -> Producer | None:
     """The idempotent producer's headers, all three or none (§5.2.1)."""
-    given = [request.headers.get(h) for h in ("Producer-Id", "Producer-Epoch", "Producer-Seq")]
+    given = [header(request, h) for h in ("Producer-Id", "Producer-Epoch", "Producer-Seq")]
     if all(value is None for value in given):
         return None
     producer, epoch, seq = given
@@ -240,9 +242,9 @@ def producer_of(request: HttpRequest) -> Producer | None:
     if not producer:
         raise BadRequest("Producer-Id must not be empty")
     numbers = []
-    for header, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
+    for name, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
         if not _INTEGER.fullmatch(value) or int(value) > appends.MAX_PRODUCER_NUMBER:
-            raise BadRequest(f"{header} must be an integer from 0 to 2^53-1, not {value[:40]!r}")
+            raise BadRequest(f"{name} must be an integer from 0 to 2^53-1, not {value[:40]!r}")
         numbers.append(int(value))
     return Producer(producer, numbers[0], numbers[1])
 
@@ -258,6 +260,8 @@ def config_of(request: HttpRequest) -> Config:
         if not _TTL.fullmatch(ttl_header):
             raise BadRequest(f"Stream-TTL must be whole seconds, not {ttl_header[:40]!r}")
         ttl = int(ttl_header)
+        if ttl > MAX_TTL:
+            raise BadRequest(f"Stream-TTL must be at most {MAX_TTL} seconds")
     expires_at = None
     if expires_header is not None:
         try:
@@ -269,7 +273,7 @@ def config_of(request: HttpRequest) -> Config:
                 f"Stream-Expires-At must be an RFC 3339 time, not {expires_header[:40]!r}"
             )
     fork = fork_of(request)
-    content_type = request.headers.get("Content-Type")
+    content_type = header(request, "Content-Type")
     return Config(
         # A fork without one inherits its source's.
         content_type or (None if fork else "application/octet-stream"),
@@ -282,7 +286,7 @@ def config_of(request: HttpRequest) -> Config:
 
 def fork_of(request: HttpRequest) -> Fork | None:
     """A creation's fork headers (§4.2): the source as a name under this mount."""
-    source = request.headers.get("Stream-Forked-From")
+    source = header(request, "Stream-Forked-From")
     offset = request.headers.get("Stream-Fork-Offset")
     sub = request.headers.get("Stream-Fork-Sub-Offset")
     if source is None:
@@ -315,10 +319,20 @@ def request_body(request: HttpRequest) -> bytes:
         declared = 0
     if declared > limit:
         raise RequestDataTooBig(f"the body is larger than {limit} bytes")
-    body = request.body
+    # Read no more than the limit (a chunked body declares no length).
+    body = request.read(limit + 1)
     if len(body) > limit:
         raise RequestDataTooBig(f"the body is larger than {limit} bytes")
     return body
+
+
+def header(request: HttpRequest, name: str) -> str | None:
+    """A header that is stored (a content type, a ``Stream-Seq``, a producer's id):
+    at most 255 characters, no NUL, or 400."""
+    value = request.headers.get(name)
+    if value is not None and (len(value) > MAX_NAME or "\x00" in value):
+        raise BadRequest(f"{name} must be at most {MAX_NAME} characters, without NUL")
+    return value
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -331,9 +345,12 @@ class DurableStreamView(View):
         handler: Any = super().dispatch
 
         async def answer() -> HttpResponseBase:
-            if len(kwargs.get("name", "")) > MAX_NAME:
+            name = kwargs.get("name", "")
+            if len(name) > MAX_NAME or "\x00" in name:
                 return with_protocol_headers(
-                    error_response(400, f"a stream's name is at most {MAX_NAME} characters")
+                    error_response(
+                        400, f"a stream's name is at most {MAX_NAME} characters, without NUL"
+                    )
                 )
             if request.method in ("PUT", "POST", "DELETE") and request.COOKIES:
                 # A write that carries cookies may be a page's, with its session: it
@@ -399,11 +416,11 @@ class DurableStreamView(View):
     async def post(self, request: HttpRequest, name: str) -> HttpResponseBase:
         close = is_true(request.headers.get("Stream-Closed"))
         producer = producer_of(request)
-        seq = request.headers.get("Stream-Seq")
+        seq = header(request, "Stream-Seq")
         body = await sync_to_async(request_body)(request)
         if not body and not close:
             raise BadRequest("an append needs a body (or Stream-Closed: true to close)")
-        content_type = request.headers.get("Content-Type")
+        content_type = header(request, "Content-Type")
         if body and not content_type:
             raise BadRequest("an append with a body needs its Content-Type")
         done = await on_stream(
