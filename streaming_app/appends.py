@@ -26,6 +26,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from . import conf
+from .exceptions import Overloaded
 from .fanout.outbox import publish_on_commit
 from .fanout.publish import Update
 from .models import (
@@ -316,6 +317,8 @@ def create(
             if not _same(found, replace(config, content_type=content_type), source):
                 raise Conflict("the stream exists with another configuration")
             return found, False
+        if owner is not None and not config.closed:
+            _within_live_limit(owner)
         text = decode(content_type, body, creating=True) if body else ""
         at, extra = _inherited(source, config.fork) if source and config.fork else (0, "")
         limit = conf.get("MAX_LENGTH")
@@ -345,6 +348,21 @@ def create(
             fork_sub_offset=config.fork.sub_offset if config.fork else 0,
         )
         return Found(stream, durable), True
+
+
+def _within_live_limit(owner: Any) -> None:
+    """An open stream is one of its owner's live streams, as a driven one is: past
+    ``MAX_LIVE_STREAMS_PER_USER`` of them, :class:`Overloaded` (429). The owner's row
+    is locked while they are counted, as a claim does."""
+    limit = conf.get("MAX_LIVE_STREAMS_PER_USER")
+    if limit is None:
+        return
+    list(type(owner).objects.filter(pk=owner.pk).select_for_update().values_list("pk", flat=True))
+    live = Stream.objects.live().filter(owner=owner).count()
+    if live >= int(limit):
+        raise Overloaded(
+            f"you hold your limit of {limit} live streams; close one first", status_code=429
+        )
 
 
 def _same(found: Found, config: Config, source: Found | None) -> bool:

@@ -269,3 +269,27 @@ async def test_values_the_database_cannot_hold_are_400_not_500(client):
         assert response.status_code == 400, response.content
     assert (await stream_of("sane")).length == 0
     assert not await DurableStream.objects.filter(name__in=["ttl", "forked", "typed"]).aexists()
+
+
+@override_settings(STREAMING_APP={**OPEN, "MAX_LIVE_STREAMS_PER_USER": 2})
+async def test_a_users_open_streams_count_against_their_live_streams():
+    user = await get_user_model().objects.acreate_user("lou", password="pw")
+    lou = AsyncClient()
+    await lou.aforce_login(user)
+    await lou.get("/")  # a CSRF cookie, as a page gives
+    token_header = {"X-CSRFToken": lou.cookies["csrftoken"].value}
+    assert (await put(lou, "one", **token_header)).status_code == 201
+    assert (await put(lou, "two", **token_header)).status_code == 201
+    refused = await put(lou, "three", **token_header)
+    assert refused.status_code == 429
+    assert refused["Retry-After"]
+    assert "limit of 2 live streams" in refused.json()["error"]
+    # A closed one is not live; closing one frees a place.
+    assert (
+        await put(lou, "done", b"x", **token_header, **{"Stream-Closed": "true"})
+    ).status_code == 201
+    assert (
+        await post(lou, "one", b"", **token_header, **{"Stream-Closed": "true"})
+    ).status_code == 204
+    assert (await put(lou, "three", **token_header)).status_code == 201
+    assert await DurableStream.objects.filter(stream__owner=user).acount() == 4

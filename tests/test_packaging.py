@@ -132,6 +132,7 @@ def test_the_sdist_runs_its_own_tests(dists: Dists, tmp_path: Path):
         "requirements-dev.txt",
         "tests/conftest.py",
         "tests/browser/package.json",
+        "tests/conformance/package-lock.json",
         "example_project/settings.py",
         "docs/api.md",
     ]:
