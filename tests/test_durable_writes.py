@@ -21,6 +21,7 @@ from streaming_app.streams import aexpire_stale_streams
 
 from .helpers import written
 from .test_fanout import viewer, watch
+from .test_pages import render as render_tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -293,3 +294,23 @@ async def test_a_users_open_streams_count_against_their_live_streams():
     ).status_code == 204
     assert (await put(lou, "three", **token_header)).status_code == 201
     assert await DurableStream.objects.filter(stream__owner=user).acount() == 4
+
+
+@open_writes
+async def test_the_apps_sse_and_template_tag_read_what_was_appended(client):
+    created = await put(client, "shown", b"<b>Appended</b> ")
+    await post(client, "shown", "over the protocol é".encode(), **{"Stream-Closed": "true"})
+    stream_id = created["Streaming-Id"]
+    events = await client.get(f"/api/streams/{stream_id}/events/")
+    body = b"".join([part async for part in events.streaming_content]).decode()
+    texts = [
+        json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")
+    ]
+    assert "".join(m["text"] for m in texts if m["type"] == "text") == (
+        "<b>Appended</b> over the protocol é"
+    )
+    assert texts[-1] == {"type": "status", "status": "done", "error": None}
+    stream = await Stream.objects.aget(pk=stream_id)
+    html = await sync_to_async(render_tag)(stream)
+    assert "&lt;b&gt;Appended&lt;/b&gt; over the protocol é</div>" in html
+    assert 'status="done"' in html
