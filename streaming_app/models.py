@@ -99,12 +99,13 @@ class StreamQuerySet(models.QuerySet["Stream"]):
         ``pending_timeout`` seconds (None: a pending stream waits for ever, it has no
         writer to die). The one definition of stale (:meth:`Stream.is_stale` applies it
         to a loaded row)."""
-        # A stream written over Durable Streams has no writer to die: never stale.
+        # A stream written over Durable Streams has no writer to die: never stale by
+        # its silence; asked to stop, it has no run to stop it: stale at once.
         past = Q(
             status=Status.STREAMING,
             updated_at__lt=stale_cutoff(timeout, now),
             durable__isnull=True,
-        )
+        ) | Q(status=Status.STREAMING, durable__isnull=False, cancel_requested_at__isnull=False)
         if pending_timeout is not None:
             past |= Q(status=Status.PENDING, updated_at__lt=stale_cutoff(pending_timeout, now))
         return self.live().filter(past)
@@ -209,12 +210,12 @@ class Stream(models.Model):
     ) -> bool:
         """Whether this row, as loaded, matches :meth:`StreamQuerySet.stale`."""
         if self.status == Status.STREAMING:
-            return (
-                self.updated_at < stale_cutoff(timeout, now)
-                # Asked only of a silent one: one written over Durable Streams has no
-                # writer to die.
-                and not DurableStream.objects.filter(stream=self.pk).exists()
-            )
+            silent = self.updated_at < stale_cutoff(timeout, now)
+            if not silent and self.cancel_requested_at is None:
+                return False
+            # One written over Durable Streams has no writer to die, nor a run to stop.
+            durable = DurableStream.objects.filter(stream=self.pk).exists()
+            return (silent and not durable) or (durable and self.cancel_requested_at is not None)
         if self.status == Status.PENDING and pending_timeout is not None:
             return self.updated_at < stale_cutoff(pending_timeout, now)
         return False

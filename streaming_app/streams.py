@@ -370,7 +370,8 @@ def cancel_stream(stream_id: StreamId) -> str:
     driving it, in whatever process, stops its generator (at once through the channel
     layer, or at its next flush or heartbeat), commits what it has and ends the stream
     as ``cancelled``; until then the status stays ``streaming``. If that run has died,
-    the stream ends ``cancelled`` when it expires. A finished stream is left as it is.
+    the stream ends ``cancelled`` when it expires. One written over Durable Streams
+    (no run writes it) ends ``cancelled`` at once. A finished stream is left as it is.
     Raises ``Stream.DoesNotExist``.
     """
     pk = parse_stream_id(stream_id)

@@ -314,3 +314,30 @@ async def test_the_apps_sse_and_template_tag_read_what_was_appended(client):
     html = await sync_to_async(render_tag)(stream)
     assert "&lt;b&gt;Appended&lt;/b&gt; over the protocol é</div>" in html
     assert 'status="done"' in html
+
+
+@open_writes
+async def test_its_owner_cancels_an_open_stream_at_once():
+    user = await get_user_model().objects.acreate_user("cat", password="pw")
+    cat = AsyncClient()
+    await cat.aforce_login(user)
+    await cat.get("/")
+    csrf = {"X-CSRFToken": cat.cookies["csrftoken"].value}
+    created = await put(cat, "stoppable", b"so far", **csrf)
+    # No run writes it: the cancel ends it, it does not wait for a writer that is not.
+    cancelled = await cat.post(f"/api/streams/{created['Streaming-Id']}/cancel/", headers=csrf)
+    assert cancelled.json()["status"] == "cancelled"
+    refused = await post(cat, "stoppable", b" more", **csrf)
+    assert (refused.status_code, refused["Stream-Closed"]) == (409, "true")
+    head = await cat.head("/v1/stream/stoppable")
+    assert (head["Stream-Closed"], head["Streaming-Status"]) == ("true", "cancelled")
+
+
+@override_settings(STREAMING_APP={**OPEN, "LONG_POLL_TIMEOUT": 0.2})
+async def test_an_empty_json_long_poll_is_a_204_without_a_body(client):
+    await put(client, "quiet-json", b"[1]", "application/json")
+    stream = await stream_of("quiet-json")
+    response = await client.get(
+        "/v1/stream/quiet-json", {"offset": token(stream.length), "live": "long-poll"}
+    )
+    assert (response.status_code, response.content) == (204, b"")

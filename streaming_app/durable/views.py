@@ -197,6 +197,8 @@ def no_content(response: HttpResponseBase) -> None:
     is final), so a cache may keep it like any read that reached the end: a thousand
     readers of a live stream behind a CDN do not each come to the server for it."""
     response.status_code = 204
+    if isinstance(response, HttpResponse):
+        response.content = b""  # not even a JSON stream's []: a 204 has no body
     del response["ETag"]
     if response.get("Stream-Closed") != "true":
         response["Cache-Control"] = "no-store"
