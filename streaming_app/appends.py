@@ -18,10 +18,12 @@ but NUL (which PostgreSQL's text cannot hold: it is kept as U+0100) is itself.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import IntegrityError, router, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -122,13 +124,26 @@ def is_text(content_type: str) -> bool:
 def json_messages(body: bytes, *, flatten: bool = True) -> list[str]:
     """The messages of a JSON body, compact, one level of array flattened (§9.1)."""
     try:
-        value = json.loads(body.decode("utf-8"))
+        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
         values = value if flatten and isinstance(value, list) else [value]
-        return [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
-    except (UnicodeDecodeError, ValueError) as exc:
+        messages = [json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
+        for message in messages:
+            message.encode()  # a lone surrogate ("\\ud800") is no text a database holds
+        return messages
+    except (UnicodeError, ValueError) as exc:
         raise BadBody(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadBody("the body's JSON is nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_lines(text: str) -> list[str]:
+    """A JSON stream's messages, one a line (``\\n`` alone: a message may hold U+2028,
+    which ``str.splitlines`` would split at), each with its line end."""
+    return [line + "\n" for line in text.split("\n")[:-1]]
 
 
 def decode(content_type: str, body: bytes, *, creating: bool = False) -> str:
@@ -153,7 +168,7 @@ def encode(content_type: str, text: str) -> bytes:
     """The bytes of ``text`` read from a stream of ``content_type`` (the inverse of
     :func:`decode`; JSON as one array of the messages)."""
     if is_json(content_type):
-        return ("[" + ",".join(text.splitlines()) + "]").encode()
+        return ("[" + ",".join(line[:-1] for line in json_lines(text)) + "]").encode()
     if is_text(content_type):
         return text.encode()
     return text.replace("\u0100", "\x00").encode("latin-1")
@@ -218,7 +233,9 @@ def find(name: str, *, touch: bool = False) -> Found:
     :class:`Gone` for a soft-deleted one."""
     durable = DurableStream.objects.select_related("stream").filter(name=name).first()
     if durable is None:
-        return Found(Stream.objects.get(pk=parse_stream_id(name)), None)
+        # One of the app's own by its id (not one created over the protocol: its name
+        # is its only URL, soft-deleted or not).
+        return Found(Stream.objects.get(pk=parse_stream_id(name), durable__isnull=True), None)
     if durable.soft_deleted:
         raise Gone("the stream was deleted; forks of it remain")
     now = timezone.now()
@@ -248,7 +265,7 @@ def _inherited(source: Found, fork: Fork) -> tuple[int, str]:
     rest = chunk["text"][offset - chunk["offset"] :] if chunk else ""
     content_type, sub = source.content_type, fork.sub_offset
     if is_json(content_type):
-        messages = rest.splitlines(keepends=True)
+        messages = json_lines(rest)
         if sub > len(messages):
             raise BadBody("Stream-Fork-Sub-Offset is past the source's next data boundary")
         return offset, "".join(messages[:sub])
@@ -292,16 +309,22 @@ def create(
     forks of it remain), ``Stream.DoesNotExist`` for a fork's missing source,
     :class:`BadBody`, :class:`TooLong`."""
     with write_transaction():
-        source = None
-        if config.fork is not None:
+        source, fork = None, config.fork
+        if fork is not None:
             try:
-                source = find(config.fork.source)
+                source = find(fork.source)
             except Gone:
                 raise Conflict("the source was deleted; it cannot be forked") from None
-            if config.content_type is None:
-                config = replace(config, content_type=source.content_type)
-            elif media_type(config.content_type) != media_type(source.content_type):
+            if config.content_type is not None and media_type(config.content_type) != media_type(
+                source.content_type
+            ):
                 raise Conflict(f"the source's content type is {source.content_type}")
+            # Its bytes are the source's: its content type too, charset and all.
+            config = replace(config, content_type=source.content_type)
+            # Forking and deleting the source take turns (its row locked): a fork is
+            # never made of a source deleted meanwhile.
+            if not lock_streams(Stream.objects.filter(pk=source.stream.pk)):
+                raise Stream.DoesNotExist(f"no stream {fork.source[:60]!r}")
             if config.ttl is None and config.expires_at is None and source.durable is not None:
                 config = replace(
                     config, ttl=source.durable.ttl, expires_at=source.durable.expires_at
@@ -324,30 +347,53 @@ def create(
         limit = conf.get("MAX_LENGTH")
         if limit is not None and at + len(extra) + len(text) > int(limit):
             raise TooLong(f"the stream would be longer than its limit of {limit} characters")
-        now = timezone.now()
-        stream = Stream.objects.create(
-            owner=owner,
-            status=Status.DONE if config.closed else Status.STREAMING,
-            finished_at=now if config.closed else None,
-        )
-        length = _copy(source.stream, stream, at, extra + text) if source else 0
-        if not source and text:
-            Chunk.objects.create(stream=stream, seq=0, offset=0, text=text)
-            length = len(text)
-        stream.length = length
-        stream.save(update_fields=["length"])
-        durable = DurableStream.objects.create(
-            stream=stream,
-            name=name,
-            content_type=content_type,
-            ttl=config.ttl,
-            expires_at=config.expires_at,
-            accessed_at=now,
-            forked_from=source.stream if source else None,
-            fork_offset=at if source else None,
-            fork_sub_offset=config.fork.sub_offset if config.fork else 0,
-        )
-        return Found(stream, durable), True
+        try:
+            # Two creations of one name at once: the second waits for the first's
+            # commit at the unique name, then answers as a repeated creation does.
+            with transaction.atomic(using=router.db_for_write(Stream)):
+                return _make(name, config, content_type, text, source, at, extra, owner), True
+        except IntegrityError:
+            found = find(name)
+            if not _same(found, replace(config, content_type=content_type), source):
+                raise Conflict("the stream exists with another configuration") from None
+            return found, False
+
+
+def _make(
+    name: str,
+    config: Config,
+    content_type: str,
+    text: str,
+    source: Found | None,
+    at: int,
+    extra: str,
+    owner: Any,
+) -> Found:
+    """The rows of a new stream (:func:`create`'s)."""
+    now = timezone.now()
+    stream = Stream.objects.create(
+        owner=owner,
+        status=Status.DONE if config.closed else Status.STREAMING,
+        finished_at=now if config.closed else None,
+    )
+    length = _copy(source.stream, stream, at, extra + text) if source else 0
+    if not source and text:
+        Chunk.objects.create(stream=stream, seq=0, offset=0, text=text)
+        length = len(text)
+    stream.length = length
+    stream.save(update_fields=["length"])
+    durable = DurableStream.objects.create(
+        stream=stream,
+        name=name,
+        content_type=content_type,
+        ttl=config.ttl,
+        expires_at=config.expires_at,
+        accessed_at=now,
+        forked_from=source.stream if source else None,
+        fork_offset=at if source else None,
+        fork_sub_offset=config.fork.sub_offset if config.fork else 0,
+    )
+    return Found(stream, durable)
 
 
 def _within_live_limit(owner: Any) -> None:
@@ -442,6 +488,29 @@ def _producer_check(durable: DurableStream, producer: Producer) -> DurableProduc
     return state
 
 
+def _locked(name: str, expect: uuid.UUID | None, *, touch: bool = False) -> Found:
+    """The stream ``name`` created over Durable Streams, its rows locked for a write
+    (the stream's, then its DurableStream's: the order a deletion takes them in), and
+    read again under the lock. Raises ``Stream.DoesNotExist`` (also if it is not
+    ``expect`` any more, or went while the lock was awaited), :class:`Gone`,
+    :class:`NotAppendable`."""
+    found = find(name, touch=touch)
+    if found.durable is None:
+        raise NotAppendable("the app's own streams are written and deleted by the app")
+    if expect is not None and found.stream.pk != expect:
+        raise Stream.DoesNotExist(f"no stream {name[:60]!r}")
+    lock_streams(Stream.objects.filter(pk=found.stream.pk))
+    durable = (
+        DurableStream.objects.select_for_update()
+        .select_related("stream")
+        .filter(pk=found.durable.pk, soft_deleted=False)
+        .first()
+    )
+    if durable is None:
+        raise Stream.DoesNotExist(f"no stream {name[:60]!r}")
+    return Found(durable.stream, durable)
+
+
 def append(
     name: str,
     body: bytes,
@@ -450,20 +519,18 @@ def append(
     close: bool = False,
     seq: str | None = None,
     producer: Producer | None = None,
+    expect: uuid.UUID | None = None,
 ) -> Appended:
     """Append ``body`` to the stream ``name`` (and close it, with ``close``; an empty
-    body only closes). Raises ``Stream.DoesNotExist``, :class:`NotAppendable` and the
-    other :class:`AppendError` s, in the protocol's order of precedence."""
+    body only closes). ``expect``: the stream the caller's permission was checked on
+    (the name may have been deleted and made again since). Raises
+    ``Stream.DoesNotExist``, :class:`NotAppendable` and the other
+    :class:`AppendError` s, in the protocol's order of precedence."""
     with write_transaction():
-        found = find(name, touch=True)
+        found = _locked(name, expect, touch=True)
         durable = found.durable
-        if durable is None:
-            raise NotAppendable("the app's own streams are written by their runs")
-        lock_streams(Stream.objects.filter(pk=found.stream.pk))
-        durable = (
-            DurableStream.objects.select_for_update().select_related("stream").get(pk=durable.pk)
-        )
-        stream = durable.stream
+        assert durable is not None
+        stream = found.stream
         if is_finished(stream.status):
             if producer is not None and durable.closed_by == producer.as_list():
                 return Appended(stream.length, True, duplicate=True, producer=producer)
@@ -521,18 +588,17 @@ def append(
         return Appended(stream.length, close, producer=producer)
 
 
-def delete(name: str) -> None:
+def delete(name: str, *, expect: uuid.UUID | None = None) -> None:
     """Delete the stream ``name`` created over Durable Streams, its text and its
     producers; its viewers are closed as for any deletion. One that forks still come
     from is soft-deleted instead (gone to clients, its name kept) until the last of
     them goes; then it goes too, and so on up the chain. Raises
     ``Stream.DoesNotExist``, :class:`Gone`, and :class:`NotAppendable` for one of the
-    app's own."""
+    app's own. ``expect``: as :func:`append`'s."""
     with write_transaction():
-        found = find(name)
+        found = _locked(name, expect)
         durable = found.durable
-        if durable is None:
-            raise NotAppendable("the app's own streams are deleted by the app")
+        assert durable is not None
         if DurableStream.objects.filter(forked_from=found.stream).exists():
             DurableStream.objects.filter(pk=durable.pk).update(soft_deleted=True)
             return

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from streaming_app.durable.offsets import token
 from streaming_app.models import Chunk, DurableStream, Status, Stream
+from streaming_app.permissions import DURABLE_WRITES, is_owner
 from streaming_app.streams import aexpire_stale_streams
 
 from .helpers import written
@@ -341,3 +342,70 @@ async def test_an_empty_json_long_poll_is_a_204_without_a_body(client):
         "/v1/stream/quiet-json", {"offset": token(stream.length), "live": "long-poll"}
     )
     assert (response.status_code, response.content) == (204, b"")
+
+
+def writes_open_reads_owned(user, stream, action):
+    """Anyone writes over the protocol; a stream with an owner is read by its owner."""
+    if action in DURABLE_WRITES:
+        return True
+    return stream.owner_id is None or is_owner(user, stream)
+
+
+@override_settings(
+    STREAMING_APP={**OPEN, "PERMISSION_POLICY": "tests.test_durable_writes.writes_open_reads_owned"}
+)
+async def test_a_fork_copies_only_what_its_maker_may_read(client):
+    owner = await get_user_model().objects.acreate_user("vic", password="pw")
+    private = await sync_to_async(written)(["secret"], status="done", owner=owner)
+    fork = await put(client, "stolen", **{"Stream-Forked-From": f"/v1/stream/{private.pk}"})
+    assert fork.status_code == 403
+    assert not await DurableStream.objects.filter(name="stolen").aexists()
+
+
+@open_writes
+async def test_json_and_times_that_would_break_later_are_refused_now(client):
+    await put(client, "j", content_type="application/json")
+    for body in (b'["\\ud800"]', b"[NaN]", b"Infinity"):
+        assert (await post(client, "j", body, "application/json")).status_code == 400, body
+    far = await put(client, "far", **{"Stream-Expires-At": "9999-12-31T23:59:59-01:00"})
+    assert far.status_code == 400
+    # A message holding U+2028 (a line end to str.splitlines) reads back whole.
+    assert (
+        await post(client, "j", '["a\u2028b", "c"]'.encode(), "application/json")
+    ).status_code == 204
+    assert json.loads((await client.get("/v1/stream/j")).content) == ["a\u2028b", "c"]
+    huge = await client.get(
+        "/v1/stream/j", {"offset": "-1", "live": "long-poll", "cursor": "9" * 5000}
+    )
+    assert huge.status_code == 200 and huge["Stream-Cursor"].isdigit()
+
+
+@open_writes
+async def test_a_fork_keeps_its_sources_charset_and_a_created_stream_has_one_url(client):
+    await put(client, "latin", "é".encode("latin-1"), "text/plain; charset=iso-8859-1")
+    fork = await put(
+        client,
+        "latin fork",
+        b"",
+        "text/plain; charset=utf-8",
+        **{"Stream-Forked-From": "/v1/stream/latin"},
+    )
+    assert fork.status_code == 201, fork.content
+    read = await client.get("/v1/stream/latin fork")
+    assert (read.content, read["Content-Type"]) == (
+        "é".encode("latin-1"),
+        "text/plain; charset=iso-8859-1",
+    )
+    # Percent-encoded, as a client's URL spells it.
+    encoded = await put(client, "again", **{"Stream-Forked-From": "/v1/stream/latin%20fork"})
+    assert encoded.status_code == 201, encoded.content
+    # Created over the protocol, a stream is at its name only, not also at its id.
+    assert (await client.get(f"/v1/stream/{fork['Streaming-Id']}")).status_code == 404
+
+
+@open_writes
+async def test_creations_of_one_name_at_once_make_one_stream(client):
+    answers = await asyncio.gather(*(put(client, "once", b"first") for _ in range(5)))
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 201]
+    assert await DurableStream.objects.filter(name="once").acount() == 1
+    assert (await client.get("/v1/stream/once")).content == b"first"

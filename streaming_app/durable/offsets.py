@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..exceptions import InvalidOffset
 
-_TOKEN = re.compile(r"(\d{16})_(\d{16})")
+_TOKEN = re.compile(r"([0-9]{16})_([0-9]{16})")
 #: The protocol's sentinels: the stream's beginning, its tail at the time of the read.
 BEGINNING, NOW = "-1", "now"
 
@@ -67,7 +67,8 @@ def cursor(echoed: str | None, *, now: float | None = None) -> str:
     intervals, so that a cursor never repeats and a CDN's cache key moves on."""
     current = int(((time.time() if now is None else now) - CURSOR_EPOCH) // CURSOR_INTERVAL)
     try:
-        previous = int(echoed) if echoed else None
+        # A cursor this server made has a few digits: a longer one is not ours.
+        previous = int(echoed) if echoed and len(echoed) <= 20 else None
     except ValueError:
         previous = None
     if previous is None or previous < current:

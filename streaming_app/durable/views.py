@@ -21,8 +21,9 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AnonymousUser
@@ -270,7 +271,12 @@ def config_of(request: HttpRequest) -> Config:
             expires_at = parse_datetime(expires_header)
         except ValueError:
             expires_at = None
-        if expires_at is None or expires_at.tzinfo is None:
+        try:
+            # A time the database holds, in UTC as it keeps it.
+            usable = expires_at is not None and 1 < expires_at.astimezone(UTC).year < 9999
+        except (OverflowError, ValueError):
+            usable = False
+        if expires_at is None or expires_at.tzinfo is None or not usable:
             raise BadRequest(
                 f"Stream-Expires-At must be an RFC 3339 time, not {expires_header[:40]!r}"
             )
@@ -289,6 +295,10 @@ def config_of(request: HttpRequest) -> Config:
 def fork_of(request: HttpRequest) -> Fork | None:
     """A creation's fork headers (§4.2): the source as a name under this mount."""
     source = header(request, "Stream-Forked-From")
+    if source is not None:
+        source = unquote(source)  # a path, as the client's URL spelled it
+        if "\x00" in source:
+            raise BadRequest("Stream-Forked-From must not hold NUL")
     offset = request.headers.get("Stream-Fork-Offset")
     sub = request.headers.get("Stream-Fork-Sub-Offset")
     if source is None:
@@ -400,6 +410,15 @@ class DurableStreamView(View):
         def create() -> tuple[Found, bool]:
             if not has_permission(user, Stream(owner=owner), "create"):
                 raise PermissionDenied(refusal(Stream(owner=owner), "create"))
+            if config.fork is not None:
+                # A fork copies its source's text: only for one who may read it (a
+                # soft-deleted source is create()'s 409).
+                try:
+                    source = appends.find(config.fork.source).stream
+                except appends.Gone:
+                    source = None
+                if source is not None and not has_permission(user, source, "read"):
+                    raise PermissionDenied(refusal(source, "read"))
             found, created = appends.create(name, config, body, owner=owner)
             if not created and not has_permission(user, found.stream, "read"):
                 raise PermissionDenied("you may not read this stream")
@@ -430,7 +449,13 @@ class DurableStreamView(View):
             name,
             "append",
             lambda found: appends.append(
-                name, body, content_type, close=close, seq=seq, producer=producer
+                name,
+                body,
+                content_type,
+                close=close,
+                seq=seq,
+                producer=producer,
+                expect=found.stream.pk,
             ),
             touch=False,
         )
@@ -446,7 +471,13 @@ class DurableStreamView(View):
         return response
 
     async def delete(self, request: HttpRequest, name: str) -> HttpResponseBase:
-        await on_stream(request, name, "delete", lambda found: appends.delete(name), touch=False)
+        await on_stream(
+            request,
+            name,
+            "delete",
+            lambda found: appends.delete(name, expect=found.stream.pk),
+            touch=False,
+        )
         return HttpResponse(status=204)
 
     # Reads ---------------------------------------------------------------------------
