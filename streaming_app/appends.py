@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,7 @@ from .models import (
     parse_stream_id,
     write_transaction,
 )
+from .streams import stale_streams
 
 #: The content type of the app's own streams, as Durable Streams reads them.
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -282,9 +284,9 @@ def _inherited(source: Found, fork: Fork) -> tuple[int, str]:
     return offset, rest[:sub]
 
 
-def _copy(source: Stream, stream: Stream, end: int, extra: str) -> int:
+def _copy(source: Stream, stream: Stream, end: int, extra: str) -> None:
     """The source's chunks up to code point ``end`` (and ``extra`` after), as
-    ``stream``'s own: same offsets, same boundaries. Returns the length."""
+    ``stream``'s own: same offsets, same boundaries."""
     chunks = []
     for chunk in Chunk.objects.filter(stream=source, offset__lt=end).order_by("seq"):
         chunks.append(chunk.text[: end - chunk.offset])
@@ -296,18 +298,23 @@ def _copy(source: Stream, stream: Stream, end: int, extra: str) -> int:
         rows.append(Chunk(stream=stream, seq=seq, offset=offset, text=text))
         offset += len(text)
     Chunk.objects.bulk_create(rows)
-    return offset
 
 
 def create(
-    name: str, config: Config, body: bytes = b"", *, owner: Any = None
+    name: str,
+    config: Config,
+    body: bytes = b"",
+    *,
+    owner: Any = None,
+    check_source: Callable[[Stream], None] | None = None,
 ) -> tuple[Found, bool]:
     """Create the stream ``name`` with ``config`` and ``body`` as its first text (after
     what a fork inherits: the source's text up to the fork's offset, copied);
     ``(found, False)`` if it exists with the same configuration (the body is then not
     appended). Raises :class:`Conflict` if it exists otherwise (or was deleted while
     forks of it remain), ``Stream.DoesNotExist`` for a fork's missing source,
-    :class:`BadBody`, :class:`TooLong`."""
+    :class:`BadBody`, :class:`TooLong`. ``check_source``: called with a fork's source
+    once it is found (a transport's permission check: it raises to refuse)."""
     with write_transaction():
         source, fork = None, config.fork
         if fork is not None:
@@ -315,6 +322,8 @@ def create(
                 source = find(fork.source)
             except Gone:
                 raise Conflict("the source was deleted; it cannot be forked") from None
+            if check_source is not None:
+                check_source(source.stream)
             if config.content_type is not None and media_type(config.content_type) != media_type(
                 source.content_type
             ):
@@ -375,13 +384,12 @@ def _make(
         owner=owner,
         status=Status.DONE if config.closed else Status.STREAMING,
         finished_at=now if config.closed else None,
+        length=at + len(extra) + len(text),
     )
-    length = _copy(source.stream, stream, at, extra + text) if source else 0
-    if not source and text:
+    if source:
+        _copy(source.stream, stream, at, extra + text)
+    elif text:
         Chunk.objects.create(stream=stream, seq=0, offset=0, text=text)
-        length = len(text)
-    stream.length = length
-    stream.save(update_fields=["length"])
     durable = DurableStream.objects.create(
         stream=stream,
         name=name,
@@ -404,7 +412,13 @@ def _within_live_limit(owner: Any) -> None:
     if limit is None:
         return
     list(type(owner).objects.filter(pk=owner.pk).select_for_update().values_list("pk", flat=True))
-    live = Stream.objects.live().filter(owner=owner).count()
+    # Live as a claim counts them: stale ones (their writer dead) are not.
+    live = (
+        Stream.objects.live()
+        .filter(owner=owner)
+        .exclude(pk__in=stale_streams().values("pk"))
+        .count()
+    )
     if live >= int(limit):
         raise Overloaded(
             f"you hold your limit of {limit} live streams; close one first", status_code=429
@@ -488,22 +502,23 @@ def _producer_check(durable: DurableStream, producer: Producer) -> DurableProduc
     return state
 
 
-def _locked(name: str, expect: uuid.UUID | None, *, touch: bool = False) -> Found:
+def _locked(name: str, expect: uuid.UUID | None) -> Found:
     """The stream ``name`` created over Durable Streams, its rows locked for a write
     (the stream's, then its DurableStream's: the order a deletion takes them in), and
-    read again under the lock. Raises ``Stream.DoesNotExist`` (also if it is not
-    ``expect`` any more, or went while the lock was awaited), :class:`Gone`,
-    :class:`NotAppendable`."""
-    found = find(name, touch=touch)
-    if found.durable is None:
-        raise NotAppendable("the app's own streams are written and deleted by the app")
-    if expect is not None and found.stream.pk != expect:
-        raise Stream.DoesNotExist(f"no stream {name[:60]!r}")
-    lock_streams(Stream.objects.filter(pk=found.stream.pk))
+    read under the lock. ``expect``: the stream a caller has found already (and checked
+    its permission on); it is not looked up again. Raises ``Stream.DoesNotExist`` (also
+    if the name is not ``expect`` any more, or went while the lock was awaited),
+    :class:`Gone`, :class:`NotAppendable`."""
+    if expect is None:
+        found = find(name)
+        if found.durable is None:
+            raise NotAppendable("the app's own streams are written and deleted by the app")
+        expect = found.stream.pk
+    lock_streams(Stream.objects.filter(pk=expect))
     durable = (
         DurableStream.objects.select_for_update()
         .select_related("stream")
-        .filter(pk=found.durable.pk, soft_deleted=False)
+        .filter(stream=expect, name=name, soft_deleted=False)
         .first()
     )
     if durable is None:
@@ -527,7 +542,7 @@ def append(
     ``Stream.DoesNotExist``, :class:`NotAppendable` and the other
     :class:`AppendError` s, in the protocol's order of precedence."""
     with write_transaction():
-        found = _locked(name, expect, touch=True)
+        found = _locked(name, expect)  # the append's save resets a TTL
         durable = found.durable
         assert durable is not None
         stream = found.stream

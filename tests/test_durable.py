@@ -15,11 +15,13 @@ from django.test import AsyncClient, override_settings
 
 from streaming_app.durable.offsets import cursor, parse_start, token
 from streaming_app.exceptions import InvalidOffset
+from streaming_app.fanout.hub import hub
 from streaming_app.fanout.outbox import published_after
 from streaming_app.models import Status, Stream
 from streaming_app.streams import acancel_stream, expire_stream
 
 from .helpers import written
+from .test_hub import until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -226,8 +228,9 @@ async def test_a_long_poll_at_the_tail_wakes_with_the_end(client):
     poll = asyncio.ensure_future(
         client.get(url(stream), {"offset": token(len(WHOLE)), "live": "long-poll"})
     )
-    await asyncio.sleep(0.3)
-    assert not poll.done()  # it waits
+    # It waits, a viewer of the hub, before the stream ends.
+    await until(lambda: bool(stream.pk in hub().feeds and hub().feeds[stream.pk].viewers))
+    assert not poll.done()
     await cancel(stream)
     response = await asyncio.wait_for(poll, 10)
     assert response.status_code == 204

@@ -191,8 +191,9 @@ async def test_a_stream_past_its_ttl_is_gone_with_its_rows(client):
 async def test_deleting_closes_its_viewers(client):
     created = await put(client, "doomed", b"text")
     communicator = await viewer(created["Streaming-Id"])
-    watching = asyncio.create_task(watch(communicator))
-    await asyncio.sleep(0.2)
+    ready = asyncio.Event()
+    watching = asyncio.create_task(watch(communicator, ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)  # following it before it is deleted
     assert (await client.delete("/v1/stream/doomed")).status_code == 204
     seen = await asyncio.wait_for(watching, 10)
     assert seen["code"] == 4404

@@ -407,19 +407,15 @@ class DurableStreamView(View):
         user = await request_user(request)
         owner = user if user is not None and user.is_authenticated else None
 
+        def readable(source: Stream) -> None:
+            # A fork copies its source's text: only for one who may read it.
+            if not has_permission(user, source, "read"):
+                raise PermissionDenied(refusal(source, "read"))
+
         def create() -> tuple[Found, bool]:
             if not has_permission(user, Stream(owner=owner), "create"):
                 raise PermissionDenied(refusal(Stream(owner=owner), "create"))
-            if config.fork is not None:
-                # A fork copies its source's text: only for one who may read it (a
-                # soft-deleted source is create()'s 409).
-                try:
-                    source = appends.find(config.fork.source).stream
-                except appends.Gone:
-                    source = None
-                if source is not None and not has_permission(user, source, "read"):
-                    raise PermissionDenied(refusal(source, "read"))
-            found, created = appends.create(name, config, body, owner=owner)
+            found, created = appends.create(name, config, body, owner=owner, check_source=readable)
             if not created and not has_permission(user, found.stream, "read"):
                 raise PermissionDenied("you may not read this stream")
             return found, created
