@@ -43,7 +43,6 @@ from .models import (
     parse_stream_id,
     write_transaction,
 )
-from .streams import stale_streams
 
 #: The content type of the app's own streams, as Durable Streams reads them.
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -412,13 +411,7 @@ def _within_live_limit(owner: Any) -> None:
     if limit is None:
         return
     list(type(owner).objects.filter(pk=owner.pk).select_for_update().values_list("pk", flat=True))
-    # Live as a claim counts them: stale ones (their writer dead) are not.
-    live = (
-        Stream.objects.live()
-        .filter(owner=owner)
-        .exclude(pk__in=stale_streams().values("pk"))
-        .count()
-    )
+    live = Stream.objects.live().filter(owner=owner).count()
     if live >= int(limit):
         raise Overloaded(
             f"you hold your limit of {limit} live streams; close one first", status_code=429
